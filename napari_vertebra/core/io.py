@@ -135,6 +135,11 @@ def _read_image(path: str | os.PathLike, series: str | None = None) -> tuple[Pat
                     f"({msg})"
                 ) from e
             raise CTReadError(f"{p}: not an image SimpleITK can read ({msg})") from e
+        if p.name.lower().endswith(".nii.gz") and not _nifti_gz_complete(p):
+            raise CTReadError(
+                f"{p}: the gzip archive is cut short or corrupt (it ends before the image "
+                "data does)"
+            )
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise CTReadError(
             f"{p}: has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
@@ -150,6 +155,49 @@ def _read_image(path: str | os.PathLike, series: str | None = None) -> tuple[Pat
     if min(img.GetSize()) < 2:
         raise CTReadError(f"{p}: size {img.GetSize()} is a single slice, not a volume")
     return p, img
+
+
+def _nifti_gz_complete(path: Path) -> bool:
+    """False when a .nii.gz stream is cut short (ITK then reads it silently, zero-filled).
+
+    Fast path: the gzip trailer's uncompressed size matches the size the NIfTI header
+    announces. Otherwise the whole stream is decompressed to check it ends properly.
+    """
+    import gzip
+    import struct
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as f:
+            head = f.read(544)
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            f.seek(size - 4)
+            isize = struct.unpack("<I", f.read(4))[0]
+        expected = None
+        for end in "<>":
+            n = struct.unpack(end + "i", head[:4])[0]
+            if n == 348:  # NIfTI-1
+                dim = struct.unpack(end + "8h", head[40:56])
+                bitpix = struct.unpack(end + "h", head[72:74])[0]
+                offset = int(struct.unpack(end + "f", head[108:112])[0])
+            elif n == 540:  # NIfTI-2
+                dim = struct.unpack(end + "8q", head[16:80])
+                bitpix = struct.unpack(end + "h", head[14:16])[0]
+                offset = struct.unpack(end + "q", head[168:176])[0]
+            else:
+                continue
+            nvox = int(np.prod([max(1, d) for d in dim[1 : 1 + max(0, min(7, dim[0]))]]))
+            expected = max(offset, n) + nvox * bitpix // 8
+            break
+        if expected is not None and expected % 2**32 == isize:
+            return True
+        with gzip.open(path, "rb") as f:  # slow path: decompress to the end
+            while f.read(1 << 24):
+                pass
+        return True
+    except (OSError, EOFError, zlib.error, struct.error):
+        return False
 
 
 def _to_lps(img: sitk.Image) -> sitk.Image:

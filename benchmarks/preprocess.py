@@ -1,0 +1,211 @@
+"""Benchmark of the preprocessing pipeline on a synthetic CT.
+
+    .venv/bin/python benchmarks/preprocess.py [--shape 600 512 512] [--spacing 1.0 0.7 0.7]
+
+Builds a synthetic CT (body ellipse, a lordotic lumbar-like spine whose vertebrae have a
+body, a bony ring round the canal at pedicle levels, spinous and transverse processes,
+discs; two iliac wings with a round foramen each in the lower part), saves it once, then
+in fresh subprocesses times (a) ``run_pipeline`` step by step and (b) a bare SimpleITK
+linear resample of the same volume to 1 mm (the floor), each with its peak resident
+memory (``ru_maxrss`` of that subprocess, which includes the loaded input volume).
+
+:func:`synthetic_ct` is also used by the tests (loaded from this file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic_ct(
+    shape: tuple[int, int, int] = (600, 512, 512),
+    spacing: tuple[float, float, float] = (1.0, 0.7, 0.7),
+    hips: str = "both",
+    seed: int = 0,
+    body_mm: tuple[float, float] = (22.0, 17.0),
+    body_hu: int = 260,
+) -> tuple[np.ndarray, dict]:
+    """A synthetic (z, y, x) LPS CT in HU (int16) and its ground truth.
+
+    ``hips``: "both", "left", "right" or "none"; ``body_mm`` the vertebral bodies' half
+    widths (x, y) and ``body_hu`` their cancellous bone (below 100 HU: osteoporotic
+    marrow, a canal-sized hole in front of the canal for small bodies). Ground truth:
+    ``canal`` (nz, 2) canal centre (y, x) in voxels per slice, ``ring`` (nz,) bool, True
+    where the bony ring round the canal is closed, ``spine_x_mm`` and ``hip_x_mm`` (x of
+    the hip foramina).
+    """
+    nz, ny, nx = shape
+    sz, sy, sx = spacing
+    rng = np.random.default_rng(seed)
+    yy = (np.arange(ny) - (ny - 1) / 2) * sy  # mm, anterior negative
+    xx = (np.arange(nx) - (nx - 1) / 2) * sx  # mm, right negative
+    Y, X = np.meshgrid(yy, xx, indexing="ij")
+    body = (X / 160.0) ** 2 + (Y / 115.0) ** 2 <= 1.0
+    base = np.where(body, 40, -1000).astype(np.int16)
+    noise = rng.integers(-25, 26, size=(ny, nx), dtype=np.int16)
+    out = np.empty(shape, np.int16)
+    canal = np.zeros((nz, 2))
+    ring = np.zeros(nz, bool)
+    period = 36.0  # mm per vertebra (body + disc)
+    hip_x = {"both": (-85.0, 85.0), "left": (85.0,), "right": (-85.0,), "none": ()}[hips]
+    for z in range(nz):
+        zm = z * sz
+        cy = 40.0 + 12.0 * np.sin(zm / (nz * sz) * np.pi)  # lordosis, mm
+        cx = 3.0 * np.sin(zm / 150.0)
+        canal[z] = (cy / sy + (ny - 1) / 2, cx / sx + (nx - 1) / 2)
+        s = base.copy()
+        phase = (zm % period) / period
+        dx, dy = X - cx, Y - cy
+        r = np.hypot(dx, dy)
+        if phase < 0.8:  # vertebra; the rest is a disc
+            # vertebral body: cortical shell and cancellous bone, anterior to the canal
+            rb = np.hypot(dx / body_mm[0], (dy + 30.0) / body_mm[1])
+            s[rb <= 1.0] = body_hu
+            s[(rb > 0.88) & (rb <= 1.0)] = 750
+            if 0.15 < phase < 0.6:  # pedicles and laminae close the ring
+                ring[z] = True
+                s[(r >= 8.5) & (r <= 13.0)] = 650
+                s[(np.abs(dx) <= 3.5) & (dy > 12.0) & (dy < 42.0)] = 600  # spinous
+                s[(np.abs(dy) <= 4.0) & (np.abs(dx) > 12.0) & (np.abs(dx) < 40.0)] = 600
+            elif phase >= 0.6:  # only the lamina arc behind the canal (open ring)
+                s[(r >= 8.5) & (r <= 13.0) & (dy > 4.0)] = 600
+        else:
+            rb = np.hypot(dx / body_mm[0], (dy + 30.0) / body_mm[1])
+            s[rb <= 1.0] = 80  # disc
+        if zm < 0.4 * nz * sz:  # pelvis: iliac wings with a round foramen
+            for hx in hip_x:
+                d = np.hypot(X - hx, Y - 10.0)
+                s[(d >= 10.0) & (d <= 17.0)] = 700
+                wing = (np.abs(X - np.sign(hx) * 110.0) <= 6.0) & (np.abs(Y + 10.0) <= 50.0)
+                s[wing] = 700
+        s += noise[:, ::-1] if z % 2 else noise
+        out[z] = s
+    truth = {"canal": canal, "ring": ring, "spine_x_mm": 0.0, "hip_x_mm": hip_x}
+    return out, truth
+
+
+def _child_pipeline(path: str) -> dict:
+    import resource
+
+    import SimpleITK as sitk  # noqa: F401
+    import sklearn.cluster  # noqa: F401  (import cost is not pipeline time)
+
+    from napari_vertebra.core import Volume, run_pipeline
+
+    meta = json.loads(Path(path + ".json").read_text())
+    arr = np.load(path)
+    vol = Volume(arr, spacing=tuple(meta["spacing"]))
+    t = time.perf_counter()
+    res = run_pipeline(vol)
+    total = time.perf_counter() - t
+    truth = np.load(path + ".canal.npy")
+    # canal error on found slices, in mm (resampled grid is 1 mm from the same origin)
+    zr = res.canal_centres[:, 0] * res.resampled.spacing[0] / meta["spacing"][0]
+    zi = np.clip(np.rint(zr).astype(int), 0, len(truth) - 1)
+    ty = truth[zi, 0] * meta["spacing"][1]
+    tx = truth[zi, 1] * meta["spacing"][2]
+    err = np.hypot(res.canal_centres[:, 1] - ty, res.canal_centres[:, 2] - tx)
+    return {
+        "total_s": total,
+        "steps_s": res.timings,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "resampled_shape": res.resampled.shape,
+        "crop_box": res.crop_box,
+        "found_fraction": res.found_fraction,
+        "canal_median_error_mm": float(np.median(err)),
+    }
+
+
+def _child_resample(path: str) -> dict:
+    import resource
+
+    import SimpleITK as sitk
+
+    meta = json.loads(Path(path + ".json").read_text())
+    img = sitk.GetImageFromArray(np.load(path))
+    img.SetSpacing(tuple(meta["spacing"][::-1]))
+    size = [round(n * s) for n, s in zip(img.GetSize(), img.GetSpacing(), strict=True)]
+    t = time.perf_counter()
+    sitk.Resample(img, size, sitk.Transform(), sitk.sitkLinear, img.GetOrigin(), (1.0, 1.0, 1.0))
+    total = time.perf_counter() - t
+    return {
+        "total_s": total,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _run_child(kind: str, path: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, path],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if out.returncode:
+        raise RuntimeError(f"{kind} child failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the phantom, time pipeline and bare resample, print a report."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", type=int, nargs=3, default=(600, 512, 512), metavar=("Z", "Y", "X"))
+    ap.add_argument("--spacing", type=float, nargs=3, default=(1.0, 0.7, 0.7))
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each; the best is kept")
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        kind, path = args.child
+        res = _child_pipeline(path) if kind == "pipeline" else _child_resample(path)
+        print(json.dumps(res))
+        return 0
+
+    t = time.perf_counter()
+    arr, truth = synthetic_ct(tuple(args.shape), tuple(args.spacing))
+    t_gen = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ct.npy")
+        np.save(path, arr)
+        np.save(path + ".canal.npy", truth["canal"])
+        Path(path + ".json").write_text(json.dumps({"spacing": list(args.spacing)}))
+        del arr
+        bare = min((_run_child("resample", path) for _ in range(args.repeat)),
+                   key=lambda r: r["total_s"])  # fmt: skip
+        pipe = min((_run_child("pipeline", path) for _ in range(args.repeat)),
+                   key=lambda r: r["total_s"])  # fmt: skip
+    z, y, x = args.shape
+    print(f"synthetic CT {x} x {y} x {z} voxels at {' x '.join(map(str, args.spacing[::-1]))} mm "
+          f"(x y z), int16; generated in {t_gen:.1f} s; {os.cpu_count()} CPU cores")  # fmt: skip
+    print(
+        f"resampled grid (z, y, x): {tuple(pipe['resampled_shape'])}, crop box {pipe['crop_box']}"
+    )
+    print(f"canal found on {100 * pipe['found_fraction']:.0f}% of slices, median error "
+          f"{pipe['canal_median_error_mm']:.2f} mm")  # fmt: skip
+    print("pipeline steps (s): " + ", ".join(f"{k} {v:.2f}" for k, v in pipe["steps_s"].items()))
+    print(
+        f"pipeline total:        {pipe['total_s']:6.2f} s   peak RSS {pipe['peak_rss_mb']:6.0f} MB"
+    )
+    b_s, b_mb = bare["total_s"], bare["peak_rss_mb"]
+    print(f"bare SimpleITK resample:{b_s:6.2f} s   peak RSS {b_mb:6.0f} MB")
+    ratio = pipe["total_s"] / bare["total_s"]
+    ok_t, ok_m = pipe["total_s"] < 10, pipe["peak_rss_mb"] < 3072
+    print(f"ratio pipeline / bare resample: {ratio:.2f} (target <= 3), "
+          f"pipeline < 10 s: {ok_t}, peak < 3 GB: {ok_m}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

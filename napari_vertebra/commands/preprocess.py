@@ -1,0 +1,318 @@
+"""``napari-vertebra preprocess``: the preprocessing pipeline over many CT scans.
+
+Per scan it writes into ``OUT/<scan name>/``: ``mip.png`` (16-bit grey, 0..hu_max HU
+mapped linearly onto 0..65535), ``mip.npy`` (float32 HU), ``canal_centres.csv`` (z, y, x
+voxels of the resampled grid, found 0/1), ``crop_box.json`` and ``report.json`` (written
+last; its presence with the same parameters marks the scan as done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["expand_inputs", "preprocess_one", "register", "run", "scan_name"]
+
+# flag -> PreprocessParams field
+_FLAGS = {
+    "spacing": "spacing_mm",
+    "interpolator": "interpolator",
+    "hu_min": "hu_min",
+    "hu_max": "hu_max",
+    "canal_r_min": "canal_r_min_mm",
+    "canal_r_max": "canal_r_max_mm",
+    "clusters": "n_clusters",
+    "margin_lr": "crop_margin_lr_mm",
+    "margin_anterior": "crop_margin_anterior_mm",
+    "margin_posterior": "crop_margin_posterior_mm",
+}
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``preprocess`` sub-command."""
+    p = subparsers.add_parser(
+        "preprocess",
+        help="resample, window, find the canal, crop the spine and write sagittal MIPs",
+        description=(
+            "Run the preprocessing pipeline on CT scans and write per scan into "
+            "OUT/<scan name>/: mip.png (16-bit, 0..hu_max HU -> 0..65535), mip.npy "
+            "(float32 HU), canal_centres.csv, crop_box.json and report.json."
+        ),
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="CT",
+        help="a CT file (.nii, .nii.gz, .nrrd, .mha, .mhd), a DICOM folder, or a folder of "
+        "scans (every supported file and DICOM sub-folder inside)",
+    )
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="DIR")
+    p.add_argument(
+        "--params",
+        metavar="JSON",
+        help="parameters as a JSON object or the path of a JSON file; flags override it",
+    )
+    g = p.add_argument_group("parameters (default: the paper's)")
+    g.add_argument("--spacing", type=float, metavar="MM", help="isotropic voxel size")
+    g.add_argument("--interpolator", choices=("linear", "nearest", "bspline"))
+    g.add_argument("--hu-min", type=float, metavar="HU")
+    g.add_argument("--hu-max", type=float, metavar="HU")
+    g.add_argument("--canal-r-min", type=float, metavar="MM")
+    g.add_argument("--canal-r-max", type=float, metavar="MM")
+    g.add_argument("--clusters", type=int, metavar="K", help="k of k-means")
+    g.add_argument("--margin-lr", type=float, metavar="MM")
+    g.add_argument("--margin-anterior", type=float, metavar="MM")
+    g.add_argument("--margin-posterior", type=float, metavar="MM")
+    p.add_argument("--series", metavar="UID", help="DICOM series to read from a folder")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="scans processed at the same time (processes; default 1)",
+    )
+    p.add_argument("--force", action="store_true", help="redo scans already done")
+    p.set_defaults(func=run)
+
+
+def _params_from_args(args: argparse.Namespace):
+    from napari_vertebra.core.params import PreprocessParams
+
+    data: dict[str, Any] = {}
+    if args.params:
+        text = args.params
+        if not text.lstrip().startswith("{"):
+            path = Path(text)
+            if not path.is_file():
+                raise ValueError(f"--params: {text!r} is neither a JSON object nor a file")
+            text = path.read_text()
+        data = PreprocessParams.from_json(text).to_dict()
+    for flag, name in _FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            data[name] = value
+    return PreprocessParams.from_dict(data)
+
+
+def scan_name(path: Path) -> str:
+    """Output folder name of a scan: the file name without its volume suffix."""
+    from napari_vertebra.core.io import CT_SUFFIXES
+
+    name = path.name
+    for suffix in sorted(CT_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or name
+    return name
+
+
+def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Scans named by the command line: files, DICOM folders, folders of scans.
+
+    A folder holding files with a volume suffix is a folder of scans (those files and its
+    sub-folders); any other folder is read as one DICOM series. Missing paths and files
+    with another suffix are kept so that they are reported as failures.
+    """
+    from napari_vertebra.core.io import CT_SUFFIXES
+
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            children = sorted(p.iterdir())
+            scans = [c for c in children if c.is_file() and c.name.lower().endswith(CT_SUFFIXES)]
+            if scans:
+                out.extend(scans)
+                out.extend(c for c in children if c.is_dir())
+            else:
+                out.append(p)
+        else:
+            out.append(p)
+    seen: set[Path] = set()
+    unique = []
+    for p in out:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda t: t.write_text(text))
+
+
+def is_done(out_dir: Path, params_dict: dict[str, Any]) -> bool:
+    """True when ``out_dir`` holds a complete result made with the same parameters."""
+    report = out_dir / "report.json"
+    if not report.is_file():
+        return False
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    files = ("mip.png", "mip.npy", "canal_centres.csv", "crop_box.json")
+    return data.get("params") == params_dict and all((out_dir / f).is_file() for f in files)
+
+
+def preprocess_one(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    params_dict: dict[str, Any],
+    force: bool = False,
+    series: str | None = None,
+) -> dict[str, Any]:
+    """Preprocess one scan into ``out_dir``; never raises for a bad scan.
+
+    Returns {"path", "out", "status": "done" | "skipped" | "failed", "message",
+    "seconds"}.
+    """
+    t0 = time.perf_counter()
+    path = Path(path)
+    out_dir = Path(out_dir)
+    result = {"path": str(path), "out": str(out_dir), "status": "failed", "message": ""}
+    try:
+        if not force and is_done(out_dir, params_dict):
+            result.update(status="skipped", message="already done")
+            return result
+        _process(path, out_dir, params_dict, series)
+        result["status"] = "done"
+    except (ValueError, OSError, RuntimeError, MemoryError) as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        prefix = f"{path}: "
+        result["message"] = msg[len(prefix) :] if msg.startswith(prefix) else msg
+    finally:
+        result["seconds"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def _process(path: Path, out_dir: Path, params_dict: dict[str, Any], series: str | None) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from napari_vertebra import __version__
+    from napari_vertebra.core import PreprocessParams, read_ct, run_pipeline
+
+    params = PreprocessParams.from_dict(params_dict)
+    t = time.perf_counter()
+    ct = read_ct(path, series=series)
+    t_read = time.perf_counter() - t
+    t = time.perf_counter()
+    res = run_pipeline(ct, params)
+    t_total = time.perf_counter() - t
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").unlink(missing_ok=True)  # not done until rewritten
+
+    scale = 65535.0 / params.hu_max
+    png = np.clip(np.rint(res.mip * scale), 0, 65535).astype(np.uint16)
+    _atomic_write(out_dir / "mip.png", lambda t: Image.fromarray(png).save(t, format="PNG"))
+
+    def save_npy(t: Path) -> None:
+        with open(t, "wb") as f:
+            np.save(f, res.mip.astype(np.float32))
+
+    _atomic_write(out_dir / "mip.npy", save_npy)
+    lines = ["z,y,x,found"] + [
+        f"{z:.0f},{y:.2f},{x:.2f},{int(f)}"
+        for (z, y, x), f in zip(res.canal_centres, res.canal_found, strict=True)
+    ]
+    _write_text(out_dir / "canal_centres.csv", "\n".join(lines) + "\n")
+    box = [list(map(int, b)) for b in res.crop_box]
+    crop = {
+        "crop_box": box,
+        "axes": "z, y, x voxels of the resampled grid, half-open",
+        "resampled_shape": list(res.resampled.shape),
+    }
+    _write_text(out_dir / "crop_box.json", json.dumps(crop, indent=2))
+    report = {
+        "input": str(path.resolve()),
+        "series": series,
+        "version": __version__,
+        "input_shape": list(ct.shape),
+        "input_spacing": list(ct.spacing),
+        "resampled_shape": list(res.resampled.shape),
+        "resampled_spacing": list(res.resampled.spacing),
+        "resampled_origin_lps": list(res.resampled.origin),
+        "resampled_direction": res.resampled.direction.ravel().tolist(),
+        "crop_box": box,
+        "cropped_origin_lps": list(res.cropped.origin),
+        "mip_shape": list(res.mip.shape),
+        "mip_orientation": "row 0 superior, column 0 anterior; max over x (left-right)",
+        "mip_png_scale": f"uint16 = round(HU * 65535 / {params.hu_max:g}), clipped",
+        "canal_found_fraction": round(res.found_fraction, 4),
+        "canal_found_slices": int(res.canal_found.sum()),
+        "timings_s": {"read": round(t_read, 3), "pipeline": round(t_total, 3)}
+        | {k: round(v, 3) for k, v in res.timings.items()},
+        "params": params_dict,
+    }
+    _write_text(out_dir / "report.json", json.dumps(report, indent=2))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the ``preprocess`` command; returns 1 if any scan failed."""
+    from tqdm import tqdm
+
+    params = _params_from_args(args)
+    params_dict = params.to_dict()
+    scans = expand_inputs(args.inputs)
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    out_root: Path = args.output
+    out_root.mkdir(parents=True, exist_ok=True)
+    names: dict[str, int] = {}
+    jobs = []
+    for p in scans:
+        name = scan_name(p)
+        names[name] = names.get(name, 0) + 1
+        if names[name] > 1:
+            name = f"{name}_{names[name]}"
+        jobs.append((p, out_root / name))
+
+    results = []
+    bar = tqdm(total=len(jobs), unit="scan", desc="preprocess", file=sys.stderr)
+
+    def done(r: dict[str, Any]) -> None:
+        results.append(r)
+        if r["status"] == "failed":
+            tqdm.write(f"FAILED {r['path']}: {r['message']}", file=sys.stderr)
+        bar.update(1)
+
+    if args.workers == 1 or len(jobs) <= 1:
+        for p, out in jobs:
+            done(preprocess_one(p, out, params_dict, args.force, args.series))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        ctx = mp.get_context("spawn")  # SimpleITK's threads and fork do not mix
+        with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
+            futs = {
+                pool.submit(preprocess_one, p, out, params_dict, args.force, args.series): p
+                for p, out in jobs
+            }
+            for fut in as_completed(futs):
+                try:
+                    done(fut.result())
+                except Exception as e:  # a crashed worker: report and go on
+                    done({"path": str(futs[fut]), "status": "failed", "message": repr(e)})
+    bar.close()
+    n = {s: sum(r["status"] == s for r in results) for s in ("done", "skipped", "failed")}
+    print(
+        f"preprocessed {n['done']}, skipped {n['skipped']} (already done), "
+        f"failed {n['failed']} of {len(jobs)} scan(s) into {out_root}"
+    )
+    return 1 if n["failed"] else 0

@@ -1,0 +1,226 @@
+"""The whole preprocessing pipeline with re-use of unchanged steps."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .params import STEP_PARAMS, PreprocessParams
+from .preprocess import (
+    CanalDetection,
+    CropBox,
+    apply_crop,
+    crop_spine,
+    detect_canal_details,
+    resample_isotropic,
+    resample_labels,
+    sagittal_mip,
+    window_hu,
+)
+from .progress import ProgressCallback, report, scaled
+from .volume import Volume
+
+__all__ = ["STEPS", "PipelineResult", "mip_labels_to_volume", "run_pipeline"]
+
+#: Pipeline steps in order; each depends on its own parameters and all earlier steps.
+STEPS = ("resample", "window", "canal", "crop", "mip")
+
+
+@dataclass(frozen=True, eq=False)
+class PipelineResult:
+    """Every intermediate of :func:`run_pipeline`.
+
+    Grids: ``resampled``, ``windowed`` and ``labels_resampled`` share the isotropic grid
+    (``params.spacing_mm``); ``cropped`` and ``labels_cropped`` are its ``crop_box``.
+    ``canal_centres`` (N, 3) are (z, y, x) voxels of the resampled grid, one per axial
+    slice, ``canal_found`` (N,) says which were found (the others carried across from
+    neighbouring slices). ``mip`` (float32, HU) and ``mip_argmax_x`` (int32, x index in
+    the cropped grid) are (z1 - z0, y1 - y0): row 0 superior, column 0 anterior.
+    ``timings`` gives seconds per step (0 for a step re-used from ``previous``).
+    """
+
+    source: Volume
+    params: PreprocessParams
+    resampled: Volume
+    windowed: Volume
+    canal_centres: np.ndarray
+    canal_found: np.ndarray
+    crop_box: CropBox
+    cropped: Volume
+    mip: np.ndarray
+    mip_argmax_x: np.ndarray
+    canal: CanalDetection
+    labels_source: Volume | None = None
+    labels_resampled: Volume | None = None
+    labels_cropped: Volume | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def found_fraction(self) -> float:
+        """Fraction of axial slices where the canal was found (not carried across)."""
+        return float(np.mean(self.canal_found)) if len(self.canal_found) else 0.0
+
+    def mip_to_volume_index(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """(N, 3) int (z, y, x) voxel of the resampled grid that gave MIP pixels (rows, cols)."""
+        rows = np.asarray(rows, int).ravel()
+        cols = np.asarray(cols, int).ravel()
+        h, w = self.mip.shape
+        if rows.shape != cols.shape:
+            raise ValueError("rows and cols must have the same length")
+        if np.any((rows < 0) | (rows >= h) | (cols < 0) | (cols >= w)):
+            raise ValueError(f"MIP pixel outside the {h} x {w} image")
+        (_, z1), (y0, _), (x0, _) = self.crop_box
+        z = z1 - 1 - rows
+        y = y0 + cols
+        x = x0 + self.mip_argmax_x[rows, cols]
+        return np.stack([z, y, x], axis=1).astype(int)
+
+    def mip_to_physical(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """(N, 3) LPS position (x, y, z mm) of the voxel behind MIP pixels (rows, cols)."""
+        return self.resampled.index_to_physical(self.mip_to_volume_index(rows, cols))
+
+    def mip_pixel_of_index(self, zyx: np.ndarray) -> np.ndarray:
+        """(N, 2) float (row, col) MIP position of (N, 3) (z, y, x) resampled voxels."""
+        zyx = np.asarray(zyx, float).reshape(-1, 3)
+        (_, z1), (y0, _), _ = self.crop_box
+        return np.stack([z1 - 1 - zyx[:, 0], zyx[:, 1] - y0], axis=1)
+
+
+def _same_params(a: PreprocessParams, b: PreprocessParams, upto: str) -> bool:
+    for step in STEPS[: STEPS.index(upto) + 1]:
+        for name in STEP_PARAMS[step]:
+            if getattr(a, name) != getattr(b, name):
+                return False
+    return True
+
+
+def run_pipeline(
+    volume: Volume,
+    params: PreprocessParams | None = None,
+    labels: Volume | None = None,
+    progress: ProgressCallback | None = None,
+    previous: PipelineResult | None = None,
+) -> PipelineResult:
+    """Resample, window, find the canal, crop the spine and project (sagittal MIP).
+
+    ``labels`` (an integer map on ``volume``'s grid) follow every geometric step with
+    nearest-neighbour interpolation. ``previous`` (a result for the same ``volume``
+    object) lets steps whose parameters did not change be re-used instead of re-run.
+    """
+    params = PreprocessParams() if params is None else params
+    if labels is not None and not labels.same_grid(volume):
+        raise ValueError(
+            f"the label map's grid (shape {labels.shape}, spacing {labels.spacing}) differs "
+            f"from the CT's (shape {volume.shape}, spacing {volume.spacing})"
+        )
+    prev = previous if previous is not None and previous.source is volume else None
+
+    def reuse(step: str) -> bool:
+        return prev is not None and _same_params(prev.params, params, step)
+
+    timings: dict[str, float] = {}
+    spans = {"resample": (0.0, 0.35), "window": (0.35, 0.45), "canal": (0.45, 0.9)}
+
+    t = time.perf_counter()
+    if reuse("resample"):
+        resampled = prev.resampled
+    else:
+        report(progress, 0.0, f"resampling to {params.spacing_mm:g} mm")
+        resampled = resample_isotropic(volume, params.spacing_mm, params.interpolator)
+    timings["resample"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    labels_resampled = None
+    if labels is not None:
+        if (
+            reuse("resample")
+            and prev.labels_source is labels
+            and prev.labels_resampled is not None
+        ):
+            labels_resampled = prev.labels_resampled
+        else:
+            report(progress, 0.3, "resampling labels")
+            labels_resampled = resample_labels(labels, resampled)
+    timings["labels"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if reuse("window"):
+        windowed = prev.windowed
+    else:
+        report(progress, spans["window"][0], f"HU window {params.hu_min:g}..{params.hu_max:g}")
+        windowed = window_hu(resampled, params.hu_min, params.hu_max)
+    timings["window"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if reuse("canal"):
+        canal = prev.canal
+    else:
+        report(progress, spans["canal"][0], "finding the spinal canal")
+        canal = detect_canal_details(windowed, params, scaled(progress, *spans["canal"]))
+    timings["canal"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if reuse("crop"):
+        box = prev.crop_box
+    else:
+        report(progress, 0.9, "cropping the spine")
+        box = crop_spine(canal.centres, canal.found, windowed.shape, windowed.spacing, params)
+    cropped = prev.cropped if reuse("crop") else apply_crop(windowed, box)
+    labels_cropped = apply_crop(labels_resampled, box) if labels_resampled is not None else None
+    timings["crop"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if reuse("mip"):
+        mip, argmax_x = prev.mip, prev.mip_argmax_x
+    else:
+        report(progress, 0.95, "sagittal MIP")
+        mip, argmax_x = sagittal_mip(cropped)
+    timings["mip"] = time.perf_counter() - t
+    report(progress, 1.0, "done")
+
+    return PipelineResult(
+        source=volume,
+        params=params,
+        resampled=resampled,
+        windowed=windowed,
+        canal_centres=canal.centres,
+        canal_found=canal.found,
+        crop_box=box,
+        cropped=cropped,
+        mip=mip,
+        mip_argmax_x=argmax_x,
+        canal=canal,
+        labels_source=labels,
+        labels_resampled=labels_resampled,
+        labels_cropped=labels_cropped,
+        timings=timings,
+    )
+
+
+def mip_labels_to_volume(mip_labels: np.ndarray, result: PipelineResult) -> np.ndarray:
+    """Carry a 2D label image on the MIP back into 3D: a first estimate, not a segmenter.
+
+    Each labelled MIP pixel labels the run of bone voxels (windowed value > 0) along its
+    x-ray that contains the ray's brightest voxel (``mip_argmax_x``). Returns an int32
+    array of the resampled grid's shape (0 outside the crop and off bone).
+    """
+    mip_labels = np.asarray(mip_labels)
+    if mip_labels.shape != result.mip.shape:
+        raise ValueError(
+            f"MIP labels have shape {mip_labels.shape}; the MIP is {result.mip.shape}"
+        )
+    (z0, z1), (y0, y1), (x0, x1) = result.crop_box
+    lab = mip_labels[::-1].astype(np.int32)  # rows back to z ascending
+    am = result.mip_argmax_x[::-1].astype(np.intp)
+    bone = result.cropped.array > 0
+    starts = bone.copy()
+    starts[..., 1:] &= ~bone[..., :-1]
+    run = np.cumsum(starts, axis=2, dtype=np.int32)
+    run_at = np.take_along_axis(run, am[..., None], axis=2)
+    on_bone = np.take_along_axis(bone, am[..., None], axis=2)
+    mask = bone & (run == run_at) & on_bone & (lab > 0)[..., None]
+    out = np.zeros(result.resampled.shape, np.int32)
+    out[z0:z1, y0:y1, x0:x1] = np.where(mask, lab[..., None], 0)
+    return out
