@@ -1,0 +1,261 @@
+"""Build a training dataset: full MIPs + partial views, split by scan, one COCO per split.
+
+Output::
+
+    out_dir/train/annotations.json   out_dir/train/images/*.png
+    out_dir/val/...                  out_dir/test/...
+    out_dir/dataset.json             scans per split, image counts, settings
+
+Splits are made by scan (patient): every image of a scan (its full MIP and all its
+partial views) goes to the same split. See :func:`split_scans` for small scan counts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from napari_vertebra.core.progress import ProgressCallback, report, scaled
+
+from ._atomic import AtomicBatch
+from .coco import read_coco, stage_coco
+from .partial import partial_views
+from .project import safe_key
+from .types import AnnotatedImage
+
+__all__ = ["SPLITS", "CTLabelPair", "build_dataset", "read_pairs_csv", "split_scans"]
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class CTLabelPair:
+    """A CT and its 3D vertebra label map (paths), the label convention and a scan name
+    (default: the CT file name without suffix)."""
+
+    ct: str | os.PathLike
+    labels: str | os.PathLike
+    convention: str | os.PathLike | Mapping = "totalsegmentator"
+    scan: str | None = None
+
+    @property
+    def scan_name(self) -> str:
+        return self.scan or safe_key(Path(self.ct).name)
+
+
+def read_pairs_csv(
+    path: str | os.PathLike, convention: str | os.PathLike | Mapping = "totalsegmentator"
+) -> list[CTLabelPair]:
+    """Read a pairs CSV: a header row with columns ``ct`` and ``labels`` (required) and
+    ``scan`` and ``convention`` (optional, per row); relative paths are relative to the
+    CSV's folder. ``convention`` is the default for rows without one."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    if not rows or not {"ct", "labels"} <= set(rows[0]):
+        raise ValueError(f"{path}: a pairs CSV needs a header with columns 'ct' and 'labels'")
+    out = []
+    for i, row in enumerate(rows, start=2):
+        ct, lab = (row.get("ct") or "").strip(), (row.get("labels") or "").strip()
+        if not ct or not lab:
+            raise ValueError(f"{path}, line {i}: empty 'ct' or 'labels'")
+        out.append(
+            CTLabelPair(
+                path.parent / ct,
+                path.parent / lab,
+                (row.get("convention") or "").strip() or convention,
+                (row.get("scan") or "").strip() or None,
+            )
+        )
+    return out
+
+
+def split_scans(
+    scans: Sequence[str], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0
+) -> dict[str, list[str]]:
+    """Assign each distinct scan to train / val / test (seeded shuffle).
+
+    Counts follow ``fractions`` (largest remainder), but every split with a positive
+    fraction gets at least one scan when there are enough scans. With fewer scans than
+    such splits, they are filled in the order train, val, test and the rest stay empty
+    (1 scan: train only; 2 scans: train and val).
+    """
+    fr = np.asarray(fractions, float)
+    if fr.shape != (3,) or np.any(fr < 0) or fr.sum() <= 0:
+        raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
+    fr = fr / fr.sum()
+    uniq = sorted(set(scans))
+    rng = np.random.default_rng(seed)
+    order = [uniq[i] for i in rng.permutation(len(uniq))]
+    n = len(order)
+    active = [i for i in range(3) if fr[i] > 0]
+    if n <= len(active):
+        counts = [0, 0, 0]
+        for i in active[:n]:
+            counts[i] = 1
+    else:
+        raw = fr * n
+        counts = [1 if i in active else 0 for i in range(3)]
+        while sum(counts) < n:
+            i = max(active, key=lambda k: (raw[k] - counts[k], -k))
+            counts[i] += 1
+    out, k = {}, 0
+    for name, c in zip(SPLITS, counts, strict=True):
+        out[name] = sorted(order[k : k + c])
+        k += c
+    return out
+
+
+Input = AnnotatedImage | CTLabelPair | str | os.PathLike
+
+
+def _load_inputs(
+    inputs: Sequence[Input], progress: ProgressCallback | None, min_visible: float, **kw
+) -> list[AnnotatedImage]:
+    from .from3d import labels_to_annotations
+
+    images: list[AnnotatedImage] = []
+    for k, item in enumerate(inputs):
+        sub = scaled(progress, k / max(1, len(inputs)), (k + 1) / max(1, len(inputs)))
+        if isinstance(item, AnnotatedImage):
+            if item.image is None:
+                raise ValueError(f"{item.file_name}: the dataset builder needs the image pixels")
+            images.append(item)
+        elif isinstance(item, CTLabelPair):
+            from napari_vertebra.core.io import read_ct, read_labels
+
+            report(sub, 0.0, f"reading {Path(item.ct).name}")
+            ct = read_ct(item.ct)
+            labels = read_labels(item.labels, like=ct)
+            images.append(
+                labels_to_annotations(
+                    ct,
+                    labels,
+                    item.convention,
+                    min_visible=min_visible,
+                    progress=sub,
+                    scan=item.scan_name,
+                    **kw,
+                )
+            )
+        else:
+            p = Path(item)
+            report(sub, 0.0, f"reading {p.name}")
+            for im in read_coco(p, load_images=True):
+                if im.scan is None:
+                    im.scan = safe_key(PurePosixPath(im.file_name).stem)
+                images.append(im)
+    return images
+
+
+def build_dataset(
+    inputs: Sequence[Input],
+    out_dir: str | os.PathLike,
+    views_per_image: int = 10,
+    seed: int = 0,
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    min_visible: float = 0.5,
+    include_full: bool = True,
+    progress: ProgressCallback | None = None,
+    min_vertebrae: int = 4,
+    max_vertebrae: int = 17,
+    tolerance_px: float = 1.0,
+    params=None,
+) -> dict[str, Path]:
+    """Build ``out_dir/{train,val,test}/annotations.json`` (+ ``images/*.png``).
+
+    ``inputs``: COCO files (with their images), :class:`CTLabelPair` (turned into
+    annotations with :func:`~napari_vertebra.annotation.from3d.labels_to_annotations`,
+    ``params`` = PreprocessParams) or :class:`AnnotatedImage` with pixels. Per image,
+    ``views_per_image`` partial views (:func:`~napari_vertebra.annotation.partial.
+    partial_views`, seeded) plus the full image when ``include_full``. Split by scan
+    (:func:`split_scans`); each COCO image records its ``scan``. Every split file is
+    written (possibly with no images); ``out_dir/dataset.json`` summarises. Files of the
+    same names are replaced; other files already in ``out_dir`` are left alone. Returns
+    {split: path of its annotations.json}.
+    """
+    out_dir = Path(out_dir)
+    kw = {"tolerance_px": tolerance_px}
+    if params is not None:
+        kw["params"] = params
+    images = _load_inputs(inputs, scaled(progress, 0.0, 0.6), min_visible, **kw)
+    if not images:
+        raise ValueError("no input images for the dataset")
+    rng = np.random.default_rng(seed)
+    per_scan: dict[str, list[AnnotatedImage]] = {}
+    used: set[str] = set()
+
+    def unique(name: str) -> str:
+        base, k = name, 1
+        while name in used:
+            name = f"{base}_{k}"
+            k += 1
+        used.add(name)
+        return name
+
+    for k, im in enumerate(images):
+        report(progress, 0.6 + 0.3 * k / len(images), f"partial views of {im.file_name}")
+        scan = im.scan or safe_key(PurePosixPath(im.file_name).stem)
+        stem = PurePosixPath(im.file_name).stem
+        base = unique(safe_key(scan if stem == scan else f"{scan}_{stem}"))
+        out = per_scan.setdefault(scan, [])
+        if include_full:
+            meta = dict(im.meta or {}, view="full", source=im.file_name)
+            out.append(
+                AnnotatedImage(
+                    f"images/{base}_full.png",
+                    im.height,
+                    im.width,
+                    im.annotations,
+                    im.image,
+                    scan,
+                    meta,
+                )
+            )
+        for j, v in enumerate(
+            partial_views(
+                im,
+                views_per_image,
+                rng,
+                min_vertebrae,
+                max_vertebrae,
+                min_visible,
+                tolerance_px=tolerance_px,
+            )
+        ):
+            r0, r1 = v.meta["rows"]
+            v.file_name = f"images/{base}_v{j:03d}_rows{r0}-{r1}.png"
+            v.scan = scan
+            out.append(v)
+    split = split_scans(list(per_scan), fractions, seed)
+    report(progress, 0.9, "writing splits")
+    paths = {}
+    summary: dict = {
+        "seed": seed,
+        "fractions": list(fractions),
+        "min_visible": min_visible,
+        "views_per_image": views_per_image,
+        "include_full": include_full,
+        "splits": {},
+    }
+    with AtomicBatch() as batch:  # all splits are written together, or none
+        for name in SPLITS:
+            split_images = [im for s in split[name] for im in per_scan[s]]
+            paths[name] = stage_coco(batch, split_images, out_dir / name)
+            summary["splits"][name] = {
+                "scans": split[name],
+                "images": len(split_images),
+                "annotations": sum(len(i.annotations) for i in split_images),
+            }
+        batch.add(out_dir / "dataset.json", json.dumps(summary, indent=1).encode("utf-8"))
+    report(progress, 1.0, "done")
+    return paths

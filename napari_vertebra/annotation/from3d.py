@@ -1,0 +1,160 @@
+"""Vertebra polygons on the sagittal MIP from a 3D label map (e.g. TotalSegmentator, VerSe).
+
+The CT and its label map go through :func:`napari_vertebra.core.run_pipeline` together;
+each vertebra class inside the crop is projected over x (any voxel along the ray, a
+"projected mask" with the MIP's orientation: row 0 superior, col 0 anterior) and outlined
+with :func:`~napari_vertebra.annotation.polygons.mask_to_polygons`.
+
+Visibility rule (a vertebra cut by the scan edge or the crop): its *visible fraction* is
+its projected area in the crop divided by its *expected* area, and it is kept only when
+that is at least ``min_visible``. The expected area is the larger of
+
+* its projected area in the whole resampled label map (so a cut made by the crop counts),
+* when it comes within ``edge_margin`` voxels of the scan's top, bottom, front or back
+  (z / y faces of the resampled volume; the margin covers the source slice spacing): the
+  median projected area of the (up to two) nearest complete vertebrae by class, where
+  complete means away from every such face. Without any complete vertebra, a vertebra
+  touching the scan edge cannot be judged and is kept.
+
+The x (left-right) faces are ignored: a cut there barely changes a sagittal projection.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from napari_vertebra.core.labels import class_name, load_convention, to_class_map
+from napari_vertebra.core.params import PreprocessParams
+from napari_vertebra.core.progress import ProgressCallback, report, scaled
+from napari_vertebra.core.volume import Volume
+
+from .polygons import mask_to_polygons
+from .types import AnnotatedImage, VertebraAnnotation
+
+__all__ = ["labels_to_annotations", "projected_masks"]
+
+Convention = str | os.PathLike | Mapping
+
+
+def projected_masks(class_map_zyx: np.ndarray) -> dict[int, np.ndarray]:
+    """{class id: 2D bool mask} of every class in a (z, y, x) class map, projected over x
+    (any), rows flipped so that row 0 is the most superior slice (the MIP's layout)."""
+    out = {}
+    for c in np.unique(class_map_zyx):
+        if c == 0:
+            continue
+        out[int(c)] = np.ascontiguousarray((class_map_zyx == c).any(axis=2)[::-1])
+    return out
+
+
+def _touches_edge(mask_zyx: np.ndarray, margin: int) -> bool:
+    nz, ny, _ = mask_zyx.shape
+    zs = np.nonzero(mask_zyx.any(axis=(1, 2)))[0]
+    ys = np.nonzero(mask_zyx.any(axis=(0, 2)))[0]
+    if not len(zs):
+        return False
+    return bool(zs[0] < margin or zs[-1] >= nz - margin or ys[0] < margin or ys[-1] >= ny - margin)
+
+
+def labels_to_annotations(
+    ct: Volume,
+    labels: Volume,
+    convention: Convention = "totalsegmentator",
+    params: PreprocessParams | None = None,
+    min_visible: float = 0.5,
+    tolerance_px: float = 1.0,
+    progress: ProgressCallback | None = None,
+    scan: str | None = None,
+    file_name: str | None = None,
+    result=None,
+    edge_margin: int | None = None,
+    min_area_px: float = 4.0,
+) -> AnnotatedImage:
+    """The MIP of ``ct`` with one polygon annotation per vertebra of ``labels``.
+
+    ``labels``: integer label map on ``ct``'s grid (else ValueError); ``convention``:
+    "totalsegmentator", "verse", a JSON table path or a {label id: class} mapping.
+    ``params``: preprocessing parameters; ``result``: a :class:`PipelineResult` of the
+    same CT *with* these labels to skip the pipeline. ``min_visible`` (0..1): visibility
+    rule of the module doc; ``edge_margin`` (voxels of the resampled grid) defaults to
+    ceil(largest source spacing / target spacing) + 1. ``tolerance_px``: polygon
+    simplification (px). Returns an :class:`AnnotatedImage` whose ``image`` is the MIP
+    (float32 HU), ``file_name`` ``"<scan>.png"``, ordered T1..L5, and ``meta`` with
+    ``visible_fraction`` {name: fraction}, ``dropped`` [names], ``crop_box``,
+    ``spacing_mm`` and ``convention``.
+    """
+    if not 0.0 <= min_visible <= 1.0:
+        raise ValueError(f"min_visible must be in 0..1, got {min_visible}")
+    if labels.shape != ct.shape or not labels.same_grid(ct):
+        raise ValueError(
+            f"the label map's grid does not match the CT (labels: shape {labels.shape}, "
+            f"spacing {tuple(round(s, 3) for s in labels.spacing)}, origin "
+            f"{tuple(round(o, 2) for o in labels.origin)}; CT: shape {ct.shape}, spacing "
+            f"{tuple(round(s, 3) for s in ct.spacing)}, origin "
+            f"{tuple(round(o, 2) for o in ct.origin)})"
+        )
+    table = load_convention(convention)
+    params = PreprocessParams() if params is None else params
+    if result is None or result.labels_cropped is None:
+        from napari_vertebra.core.pipeline import run_pipeline
+
+        result = run_pipeline(ct, params, labels=labels, progress=scaled(progress, 0.0, 0.8))
+    report(progress, 0.8, "projecting vertebrae")
+    spacing = float(result.params.spacing_mm)
+    if edge_margin is None:
+        edge_margin = math.ceil(max(ct.spacing) / spacing) + 1
+
+    full = to_class_map(result.labels_resampled.array, table)
+    crop = to_class_map(result.labels_cropped.array, table)
+    in_crop = projected_masks(crop)
+    full_area = {c: int(m.sum()) for c, m in projected_masks(full).items()}
+    edge = {c: _touches_edge(full == c, edge_margin) for c in in_crop}
+    area = {c: int(m.sum()) for c, m in in_crop.items()}
+    complete = sorted(c for c in in_crop if not edge[c] and area[c] >= full_area.get(c, 0))
+
+    fractions: dict[str, float] = {}
+    dropped: list[str] = []
+    annotations: list[VertebraAnnotation] = []
+    for k, c in enumerate(sorted(in_crop)):
+        report(progress, 0.8 + 0.2 * k / max(1, len(in_crop)), f"outlining {class_name(c)}")
+        expected = float(full_area.get(c, area[c]))
+        if edge[c] and complete:
+            near = sorted(complete, key=lambda o: (abs(o - c), o))[:2]
+            expected = max(expected, float(np.median([area[o] for o in near])))
+        frac = min(1.0, area[c] / expected) if expected > 0 else 0.0
+        fractions[class_name(c)] = round(frac, 4)
+        if frac < min_visible:
+            dropped.append(class_name(c))
+            continue
+        polys = mask_to_polygons(in_crop[c], tolerance_px=tolerance_px, min_area_px=min_area_px)
+        if polys:
+            annotations.append(VertebraAnnotation(c, polys))
+        else:
+            dropped.append(class_name(c))
+    report(progress, 1.0, "done")
+    scan = scan or "scan"
+    conv = (
+        convention
+        if isinstance(convention, str)
+        else (os.fspath(convention) if isinstance(convention, os.PathLike) else "table")
+    )
+    mip = np.asarray(result.mip, np.float32)
+    return AnnotatedImage(
+        file_name=file_name or f"{scan}.png",
+        height=int(mip.shape[0]),
+        width=int(mip.shape[1]),
+        annotations=annotations,
+        image=mip,
+        scan=scan,
+        meta={
+            "visible_fraction": fractions,
+            "dropped": dropped,
+            "crop_box": [list(map(int, b)) for b in result.crop_box],
+            "spacing_mm": spacing,
+            "convention": conv,
+        },
+    )

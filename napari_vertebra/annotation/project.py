@@ -1,0 +1,200 @@
+"""An autosaved annotation store for the annotate widget: one folder, many MIP images.
+
+Layout::
+
+    folder/project.json              index: {key: file_name, height, width, scan, meta}
+    folder/images/<key>.png          the MIP, 16-bit PNG (see coco.write_mip_png)
+    folder/annotations/<key>.json    {"image": key, "annotations": [{"class": "L1",
+                                      "class_id": 13, "polygons": [[[row, col], ...]],
+                                      "score": null}]}
+
+Every write goes to a temporary file in the same folder and is then renamed over the old
+one, so a crash mid-save leaves the previous version intact. Keys are safe file names
+(letters, digits, ``._-``; :func:`safe_key` makes one from any name).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ._atomic import atomic_write_bytes, atomic_write_text, png_bytes
+from .coco import HU_SCALE, _to_uint16, read_image, write_coco
+from .types import AnnotatedImage, VertebraAnnotation
+
+__all__ = ["AnnotationProject", "safe_key"]
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def safe_key(name: str) -> str:
+    """A safe image key from any name: other characters become ``_`` (e.g. a scan path
+    ``"case 1/ct.nii.gz"`` -> ``"case_1_ct"``)."""
+    s = str(name).replace("\\", "/")
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".json"):
+        if s.lower().endswith(suffix):
+            s = s[: -len(suffix)]
+            break
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("._-")
+    return (s or "image")[:200]
+
+
+def _check_key(key: str) -> str:
+    if not isinstance(key, str) or not _KEY_RE.match(key) or ".." in key:
+        raise ValueError(
+            f"image key {key!r} is not a safe file name (letters, digits, '._-', not "
+            "starting with '.'); use safe_key()"
+        )
+    return key
+
+
+def _ann_to_json(a: VertebraAnnotation) -> dict:
+    return {
+        "class": a.name,
+        "class_id": int(a.class_id),
+        "polygons": [np.round(p, 3).tolist() for p in a.polygons],
+        "score": None if a.score is None else float(a.score),
+    }
+
+
+class AnnotationProject:
+    """Autosaved per-image annotations and their MIPs in ``folder`` (created if needed)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"{self.folder}: not a folder")
+        self._index = self._read_index()
+
+    # -- index
+    @property
+    def _index_path(self) -> Path:
+        return self.folder / "project.json"
+
+    def _read_index(self) -> dict:
+        p = self._index_path
+        if not p.is_file():
+            return {}
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{p}: not a valid project index ({e})") from e
+        images = data.get("images") if isinstance(data, dict) else None
+        if not isinstance(images, dict):
+            raise ValueError(f"{p}: not a valid project index (no 'images' object)")
+        return images
+
+    def _write_index(self) -> None:
+        atomic_write_text(
+            self._index_path,
+            json.dumps({"version": 1, "images": self._index}, indent=1, default=str),
+        )
+
+    def _ann_path(self, key: str) -> Path:
+        return self.folder / "annotations" / f"{_check_key(key)}.json"
+
+    # -- public
+    def list_images(self) -> list[str]:
+        """Keys of the stored images, sorted."""
+        return sorted(self._index)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def add_image(
+        self,
+        key: str,
+        mip: np.ndarray,
+        scan: str | None = None,
+        meta: dict | None = None,
+        hu_scale: float = HU_SCALE,
+        overwrite: bool = False,
+    ) -> AnnotatedImage:
+        """Store a 2D MIP (float, windowed HU) under ``key`` as a 16-bit PNG.
+
+        The image is written once: if ``key`` is already stored with the same shape it is
+        kept unless ``overwrite``; a different shape raises ValueError (saved polygons
+        would not fit). Returns the stored image (pixels as given, no annotations).
+        """
+        _check_key(key)
+        mip = np.asarray(mip)
+        if mip.ndim != 2:
+            raise ValueError(f"add_image({key!r}): expected a 2D MIP, got shape {mip.shape}")
+        old = self._index.get(key)
+        if old is not None and (old["height"], old["width"]) != mip.shape:
+            raise ValueError(
+                f"{self.folder}: image {key!r} is stored as {old['height']}x{old['width']}, "
+                f"the new one is {mip.shape[0]}x{mip.shape[1]}"
+            )
+        file_name = f"images/{key}.png"
+        if old is None or overwrite or not (self.folder / file_name).is_file():
+            atomic_write_bytes(self.folder / file_name, png_bytes(_to_uint16(mip, hu_scale)))
+        self._index[key] = {
+            "file_name": file_name,
+            "height": int(mip.shape[0]),
+            "width": int(mip.shape[1]),
+            "scan": scan if scan is not None else (old or {}).get("scan", key),
+            "hu_scale": float(hu_scale),
+            "meta": dict(meta if meta is not None else (old or {}).get("meta", {})),
+        }
+        self._write_index()
+        return AnnotatedImage(
+            file_name,
+            mip.shape[0],
+            mip.shape[1],
+            [],
+            mip,
+            self._index[key]["scan"],
+            dict(self._index[key]["meta"], hu_scale=float(hu_scale)),
+        )
+
+    def save(self, key: str, annotations: Sequence[VertebraAnnotation]) -> Path:
+        """Save the annotations of image ``key`` (atomic; replaces the previous save)."""
+        path = self._ann_path(key)
+        data = {"image": key, "annotations": [_ann_to_json(a) for a in annotations]}
+        return atomic_write_text(path, json.dumps(data, indent=1))
+
+    def load(self, key: str) -> list[VertebraAnnotation]:
+        """The saved annotations of image ``key`` ([] when none were saved)."""
+        path = self._ann_path(key)
+        if not path.is_file():
+            return []
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return [
+                VertebraAnnotation(int(a["class_id"]), a["polygons"], a.get("score"))
+                for a in data["annotations"]
+            ]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a valid annotation file ({e})") from e
+
+    def image(self, key: str, load_pixels: bool = True) -> AnnotatedImage:
+        """Image ``key`` with its saved annotations (and pixels in float HU if asked)."""
+        if key not in self._index:
+            raise KeyError(f"{self.folder}: no image {key!r}")
+        e = self._index[key]
+        pixels = None
+        if load_pixels:
+            pixels = read_image(self.folder / e["file_name"], hu_scale=e["hu_scale"])
+        return AnnotatedImage(
+            e["file_name"],
+            e["height"],
+            e["width"],
+            self.load(key),
+            pixels,
+            e.get("scan"),
+            dict(e.get("meta") or {}, hu_scale=e["hu_scale"]),
+        )
+
+    def images(self, keys: Iterable[str] | None = None, load_pixels: bool = False):
+        """The stored images (all or ``keys``) with their annotations."""
+        return [self.image(k, load_pixels) for k in (self.list_images() if keys is None else keys)]
+
+    def export_coco(self, out_dir: str | os.PathLike, json_name: str = "annotations.json") -> Path:
+        """Write the whole project as COCO (``out_dir/json_name`` + ``images/*.png``)."""
+        return write_coco(self.images(load_pixels=True), out_dir, json_name)

@@ -1,0 +1,411 @@
+"""VGG Image Annotator (VIA) files: VIA 2 projects and VIA 1 region JSON.
+
+VIA 2 project: ``{"_via_settings": ..., "_via_img_metadata": {key: {filename, size,
+regions: [{shape_attributes: {name: "polygon", all_points_x, all_points_y},
+region_attributes: {<attribute>: "L1"}}], file_attributes}}, "_via_attributes": ...}``.
+VIA 2's "export annotations as JSON" gives the ``_via_img_metadata`` dict alone, and VIA 1
+region JSON is the same per-image dict with ``regions`` as ``{"0": {...}, "1": ...}``;
+both are read too. The vertebra class (T1..L5) is the value of a region attribute whose
+name the user chooses (default ``"vertebra"``).
+
+Shapes read: polygon, polyline (closed), rect, circle, ellipse (the last two as 64-gons).
+VIA's ``size`` is the file size in bytes, not the image size: the image size comes from
+the image file beside the JSON when present, else from the ``height`` / ``width`` file
+attributes this module writes, else from the ``image_size`` argument.
+
+Like COCO, VIA puts the centre of pixel (row r, col c) at (x, y) = (c + 0.5, r + 0.5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from napari_vertebra.core.labels import VERTEBRAE, class_id
+
+from ._atomic import AtomicBatch, png_bytes
+from .coco import HU_SCALE, _check_file_name, _to_uint16, read_image
+from .types import AnnotatedImage, VertebraAnnotation
+
+__all__ = [
+    "DEFAULT_ATTRIBUTE",
+    "ViaFormatError",
+    "from_via",
+    "is_via",
+    "read_via",
+    "to_via",
+    "write_via",
+]
+
+#: Default name of the region attribute that holds the vertebra name.
+DEFAULT_ATTRIBUTE = "vertebra"
+
+ImageSize = tuple[int, int] | Mapping[str, tuple[int, int]] | None
+
+
+class ViaFormatError(ValueError):
+    """A VIA file is malformed or does not hold vertebra classes; ``errors`` lists all."""
+
+    def __init__(self, path: str | os.PathLike | None, errors: Sequence[str]):
+        self.path = path
+        self.errors = list(errors)
+        where = f"{path}: " if path is not None else ""
+        shown = self.errors[:50]
+        text = f"{where}invalid VIA file ({len(self.errors)} problem(s)):\n  " + "\n  ".join(shown)
+        if len(self.errors) > 50:
+            text += f"\n  ... and {len(self.errors) - 50} more"
+        super().__init__(text)
+
+
+def is_via(data: object) -> int:
+    """VIA version of a loaded JSON object: 2 (project), 1 (per-image dict), 0 (not VIA).
+
+    A bare VIA 2 "annotations" export (regions as a list) reads as version 1's layout and
+    is handled the same way.
+    """
+    if not isinstance(data, dict):
+        return 0
+    if isinstance(data.get("_via_img_metadata"), dict):
+        return 2
+    if data and all(
+        isinstance(v, dict) and "filename" in v and "regions" in v for v in data.values()
+    ):
+        return 1
+    return 0
+
+
+def _ellipse(cx, cy, rx, ry, theta=0.0, n=64) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    x, y = rx * np.cos(t), ry * np.sin(t)
+    c, s = np.cos(theta), np.sin(theta)
+    return np.stack([cx + c * x - s * y, cy + s * x + c * y], axis=1)
+
+
+def _shape_xy(sa: dict) -> np.ndarray:
+    """(N, 2) (x, y) vertices of a VIA shape; raises ValueError with the problem."""
+    name = sa.get("name")
+    f = lambda k: float(sa[k])  # noqa: E731
+    if name in ("polygon", "polyline"):
+        xs, ys = sa.get("all_points_x"), sa.get("all_points_y")
+        if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != len(ys):
+            raise ValueError("needs all_points_x and all_points_y lists of equal length")
+        xy = np.stack([np.asarray(xs, float), np.asarray(ys, float)], axis=1)
+        if len(xy) > 1 and np.allclose(xy[0], xy[-1]):
+            xy = xy[:-1]
+        if len(xy) < 3:
+            raise ValueError(f"{name} has {len(xy)} point(s); 3 needed")
+        return xy
+    try:
+        if name == "rect":
+            x, y, w, h = f("x"), f("y"), f("width"), f("height")
+            return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])
+        if name == "circle":
+            return _ellipse(f("cx"), f("cy"), f("r"), f("r"))
+        if name == "ellipse":
+            return _ellipse(f("cx"), f("cy"), f("rx"), f("ry"), float(sa.get("theta", 0)))
+    except KeyError as e:
+        raise ValueError(f"{name} lacks {e.args[0]!r}") from None
+    raise ValueError(f"shape {name!r} is not supported (polygon, polyline, rect, circle, ellipse)")
+
+
+def _class_of(value) -> int:
+    if isinstance(value, dict):  # checkbox attribute: {"L1": true}
+        keys = [k for k, v in value.items() if v]
+        if len(keys) != 1:
+            raise ValueError(f"expected one ticked class, got {keys}")
+        value = keys[0]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"class {value!r} is empty or not text")
+    return class_id(value)
+
+
+def _image_size(
+    root: Path | None, fname: str, fattrs: dict, image_size: ImageSize
+) -> tuple[int, int] | None:
+    if root is not None and (root / fname).is_file():
+        try:
+            with Image.open(root / fname) as im:
+                return im.height, im.width
+        except OSError:
+            pass
+    try:
+        return int(fattrs["height"]), int(fattrs["width"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    if isinstance(image_size, Mapping):
+        got = image_size.get(fname)
+        return (int(got[0]), int(got[1])) if got is not None else None
+    if image_size is not None:
+        return int(image_size[0]), int(image_size[1])
+    return None
+
+
+def from_via(
+    data: dict,
+    root: str | os.PathLike | None = None,
+    class_attribute: str = DEFAULT_ATTRIBUTE,
+    image_size: ImageSize = None,
+    load_images: bool = False,
+    source: str | os.PathLike | None = None,
+) -> list[AnnotatedImage]:
+    """Convert a loaded VIA 1 / VIA 2 JSON object (see :func:`read_via`)."""
+    version = is_via(data)
+    if not version:
+        raise ViaFormatError(source, ["not a VIA project or VIA region JSON"])
+    meta = data["_via_img_metadata"] if version == 2 else data
+    root_p = Path(root) if root is not None else None
+    errors: list[str] = []
+    # attribute declared in the project?
+    declared = (data.get("_via_attributes") or {}).get("region") if version == 2 else None
+    if isinstance(declared, dict) and declared and class_attribute not in declared:
+        errors.append(
+            f"the project has no region attribute {class_attribute!r}; its region "
+            f"attributes are {sorted(declared)} (choose one with the class attribute option)"
+        )
+        raise ViaFormatError(source, errors)
+    out: list[AnnotatedImage] = []
+    for key, entry in meta.items():
+        if not isinstance(entry, dict) or "filename" not in entry:
+            errors.append(f"image {key!r}: missing 'filename'")
+            continue
+        fname = entry["filename"]
+        msg = _check_file_name(fname)
+        if msg:
+            errors.append(f"image {key!r}: {msg}")
+            continue
+        fattrs = entry.get("file_attributes") or {}
+        size = _image_size(root_p, fname, fattrs, image_size)
+        if size is None:
+            errors.append(
+                f"image {fname!r}: image size unknown (VIA stores none): put the image file "
+                "beside the JSON or give the image size"
+            )
+            continue
+        regions = entry.get("regions", [])
+        if isinstance(regions, dict):  # VIA 1
+            regions = [
+                regions[k]
+                for k in sorted(regions, key=lambda s: int(s) if str(s).isdigit() else 0)
+            ]
+        if not isinstance(regions, list):
+            errors.append(f"image {fname!r}: 'regions' is neither a list nor an object")
+            continue
+        by_class: dict[int, list[np.ndarray]] = {}
+        for j, reg in enumerate(regions):
+            tag = f"image {fname!r} region {j}"
+            if not isinstance(reg, dict):
+                errors.append(f"{tag}: not an object")
+                continue
+            ra = reg.get("region_attributes") or {}
+            if class_attribute not in ra:
+                found = sorted(ra) if isinstance(ra, dict) else []
+                errors.append(
+                    f"{tag}: no region attribute {class_attribute!r} (found: "
+                    f"{', '.join(map(repr, found)) or 'none'})"
+                )
+                continue
+            try:
+                cid = _class_of(ra[class_attribute])
+            except ValueError as e:
+                errors.append(f"{tag}: {class_attribute} = {ra[class_attribute]!r}: {e}")
+                continue
+            try:
+                xy = _shape_xy(reg.get("shape_attributes") or {})
+            except (ValueError, TypeError) as e:
+                errors.append(f"{tag}: {e}")
+                continue
+            if not np.all(np.isfinite(xy)):
+                errors.append(f"{tag}: non-finite coordinates")
+                continue
+            by_class.setdefault(cid, []).append(np.stack([xy[:, 1] - 0.5, xy[:, 0] - 0.5], 1))
+        pixels = None
+        hu = fattrs.get("hu_scale")
+        if load_images and root_p is not None:
+            if not (root_p / fname).is_file():
+                errors.append(f"image {fname!r}: file {root_p / fname} not found")
+                continue
+            try:
+                hu_f = float(hu) if hu is not None else None
+                pixels = read_image(root_p / fname, hu_scale=hu_f)
+            except (ValueError, TypeError) as e:
+                errors.append(f"image {fname!r}: {e}")
+                continue
+        im_meta = {}
+        if hu is not None:
+            try:
+                im_meta["hu_scale"] = float(hu)
+            except (TypeError, ValueError):
+                errors.append(f"image {fname!r}: hu_scale {hu!r} is not a number")
+        out.append(
+            AnnotatedImage(
+                file_name=fname,
+                height=size[0],
+                width=size[1],
+                annotations=[VertebraAnnotation(c, p) for c, p in sorted(by_class.items())],
+                image=pixels,
+                scan=str(fattrs["scan"]) if fattrs.get("scan") else None,
+                meta=im_meta,
+            )
+        )
+    if errors:
+        raise ViaFormatError(source, errors)
+    return out
+
+
+def read_via(
+    path: str | os.PathLike,
+    class_attribute: str = DEFAULT_ATTRIBUTE,
+    image_size: ImageSize = None,
+    load_images: bool = False,
+) -> list[AnnotatedImage]:
+    """Read a VIA 2 project or VIA 1 region JSON file into :class:`AnnotatedImage` objects.
+
+    ``class_attribute``: the region attribute holding T1..L5. ``image_size``: (height,
+    width) px for every image, or {filename: (height, width)}, used when the image file
+    is not beside the JSON. Regions of one class in one image become one annotation with
+    several polygons. Raises :class:`ViaFormatError` (a ValueError) listing every problem
+    (unknown attribute, unknown class, unsupported shape, unknown size, ...).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ViaFormatError(path, [f"not valid JSON ({e})"]) from e
+    return from_via(data, path.parent, class_attribute, image_size, load_images, source=path)
+
+
+def _settings(name: str, attr: str) -> dict:
+    return {
+        "ui": {
+            "annotation_editor_height": 25,
+            "annotation_editor_fontsize": 0.8,
+            "leftsidebar_width": 18,
+            "image_grid": {
+                "img_height": 80,
+                "rshape_fill": "none",
+                "rshape_fill_opacity": 0.3,
+                "rshape_stroke": "yellow",
+                "rshape_stroke_width": 2,
+                "show_region_shape": True,
+                "show_image_policy": "all",
+            },
+            "image": {
+                "region_label": attr,
+                "region_color": attr,
+                "region_label_font": "10px Sans",
+                "on_image_annotation_editor_placement": "NEAR_REGION",
+            },
+        },
+        "core": {"buffer_size": 18, "filepath": {}, "default_filepath": ""},
+        "project": {"name": name},
+    }
+
+
+def to_via(
+    images: Sequence[AnnotatedImage],
+    class_attribute: str = DEFAULT_ATTRIBUTE,
+    version: int = 2,
+    file_sizes: Mapping[str, int] | None = None,
+    project_name: str = "vertebrae",
+) -> dict:
+    """The VIA JSON object of ``images``: a VIA 2 project (``version=2``) or VIA 1 region
+    JSON (``version=1``). Each region is a polygon with ``{class_attribute: "L1"}``; the
+    file attributes keep height, width, scan and hu_scale. ``file_sizes`` (bytes) make
+    VIA's image keys; -1 when unknown."""
+    if version not in (1, 2):
+        raise ValueError(f"VIA version must be 1 or 2, got {version}")
+    file_sizes = file_sizes or {}
+    meta: dict = {}
+    for im in images:
+        regions = []
+        for a in im.annotations:
+            for p in a.polygons:
+                if len(p) < 3:
+                    raise ValueError(f"{im.file_name}: {a.name} has a polygon with < 3 points")
+                regions.append(
+                    {
+                        "shape_attributes": {
+                            "name": "polygon",
+                            "all_points_x": [round(float(v) + 0.5, 3) for v in p[:, 1]],
+                            "all_points_y": [round(float(v) + 0.5, 3) for v in p[:, 0]],
+                        },
+                        "region_attributes": {class_attribute: a.name},
+                    }
+                )
+        size = int(file_sizes.get(im.file_name, -1))
+        fattrs = {"height": int(im.height), "width": int(im.width)}
+        if im.scan is not None:
+            fattrs["scan"] = im.scan
+        fattrs["hu_scale"] = float((im.meta or {}).get("hu_scale", HU_SCALE))
+        entry = {"filename": im.file_name, "size": size, "file_attributes": fattrs}
+        entry["regions"] = regions if version == 2 else {str(i): r for i, r in enumerate(regions)}
+        key = f"{im.file_name}{size}"
+        if key in meta:
+            raise ValueError(f"image {im.file_name!r} appears twice")
+        meta[key] = entry
+    if version == 1:
+        return meta
+    return {
+        "_via_settings": _settings(project_name, class_attribute),
+        "_via_img_metadata": meta,
+        "_via_attributes": {
+            "region": {
+                class_attribute: {
+                    "type": "dropdown",
+                    "description": "vertebra T1..L5",
+                    "options": {n: n for n in VERTEBRAE},
+                    "default_options": {},
+                }
+            },
+            "file": {},
+        },
+        "_via_data_format_version": "2.0.10",
+        "_via_image_id_list": list(meta),
+    }
+
+
+def write_via(
+    images: Sequence[AnnotatedImage],
+    out_path: str | os.PathLike,
+    class_attribute: str = DEFAULT_ATTRIBUTE,
+    version: int = 2,
+    write_images: bool = True,
+    copy_from: str | os.PathLike | None = None,
+) -> Path:
+    """Write a VIA JSON file (and, with ``write_images``, images with pixels as 16-bit PNG
+    beside it under their file names; with ``copy_from``, image files found in that
+    folder are copied instead when not in memory). Atomic: on error nothing is written."""
+    out_path = Path(out_path)
+    root = out_path.parent
+    blobs: dict[str, bytes] = {}
+    for im in images:
+        msg = _check_file_name(im.file_name)
+        if msg:
+            raise ValueError(f"image {im.file_name!r}: {msg}")
+        if not write_images:
+            continue
+        if im.image is not None:
+            hu = float((im.meta or {}).get("hu_scale", HU_SCALE))
+            blobs[im.file_name] = png_bytes(_to_uint16(im.image, hu))
+        elif copy_from is not None:
+            src = Path(copy_from) / im.file_name
+            dst = root / im.file_name
+            if src.is_file() and src.resolve() != dst.resolve():
+                blobs[im.file_name] = src.read_bytes()
+    sizes = {k: len(v) for k, v in blobs.items()}
+    for im in images:
+        if im.file_name not in sizes and (root / im.file_name).is_file():
+            sizes[im.file_name] = (root / im.file_name).stat().st_size
+    data = to_via(images, class_attribute, version, sizes, project_name=out_path.stem)
+    with AtomicBatch() as batch:
+        for name, blob in blobs.items():
+            batch.add(root / name, blob)
+        batch.add(out_path, json.dumps(data, indent=1).encode("utf-8"))
+    return out_path
