@@ -103,7 +103,7 @@ def _child_pipeline(path: str) -> dict:
 
     from napari_vertebra.core import Volume, run_pipeline
 
-    meta = json.loads(Path(path + ".json").read_text())
+    meta = json.loads(Path(path + ".json").read_text(encoding="utf-8"))
     arr = np.load(path)
     vol = Volume(arr, spacing=tuple(meta["spacing"]))
     t = time.perf_counter()
@@ -132,7 +132,7 @@ def _child_resample(path: str) -> dict:
 
     import SimpleITK as sitk
 
-    meta = json.loads(Path(path + ".json").read_text())
+    meta = json.loads(Path(path + ".json").read_text(encoding="utf-8"))
     img = sitk.GetImageFromArray(np.load(path))
     img.SetSpacing(tuple(meta["spacing"][::-1]))
     size = [round(n * s) for n, s in zip(img.GetSize(), img.GetSpacing(), strict=True)]
@@ -180,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         path = os.path.join(tmp, "ct.npy")
         np.save(path, arr)
         np.save(path + ".canal.npy", truth["canal"])
-        Path(path + ".json").write_text(json.dumps({"spacing": list(args.spacing)}))
+        Path(path + ".json").write_text(
+            json.dumps({"spacing": list(args.spacing)}), encoding="utf-8"
+        )
         del arr
         bare = min((_run_child("resample", path) for _ in range(args.repeat)),
                    key=lambda r: r["total_s"])  # fmt: skip

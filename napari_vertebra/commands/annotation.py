@@ -144,7 +144,7 @@ def _run_dataset_build(args: argparse.Namespace) -> int:
         )
     import json
 
-    summary = json.loads((Path(args.output) / "dataset.json").read_text())
+    summary = json.loads((Path(args.output) / "dataset.json").read_text(encoding="utf-8"))
     for name, path in paths.items():
         s = summary["splits"][name]
         print(f"{name}: {s['images']} images from {len(s['scans'])} scan(s) -> {path}")

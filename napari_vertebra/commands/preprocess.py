@@ -1,7 +1,8 @@
 """``napari-vertebra preprocess``: the preprocessing pipeline over many CT scans.
 
-Per scan it writes into ``OUT/<scan name>/``: ``mip.png`` (16-bit grey, 0..hu_max HU
-mapped linearly onto 0..65535), ``mip.npy`` (float32 HU), ``canal_centres.csv`` (z, y, x
+Per scan it writes into ``OUT/<scan name>/``: ``mip.png`` (16-bit grey, stored
+``round(HU * hu_scale)`` with the same scale as the COCO images, 40 per HU by default, see
+:func:`napari_vertebra.annotation.coco.write_mip_png`), ``mip.npy`` (float32 HU), ``canal_centres.csv`` (z, y, x
 voxels of the resampled grid, found 0/1), ``crop_box.json`` and ``report.json`` (written
 last; its presence with the same parameters marks the scan as done).
 """
@@ -40,7 +41,7 @@ def register(subparsers: Any) -> None:
         help="resample, window, find the canal, crop the spine and write sagittal MIPs",
         description=(
             "Run the preprocessing pipeline on CT scans and write per scan into "
-            "OUT/<scan name>/: mip.png (16-bit, 0..hu_max HU -> 0..65535), mip.npy "
+            "OUT/<scan name>/: mip.png (16-bit, round(HU * 40) as the COCO images), mip.npy "
             "(float32 HU), canal_centres.csv, crop_box.json and report.json."
         ),
     )
@@ -90,7 +91,7 @@ def _params_from_args(args: argparse.Namespace):
             path = Path(text)
             if not path.is_file():
                 raise ValueError(f"--params: {text!r} is neither a JSON object nor a file")
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         data = PreprocessParams.from_json(text).to_dict()
     for flag, name in _FLAGS.items():
         value = getattr(args, flag, None)
@@ -153,7 +154,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda t: t.write_text(text))
+    _atomic_write(path, lambda t: t.write_text(text, encoding="utf-8"))
 
 
 def is_done(out_dir: Path, params_dict: dict[str, Any]) -> bool:
@@ -162,7 +163,7 @@ def is_done(out_dir: Path, params_dict: dict[str, Any]) -> bool:
     if not report.is_file():
         return False
     try:
-        data = json.loads(report.read_text())
+        data = json.loads(report.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
     files = ("mip.png", "mip.npy", "canal_centres.csv", "crop_box.json")
@@ -205,6 +206,7 @@ def _process(path: Path, out_dir: Path, params_dict: dict[str, Any], series: str
     from PIL import Image
 
     from napari_vertebra import __version__
+    from napari_vertebra.annotation.coco import HU_SCALE
     from napari_vertebra.core import PreprocessParams, read_ct, run_pipeline
 
     params = PreprocessParams.from_dict(params_dict)
@@ -217,8 +219,10 @@ def _process(path: Path, out_dir: Path, params_dict: dict[str, Any], series: str
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").unlink(missing_ok=True)  # not done until rewritten
 
-    scale = 65535.0 / params.hu_max
-    png = np.clip(np.rint(res.mip * scale), 0, 65535).astype(np.uint16)
+    # the COCO images' scale (40 per HU), so predict / annotation tools read it back as HU;
+    # a window reaching past 65535 / 40 = 1638 HU gets a smaller scale, kept in the report
+    hu_scale = min(HU_SCALE, 65535.0 / params.hu_max)
+    png = np.clip(np.rint(res.mip * hu_scale), 0, 65535).astype(np.uint16)
     _atomic_write(out_dir / "mip.png", lambda t: Image.fromarray(png).save(t, format="PNG"))
 
     def save_npy(t: Path) -> None:
@@ -252,7 +256,8 @@ def _process(path: Path, out_dir: Path, params_dict: dict[str, Any], series: str
         "cropped_origin_lps": list(res.cropped.origin),
         "mip_shape": list(res.mip.shape),
         "mip_orientation": "row 0 superior, column 0 anterior; max over x (left-right)",
-        "mip_png_scale": f"uint16 = round(HU * 65535 / {params.hu_max:g}), clipped",
+        "mip_png_scale": f"uint16 = round(HU * {hu_scale:g}), clipped",
+        "mip_png_hu_scale": hu_scale,
         "canal_found_fraction": round(res.found_fraction, 4),
         "canal_found_slices": int(res.canal_found.sum()),
         "timings_s": {"read": round(t_read, 3), "pipeline": round(t_total, 3)}

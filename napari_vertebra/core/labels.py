@@ -106,7 +106,7 @@ def load_convention(convention: str | os.PathLike | Mapping) -> dict[int, int]:
                 f"{', '.join(CONVENTIONS)} or a JSON file mapping ids to T1..L5"
             )
         try:
-            table = json.loads(p.read_text())
+            table = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{p}: not valid JSON ({e})") from e
         if not isinstance(table, dict):

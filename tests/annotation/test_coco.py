@@ -37,7 +37,7 @@ def _coco_masks(json_path) -> dict[tuple[str, int], np.ndarray]:
 def test_round_trip_through_pycocotools(tmp_path, make_synthetic):
     images = [make_synthetic("scanA", first=1, n=17), make_synthetic("scanB", 10, 8, seed=3)]
     path = write_coco(images, tmp_path)
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     assert [i["id"] for i in data["images"]] == [1, 2]
     assert [a["id"] for a in data["annotations"]] == list(range(1, 26))
     assert data["images"][0]["scan"] == "scanA" and data["images"][0]["hu_scale"] == HU_SCALE
@@ -89,7 +89,7 @@ def test_category_mapping_by_name(tmp_path):
         ],
     }
     p = tmp_path / "other.json"
-    p.write_text(json.dumps(data))
+    p.write_text(json.dumps(data), encoding="utf-8")
     (im,) = read_coco(p)
     assert [a.name for a in im.annotations] == ["L1", "T12"]
     assert im.height == 60 and im.width == 50 and im.image is None
@@ -113,7 +113,7 @@ def test_malformed_coco_lists_every_problem(tmp_path):
         "categories": [{"id": 1, "name": "T1"}, {"id": 2, "name": "sacrum"}],
     }
     p = tmp_path / "bad.json"
-    p.write_text(json.dumps(data))
+    p.write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(CocoFormatError) as e:
         read_coco(p)
     msg = str(e.value)
@@ -139,7 +139,7 @@ def test_malformed_coco_lists_every_problem(tmp_path):
 )
 def test_malformed_top_level(tmp_path, text, needle):
     p = tmp_path / "a.json"
-    p.write_text(text)
+    p.write_text(text, encoding="utf-8")
     with pytest.raises(CocoFormatError, match=needle):
         read_coco(p)
 
@@ -232,11 +232,11 @@ def test_rle_segmentation_is_read_as_polygons(tmp_path):
         "categories": [{"id": 3, "name": "L2"}],
     }  # fmt: skip
     p = tmp_path / "rle.json"
-    p.write_text(json.dumps(data))
+    p.write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(CocoFormatError, match=r"annotations\[1\].*add up to 12, not 30x40"):
         read_coco(p)
     data["annotations"].pop()
-    p.write_text(json.dumps(data))
+    p.write_text(json.dumps(data), encoding="utf-8")
     (im,) = read_coco(p)
     (a,) = im.annotations
     assert a.name == "L2" and a.score == 0.5
@@ -251,7 +251,7 @@ def test_convert_malformed_coco_writes_nothing(tmp_path, cli, capsys, files_in):
     }
     p = tmp_path / "in" / "bad.json"
     p.parent.mkdir()
-    p.write_text(json.dumps(data))
+    p.write_text(json.dumps(data), encoding="utf-8")
     out = tmp_path / "out"
     assert cli(["convert", str(p), str(out / "x_via.json")]) == 2
     err = capsys.readouterr().err

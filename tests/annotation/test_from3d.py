@@ -70,7 +70,8 @@ def test_labels_to_coco_command(
     assert files_in(out) == set()
     table = tmp_path / "table.json"
     table.write_text(
-        json.dumps({str(27 + k): n for k, n in enumerate("L5 L4 L3 L2 L1 T12".split())})
+        json.dumps({str(27 + k): n for k, n in enumerate("L5 L4 L3 L2 L1 T12".split())}),
+        encoding="utf-8",
     )
     args = ["labels-to-coco", str(lumbar_ct_path), str(lumbar_labels_path), "-o", str(out)]
     assert cli([*args, "--convention", str(table), "--scan", "pat1", "-q"]) == 0

@@ -116,7 +116,7 @@ def test_dataset_command(tmp_path, make_synthetic, cli, capsys, files_in):
     assert "train:" in capsys.readouterr().out
     # a broken input: error, nothing written
     bad = tmp_path / "bad.json"
-    bad.write_text('{"images": [], "annotations": [], "categories": [}')
+    bad.write_text('{"images": [], "annotations": [], "categories": [}', encoding="utf-8")
     assert cli(["dataset", "build", str(bad), "-o", str(tmp_path / "ds2")]) == 2
     assert files_in(tmp_path / "ds2") == set()
 

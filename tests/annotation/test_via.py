@@ -72,7 +72,7 @@ def test_via2_project_as_written_by_via(tmp_path):
         }
     }
     data = {"_via_settings": {}, "_via_img_metadata": meta, "_via_attributes": {}}
-    (tmp_path / "p.json").write_text(json.dumps(data))
+    (tmp_path / "p.json").write_text(json.dumps(data), encoding="utf-8")
     (im,) = read_via(tmp_path / "p.json")
     assert (im.height, im.width) == (50, 40)  # from the image file
     l1, l2 = im.annotations
@@ -95,14 +95,14 @@ def test_via_errors_unknown_attribute_class_and_size(tmp_path, files_in, cli):
     }
     p = tmp_path / "in" / "v1.json"
     p.parent.mkdir()
-    p.write_text(json.dumps(meta))
+    p.write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(ViaFormatError) as e:
         read_via(p, image_size=(20, 20))
     msg = str(e.value)
     assert "no region attribute 'vertebra' (found: 'kind')" in msg
     assert "'S1'" in msg and "unknown vertebra" in msg
     only_a = tmp_path / "in" / "a.json"
-    only_a.write_text(json.dumps({"a.png-1": meta["a.png-1"]}))
+    only_a.write_text(json.dumps({"a.png-1": meta["a.png-1"]}), encoding="utf-8")
     (im,) = read_via(only_a, class_attribute="kind", image_size={"a.png": (30, 20)})
     assert (im.height, im.width) == (30, 20) and im.annotations[0].name == "L1"
     with pytest.raises(ViaFormatError, match="image size unknown"):
@@ -118,7 +118,7 @@ def test_via2_project_without_the_attribute(tmp_path):
         "_via_img_metadata": {},
         "_via_attributes": {"region": {"name": {}, "type": {}}, "file": {}},
     }
-    (tmp_path / "p.json").write_text(json.dumps(data))
+    (tmp_path / "p.json").write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(
         ViaFormatError, match=r"no region attribute 'vertebra'.*\['name', 'type'\]"
     ):
@@ -139,5 +139,5 @@ def test_convert_coco_via_coco(tmp_path, make_synthetic, cli):
     convert(src, tmp_path / "v1" / "out.json", to="via1")
     assert detect_format(tmp_path / "v1" / "out.json") == "via1"
     with pytest.raises(ValueError, match="neither a COCO file nor a VIA"):
-        (tmp_path / "junk.json").write_text("[1, 2]")
+        (tmp_path / "junk.json").write_text("[1, 2]", encoding="utf-8")
         convert(tmp_path / "junk.json", tmp_path / "o.json")

@@ -37,7 +37,7 @@ def test_missing_file(tmp_path):
 
 def test_text_file_named_nii(tmp_path):
     p = tmp_path / "notes.nii"
-    p.write_text("this is not an image\n")
+    p.write_text("this is not an image\n", encoding="utf-8")
     with pytest.raises(CTReadError, match="not an image") as e:
         read_ct(p)
     assert str(p) in str(e.value)
