@@ -1,0 +1,186 @@
+"""Model sub-commands: ``train``, ``predict``, ``evaluate`` and ``synth``.
+
+torch is imported inside the run functions only, so ``napari-vertebra --help`` and the
+other commands stay fast and work without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["register", "run_evaluate", "run_predict", "run_synth", "run_train"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the model commands to the ``napari-vertebra`` parser."""
+    p = sub.add_parser(
+        "train",
+        help="train Mask R-CNN on COCO splits (DIR/train, DIR/val)",
+        description="Train Mask R-CNN. RUN gets last.pt (every epoch), best.pt (best val "
+        "mask mAP), log.csv, config.yaml (and TensorBoard events if installed). Several "
+        "GPUs: start with torchrun (see training/torchrun.sh).",
+    )
+    from napari_vertebra.model.config import add_train_arguments  # no torch
+
+    add_train_arguments(p)
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser(
+        "predict",
+        help="find and label vertebrae on MIPs or CT scans",
+        description="Predict vertebrae. An input is a MIP (16-bit PNG written by the "
+        "annotation tools, or .npy of windowed HU) or a CT (any format read_ct reads; the "
+        "preprocessing pipeline runs first). Writes OUT/predictions.json (COCO results), "
+        "OUT/<name>_labels.png (class ids 0..17) and OUT/<name>_overlay.png.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint from napari-vertebra train (best.pt)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="MIP (.png, .npy) or CT")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--min-score", type=float, help="minimum confidence (default: config's)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument(
+        "--hu-scale",
+        type=float,
+        default=None,
+        help="PNG stored value per HU (default: annotation.coco HU_SCALE = 40)",
+    )
+    p.add_argument("--no-order", action="store_true", help="skip the anatomical ordering")
+    p.set_defaults(func=run_predict)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="COCO mAP, Dice per vertebra and identification rate on a test split",
+        description="Evaluate a checkpoint on a COCO split; writes OUT/metrics.json and "
+        "OUT/dice_per_class.png and prints a table.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint from napari-vertebra train")
+    p.add_argument("--data", required=True, help="COCO split folder (e.g. DIR/test)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--min-score", type=float, help="minimum confidence (default: config's)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument(
+        "--max-dist", type=float, default=20.0, help="identification distance, px (default 20)"
+    )
+    p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser(
+        "synth",
+        help="write synthetic spine MIPs with COCO annotations (train/val/test)",
+        description="Synthetic sagittal spine MIPs (T1..L5, ribs, sacrum, noise) in the "
+        "layout of 'dataset build': DIR/train|val|test/annotations.json + 16-bit PNGs.",
+    )
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--n", type=int, default=60, help="number of images (default 60)")
+    p.add_argument("--size", type=int, nargs=2, default=(256, 128), metavar=("H", "W"), help="px")
+    p.add_argument("--partial", action="store_true", help="every other image a partial view")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--fractions", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TR", "VA", "TE")
+    )
+    p.set_defaults(func=run_synth)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``napari-vertebra train``."""
+    from napari_vertebra.model.train import main
+
+    return main(args)
+
+
+def _read_input(path: Path, hu_scale: float | None, progress=None):
+    """(2D MIP in windowed HU, kind) from a PNG/.npy MIP or a CT."""
+    import numpy as np
+
+    name = path.name.lower()
+    if name.endswith(".npy"):
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: cannot read .npy ({e})") from e
+        return arr, "mip"
+    if name.endswith((".png", ".tif", ".tiff")):
+        from napari_vertebra.annotation.coco import HU_SCALE, read_image
+
+        if hu_scale is None:  # a MIP from `napari-vertebra preprocess` names its scale
+            report = path.with_name("report.json")
+            if report.is_file():
+                try:
+                    hu_scale = json.loads(report.read_text(encoding="utf-8")).get(
+                        "mip_png_hu_scale"
+                    )
+                except (OSError, ValueError):
+                    hu_scale = None
+        return read_image(path, hu_scale or HU_SCALE), "mip"
+    from napari_vertebra.core import read_ct, run_pipeline
+    from napari_vertebra.core.io import is_supported_path
+
+    if not path.exists():
+        raise ValueError(f"{path}: input not found")
+    if not is_supported_path(path):
+        raise ValueError(f"{path}: not a MIP (.png, .npy) or a CT file/folder")
+    return run_pipeline(read_ct(path)).mip, "ct"
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """``napari-vertebra predict``."""
+    import numpy as np
+
+    from napari_vertebra.model.predict import Predictor
+    from napari_vertebra.model.render import overlay_rgb, prediction_results, save_png
+
+    out = Path(args.output)
+    predictor = Predictor(args.checkpoint, device=args.device, min_score=args.min_score)
+    predictor.order = not args.no_order
+    results, images = [], []
+    used: set[str] = set()
+    for k, inp in enumerate(args.inputs, start=1):
+        path = Path(inp)
+        mip, kind = _read_input(path, args.hu_scale)
+        try:
+            pred = predictor.predict(mip)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
+        stem = path.name.split(".")[0] or f"input{k}"
+        while stem in used:
+            stem += "_"
+        used.add(stem)
+        out.mkdir(parents=True, exist_ok=True)
+        save_png(out / f"{stem}_labels.png", pred.label_image())
+        save_png(out / f"{stem}_overlay.png", overlay_rgb(mip, pred, predictor.hu_max))
+        if kind == "ct":
+            np.save(out / f"{stem}_mip.npy", mip.astype(np.float32))
+        images.append(
+            {"id": k, "file_name": str(path), "height": mip.shape[0], "width": mip.shape[1]}
+        )
+        results += prediction_results(pred, k, str(path))
+        print(f"{path}: {len(pred)} vertebrae {' '.join(pred.names)}")
+    (out / "predictions.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    (out / "images.json").write_text(json.dumps(images, indent=1), encoding="utf-8")
+    print(f"wrote {out / 'predictions.json'}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``napari-vertebra evaluate``."""
+    from napari_vertebra.model.evaluate import format_table, run_evaluation
+
+    metrics = run_evaluation(
+        args.checkpoint, args.data, args.output, args.device, args.min_score, args.max_dist
+    )
+    print(format_table(metrics))
+    print(f"wrote {Path(args.output) / 'metrics.json'}")
+    return 0
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    """``napari-vertebra synth``."""
+    from napari_vertebra.synth import write_synth
+
+    counts = write_synth(
+        args.output, args.n, tuple(args.size), args.partial, args.seed, args.fractions
+    )
+    print(f"wrote {counts} images to {args.output}", file=sys.stdout)
+    return 0

@@ -1,0 +1,285 @@
+"""Mask R-CNN for vertebrae: model construction, starting weights and our checkpoints.
+
+Nothing is ever downloaded: torchvision builders get ``weights=None`` and
+``weights_backbone=None``; starting weights come from a local file named in the config.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from napari_vertebra.core.labels import NUM_CLASSES
+
+from .config import DEFAULTS
+
+__all__ = [
+    "BACKBONES",
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "build_model",
+    "load_checkpoint",
+    "load_starting_weights",
+    "model_from_checkpoint",
+    "save_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+#: Key and version that mark a file as one of our checkpoints.
+CHECKPOINT_FORMAT = ("napari_vertebra_checkpoint", 1)
+_CLASS_HEADS = ("cls_score", "bbox_pred", "mask_fcn_logits")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weights file that cannot be used."""
+
+
+#: torchvision's own Mask R-CNN settings (for comparisons; see benchmarks/model.py).
+TORCHVISION_SETTINGS = {
+    "rpn_pre_nms_top_n_train": 2000,
+    "rpn_post_nms_top_n_train": 2000,
+    "rpn_pre_nms_top_n_test": 1000,
+    "rpn_post_nms_top_n_test": 1000,
+    "rpn_batch_size_per_image": 256,
+    "box_batch_size_per_image": 512,
+    "box_detections_per_img": 100,
+    "box_score_thresh": 0.05,
+}
+
+
+def build_model(config: dict[str, Any] | None = None, settings: str = "task") -> MaskRCNN:
+    """A torchvision Mask R-CNN with 18 classes (background + T1..L5) from ``config``.
+
+    ``settings="torchvision"`` keeps the architecture but uses torchvision's default
+    RPN/ROI numbers (2000/1000 proposals, 100 detections). Starting weights (config
+    ``weights``) are loaded when given; the skipped keys are in ``model.skipped_keys``.
+    Without starting weights the backbone uses trainable BatchNorm (FrozenBatchNorm from
+    random weights diverges), with weights FrozenBatchNorm.
+    """
+    cfg = dict(DEFAULTS)
+    cfg.update(config or {})
+    name = str(cfg["backbone"]).lower()
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {cfg['backbone']!r}; use one of {BACKBONES}")
+    weights = cfg.get("weights")
+    pretrained = weights is not None
+    frozen_bn = pretrained if cfg.get("frozen_bn") is None else bool(cfg["frozen_bn"])
+    norm = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+    n_levels = len(cfg["anchor_sizes"])
+    anchors = AnchorGenerator(
+        sizes=tuple((int(s),) for s in cfg["anchor_sizes"]),
+        aspect_ratios=(tuple(float(a) for a in cfg["aspect_ratios"]),) * n_levels,
+    )
+    if n_levels != 5:
+        raise ValueError(f"anchor_sizes needs 5 values (one per FPN level); got {n_levels}")
+    kw = {k: int(cfg[k]) for k in TORCHVISION_SETTINGS if k != "box_score_thresh"}
+    kw["box_score_thresh"] = float(cfg["box_score_thresh"])
+    kw["box_positive_fraction"] = float(cfg["box_positive_fraction"])
+    if settings == "torchvision":
+        kw.update(TORCHVISION_SETTINGS)
+    elif settings != "task":
+        raise ValueError(f"settings must be 'task' or 'torchvision'; got {settings!r}")
+    common = dict(
+        num_classes=NUM_CLASSES,
+        min_size=int(cfg["min_size"]),
+        max_size=int(cfg["max_size"]),
+        rpn_anchor_generator=anchors,
+        **kw,
+    )
+    if name == "resnet50":
+        v2_kw = {k: v for k, v in common.items() if k != "rpn_anchor_generator"}
+        model = torchvision.models.detection.maskrcnn_resnet50_fpn_v2(
+            weights=None, weights_backbone=None, **v2_kw
+        )
+        model.rpn.anchor_generator = anchors  # the v2 builder sets its own
+        n_anchors = anchors.num_anchors_per_location()[0]
+        if model.rpn.head.cls_logits.out_channels != n_anchors:
+            from torchvision.models.detection.rpn import RPNHead
+
+            model.rpn.head = RPNHead(model.backbone.out_channels, n_anchors, conv_depth=2)
+        if frozen_bn:  # the v2 builder picks trainable BN for random weights
+            _freeze_bn(model.backbone.body)
+        if pretrained:
+            _freeze_stages(model.backbone.body, int(cfg["trainable_layers"]))
+    else:
+        body = getattr(torchvision.models, name)(weights=None, norm_layer=norm)
+        if pretrained:
+            _freeze_stages(body, int(cfg["trainable_layers"]))
+        c = 512 if name in ("resnet18", "resnet34") else 2048
+        fpn_ch = int(cfg["fpn_channels"])
+        backbone = BackboneWithFPN(
+            body,
+            return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+            in_channels_list=[c // 8, c // 4, c // 2, c],
+            out_channels=fpn_ch,
+            extra_blocks=LastLevelMaxPool(),
+        )
+        rep = int(cfg["box_head_dim"])
+        layers = tuple(int(x) for x in cfg["mask_head_layers"])
+        model = MaskRCNN(
+            backbone,
+            box_head=TwoMLPHead(fpn_ch * 7 * 7, rep),
+            box_predictor=torchvision.models.detection.faster_rcnn.FastRCNNPredictor(
+                rep, NUM_CLASSES
+            ),
+            mask_head=MaskRCNNHeads(fpn_ch, layers, 1),
+            mask_predictor=torchvision.models.detection.mask_rcnn.MaskRCNNPredictor(
+                layers[-1], layers[-1], NUM_CLASSES
+            ),
+            **{k: v for k, v in common.items() if k != "num_classes"},
+        )
+    model.skipped_keys = []
+    if pretrained:
+        model.skipped_keys = load_starting_weights(model, weights)
+    return model
+
+
+def _freeze_stages(body: nn.Module, trainable_layers: int) -> None:
+    """Train only the last ``trainable_layers`` ResNet stages (torchvision's convention)."""
+    stages = ["layer4", "layer3", "layer2", "layer1", "conv1"][: max(0, trainable_layers)]
+    if "conv1" in stages:
+        stages.append("bn1")
+    for pname, p in body.named_parameters():
+        if not any(pname.startswith(s) for s in stages):
+            p.requires_grad_(False)
+
+
+def _freeze_bn(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            _freeze_bn(child)
+
+
+def _read_state(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: weights file not found")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle / zip errors: not a torch file we can read safely
+        raise CheckpointError(f"{p}: not a readable PyTorch weights file ({e})") from e
+    if isinstance(obj, dict) and obj.get(CHECKPOINT_FORMAT[0]):
+        obj = obj["model"]
+    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]  # torchvision reference-script checkpoints
+    elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise CheckpointError(f"{p}: not a state dict of tensors")
+    return obj
+
+
+def load_starting_weights(model: MaskRCNN, path: str | os.PathLike) -> list[str]:
+    """Load a COCO Mask R-CNN or ImageNet ResNet state dict into ``model``.
+
+    Keys are mapped (``module.`` prefixes removed; bare ResNet keys go under
+    ``backbone.body.``); class-specific heads and tensors whose shape differs are
+    skipped. Returns the skipped keys ("key (reason)"); raises CheckpointError when
+    nothing matches.
+    """
+    state = _read_state(path)
+    own = model.state_dict()
+    mapped: dict[str, torch.Tensor] = OrderedDict()
+    skipped: list[str] = []
+    for k, v in state.items():
+        key = k[7:] if k.startswith("module.") else k
+        if key not in own and ("backbone.body." + key) in own:
+            key = "backbone.body." + key
+        if any(h in key for h in _CLASS_HEADS):
+            skipped.append(f"{k} (class-specific head)")
+        elif key not in own:
+            skipped.append(f"{k} (not in this model)")
+        elif own[key].shape != v.shape:
+            skipped.append(f"{k} (shape {tuple(v.shape)} != {tuple(own[key].shape)})")
+        else:
+            mapped[key] = v
+    if not mapped:
+        raise CheckpointError(
+            f"{path}: no weight matches a {type(model).__name__} with this backbone"
+        )
+    model.load_state_dict(mapped, strict=False)
+    log.info("loaded %d tensors from %s; skipped %d", len(mapped), path, len(skipped))
+    for s in skipped:
+        log.info("skipped %s", s)
+    return skipped
+
+
+def save_checkpoint(path: str | os.PathLike, **fields: Any) -> Path:
+    """Write our checkpoint dict atomically (temporary file, then ``os.replace``).
+
+    ``fields`` usually hold model, optimizer, scheduler (state dicts), epoch, config,
+    metrics, rng; the format marker is added.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    data = {CHECKPOINT_FORMAT[0]: CHECKPOINT_FORMAT[1], **fields}
+    try:
+        torch.save(data, tmp)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
+    """Read one of our checkpoints (``weights_only=True``); CheckpointError otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint not found")
+    try:
+        obj = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({e})") from e
+    if not isinstance(obj, dict) or CHECKPOINT_FORMAT[0] not in obj:
+        raise CheckpointError(
+            f"{p}: not a napari-vertebra checkpoint (a plain state dict or another tool's "
+            "file); use it as starting weights with 'weights: PATH' in the config instead"
+        )
+    if obj[CHECKPOINT_FORMAT[0]] > CHECKPOINT_FORMAT[1]:
+        raise CheckpointError(f"{p}: checkpoint format {obj[CHECKPOINT_FORMAT[0]]} is newer")
+    for key in ("model", "config"):
+        if key not in obj:
+            raise CheckpointError(f"{p}: checkpoint has no {key!r} entry")
+    return obj
+
+
+def model_from_checkpoint(
+    path: str | os.PathLike, map_location: str = "cpu"
+) -> tuple[MaskRCNN, dict[str, Any]]:
+    """(model in eval mode, checkpoint dict) from one of our checkpoints."""
+    ckpt = load_checkpoint(path, map_location)
+    cfg = dict(ckpt["config"])
+    if cfg.get("frozen_bn") is None:
+        cfg["frozen_bn"] = cfg.get("weights") is not None
+    cfg["weights"] = None  # the checkpoint holds every weight
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the model in its config ({e})") from e
+    model.eval()
+    return model, ckpt

@@ -1,0 +1,397 @@
+"""Prediction: vertebra masks, boxes, classes and scores on sagittal MIPs.
+
+:class:`Predictor` loads one of our checkpoints once and predicts on 2D windowed-HU
+MIPs (row 0 superior, col 0 anterior). Detections below ``min_score`` are dropped,
+overlapping duplicates suppressed (class-agnostic), and the classes made anatomically
+consistent with :func:`napari_vertebra.model.anatomy.order_classes` (T1..L5 from top to
+bottom, no repeats or inversions) using each detection's class probabilities.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_vertebra.annotation.polygons import mask_to_polygons
+from napari_vertebra.annotation.types import VertebraAnnotation
+from napari_vertebra.core.labels import VERTEBRAE
+
+from .anatomy import MaskSuppressor, mask_overlap_suppression, order_classes
+from .build import model_from_checkpoint
+from .data import image_to_tensor
+from .train import resolve_device
+
+__all__ = [
+    "TEST_SETTINGS",
+    "Prediction",
+    "Predictor",
+    "apply_test_settings",
+    "full_detections",
+    "postprocess",
+    "predict",
+    "raw_detections",
+    "vertebra_scores",
+]
+
+
+@dataclass
+class Prediction:
+    """Vertebrae found on one image, sorted top to bottom.
+
+    ``masks`` (N, H, W) bool; ``boxes`` (N, 4) (x0, y0, x1, y1) px; ``classes`` (N,)
+    1..17 after the anatomical ordering; ``raw_classes`` the detector's own; ``scores``
+    (N,) vertebra confidence (1 - p(background)); ``class_probs`` (N, 17) probabilities of T1..L5.
+    """
+
+    masks: np.ndarray
+    boxes: np.ndarray
+    classes: np.ndarray
+    scores: np.ndarray
+    raw_classes: np.ndarray
+    class_probs: np.ndarray
+    shape: tuple[int, int] = (0, 0)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    @property
+    def names(self) -> list[str]:
+        """Vertebra names of the instances (e.g. ``["T11", "T12", "L1"]``)."""
+        return [VERTEBRAE[c - 1] for c in self.classes]
+
+    def centroids(self) -> np.ndarray:
+        """(N, 2) (row, col) mask centroids, px."""
+        out = np.zeros((len(self), 2))
+        for i, m in enumerate(self.masks):
+            r, c = np.nonzero(m)
+            if r.size:
+                out[i] = r.mean(), c.mean()
+        return out
+
+    def label_image(self) -> np.ndarray:
+        """uint8 class image (0 background, 1..17); higher scores paint last."""
+        out = np.zeros(self.shape, np.uint8)
+        for i in np.argsort(self.scores, kind="stable"):
+            out[self.masks[i]] = self.classes[i]
+        return out
+
+    def annotations(self) -> list[VertebraAnnotation]:
+        """:class:`VertebraAnnotation` outlines ((row, col) polygons) with scores."""
+        out = []
+        for m, c, s in zip(self.masks, self.classes, self.scores, strict=True):
+            polys = mask_to_polygons(m)
+            if polys:
+                out.append(VertebraAnnotation(int(c), polys, score=float(s)))
+        return out
+
+
+def _box_stage(model, images: list[torch.Tensor]):
+    """transform -> backbone -> RPN -> box head, as torchvision's eval forward, without
+    the mask head. Returns (transformed batch, features, original sizes, detections in
+    the transformed frame, with ``class_probs``)."""
+    model.eval()
+    original = [tuple(im.shape[-2:]) for im in images]
+    batch, _ = model.transform(images)
+    features = model.backbone(batch.tensors)
+    proposals, _ = model.rpn(batch, features)
+    rh = model.roi_heads
+    x = rh.box_head(rh.box_roi_pool(features, proposals, batch.image_sizes))
+    class_logits, box_regression = rh.box_predictor(x)
+    boxes, scores, labels = rh.postprocess_detections(
+        class_logits, box_regression, proposals, batch.image_sizes
+    )
+    dets = [
+        {"boxes": b, "labels": lab, "scores": sc}
+        for b, sc, lab in zip(boxes, scores, labels, strict=True)
+    ]
+    _add_class_probs(model, features, batch.image_sizes, dets)
+    return batch, features, original, dets
+
+
+def _add_class_probs(model, features, image_sizes, dets) -> None:
+    """``class_probs`` (N, 18): the box head run once more on the final boxes."""
+    rh = model.roi_heads
+    boxes = [d["boxes"] for d in dets]
+    if sum(len(b) for b in boxes):
+        x = rh.box_head(rh.box_roi_pool(features, boxes, image_sizes))
+        logits, _ = rh.box_predictor(x)
+        probs = F.softmax(logits, -1).split([len(b) for b in boxes])
+    else:
+        probs = [b.new_zeros((0, logits_dim(model))) for b in boxes]
+    for d, p in zip(dets, probs, strict=True):
+        d["class_probs"] = p
+
+
+def _mask_probs(model, features, image_sizes, i, boxes, labels, original) -> torch.Tensor:
+    """(n, 1, H, W) mask probabilities at the original size of ``boxes`` (transformed
+    frame) of image ``i``: the mask head part of torchvision's eval forward."""
+    from torchvision.models.detection.roi_heads import maskrcnn_inference
+
+    rh = model.roi_heads
+    per_image = [boxes if k == i else boxes.new_zeros((0, 4)) for k in range(len(image_sizes))]
+    x = rh.mask_predictor(rh.mask_head(rh.mask_roi_pool(features, per_image, image_sizes)))
+    probs = maskrcnn_inference(x, [labels])[0]
+    out = model.transform.postprocess(
+        [{"boxes": boxes, "masks": probs}], [image_sizes[i]], [original]
+    )
+    return out[0]["masks"]
+
+
+def vertebra_scores(det: dict[str, torch.Tensor]) -> np.ndarray:
+    """(N,) vertebra confidence of detections: 1 - p(background), or the detector's
+    class score without ``class_probs``."""
+    if "class_probs" in det and len(det["class_probs"]) == len(det["scores"]):
+        return 1.0 - det["class_probs"][:, 0].cpu().numpy()
+    return det["scores"].cpu().numpy()
+
+
+#: Masks computed per round beyond those still needed (some turn out duplicates).
+_MASK_SLACK = 4
+
+
+@torch.inference_mode()
+def raw_detections(
+    model, images: list[torch.Tensor], min_score: float = 0.0
+) -> list[dict[str, torch.Tensor]]:
+    """Box detections of Mask R-CNN, plus masks of those :func:`postprocess` can keep.
+
+    ``boxes``, ``labels``, ``scores`` (N, up to ``box_detections_per_img``) are those of
+    ``model(images)`` in eval mode; ``class_probs`` (N, 18) come from the box head run
+    once more on the final boxes. The mask head runs only on the detections that pass
+    the score threshold ``min_score`` and the duplicate suppression, at most 17, found
+    in order of decreasing score a few at a time (the others cannot be in the output of
+    :func:`postprocess` at any threshold >= ``min_score``). ``keep`` (K,) indexes them
+    (by decreasing score), ``masks`` (K, 1, H, W) holds their probabilities at the
+    original size and ``mask_min_score`` the threshold they were computed for.
+    """
+    batch, features, original, dets = _box_stage(model, images)
+    out = []
+    for i, d in enumerate(dets):
+        scores = vertebra_scores(d)
+        cand = np.nonzero(scores >= min_score)[0]
+        order = cand[np.argsort(-scores[cand].astype(float), kind="stable")]
+        sup = MaskSuppressor()
+        keep: list[int] = []
+        masks: list[torch.Tensor] = []
+        pos = 0
+        while pos < len(order) and len(keep) < len(VERTEBRAE):
+            # as many as still needed, times the share of duplicates so far, plus slack
+            per_kept = pos / len(keep) if keep else 1.0
+            n = int(np.ceil((len(VERTEBRAE) - len(keep)) * per_kept)) + _MASK_SLACK
+            idx = order[pos : pos + n]
+            pos += len(idx)
+            sel = torch.as_tensor(idx, device=d["boxes"].device)
+            probs = _mask_probs(
+                model,
+                features,
+                batch.image_sizes,
+                i,
+                d["boxes"][sel],
+                d["labels"][sel],
+                original[i],
+            )
+            for k, m in enumerate((probs[:, 0] > 0.5).cpu().numpy()):
+                if len(keep) < len(VERTEBRAE) and sup.offer(m):
+                    keep.append(int(idx[k]))
+                    masks.append(probs[k])
+        boxes = model.transform.postprocess(
+            [{"boxes": d["boxes"]}], [batch.image_sizes[i]], [original[i]]
+        )[0]["boxes"]
+        out.append(
+            {
+                "boxes": boxes,
+                "labels": d["labels"],
+                "scores": d["scores"],
+                "class_probs": d["class_probs"],
+                "masks": (torch.stack(masks) if masks else boxes.new_zeros((0, 1, *original[i]))),
+                "keep": torch.as_tensor(keep, dtype=torch.int64),
+                "mask_min_score": torch.tensor(float(min_score), dtype=torch.float64),
+            }
+        )
+    return out
+
+
+@torch.inference_mode()
+def full_detections(model, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """torchvision's eval forward (the mask head on every detection) plus ``class_probs``.
+
+    The reference that :func:`raw_detections` agrees with after :func:`postprocess`
+    (which takes either).
+    """
+    model.eval()
+    original = [tuple(im.shape[-2:]) for im in images]
+    batch, _ = model.transform(images)
+    features = model.backbone(batch.tensors)
+    proposals, _ = model.rpn(batch, features)
+    dets, _ = model.roi_heads(features, proposals, batch.image_sizes)
+    _add_class_probs(model, features, batch.image_sizes, dets)
+    return model.transform.postprocess(dets, batch.image_sizes, original)
+
+
+def logits_dim(model) -> int:
+    return model.roi_heads.box_predictor.cls_score.out_features
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        raise ValueError(
+            f"expected a 2D grayscale MIP (rows, cols); got an RGB(A) image of shape {a.shape}"
+        )
+    if a.ndim != 2:
+        raise ValueError(
+            f"expected a 2D grayscale MIP (rows, cols); got an array of shape {a.shape} "
+            "(give a CT volume to the pipeline first, or one MIP)"
+        )
+    if a.shape[0] < 16 or a.shape[1] < 16:
+        raise ValueError(f"MIP of shape {a.shape} is too small (at least 16 x 16 px)")
+    if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)):
+        raise ValueError("MIP must hold finite numbers (windowed HU)")
+    return a
+
+
+#: Inference settings that :class:`Predictor` can override on a trained model.
+TEST_SETTINGS = (
+    "rpn_pre_nms_top_n_test",
+    "rpn_post_nms_top_n_test",
+    "box_detections_per_img",
+    "box_score_thresh",
+)
+
+
+def apply_test_settings(model, settings: dict[str, Any]) -> None:
+    """Set the RPN/ROI inference numbers of a built Mask R-CNN (keys of TEST_SETTINGS)."""
+    unknown = set(settings) - set(TEST_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown inference settings {sorted(unknown)}")
+    if "rpn_pre_nms_top_n_test" in settings:
+        model.rpn._pre_nms_top_n["testing"] = int(settings["rpn_pre_nms_top_n_test"])
+    if "rpn_post_nms_top_n_test" in settings:
+        model.rpn._post_nms_top_n["testing"] = int(settings["rpn_post_nms_top_n_test"])
+    if "box_detections_per_img" in settings:
+        model.roi_heads.detections_per_img = int(settings["box_detections_per_img"])
+    if "box_score_thresh" in settings:
+        model.roi_heads.score_thresh = float(settings["box_score_thresh"])
+
+
+class Predictor:
+    """Loads a checkpoint once and predicts vertebrae on MIPs.
+
+    ``checkpoint`` is a path to one of our checkpoints (or an already built model with
+    ``config``); ``min_score`` defaults to the config's (the paper's 0.9); ``order``
+    applies the anatomical ordering; ``settings`` overrides inference numbers of the
+    checkpoint's config (see :data:`TEST_SETTINGS`).
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | torch.nn.Module,
+        device: str = "cpu",
+        min_score: float | None = None,
+        order: bool = True,
+        config: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ):
+        self.device = resolve_device(device)
+        if isinstance(checkpoint, torch.nn.Module):
+            self.model, self.config = checkpoint, dict(config or {})
+        else:
+            self.model, ckpt = model_from_checkpoint(checkpoint, "cpu")
+            self.config = dict(ckpt["config"])
+        if settings:
+            apply_test_settings(self.model, settings)
+            self.config.update(settings)
+        self.model.to(self.device).eval()
+        self.hu_max = float(self.config.get("hu_max", 1500.0))
+        if min_score is None:
+            min_score = float(self.config.get("min_score", 0.9))
+        self.min_score = float(min_score)
+        self.order = order
+
+    def predict(self, image: np.ndarray, min_score: float | None = None) -> Prediction:
+        """Vertebrae on one 2D MIP (windowed HU, (rows, cols))."""
+        return self.predict_batch([image], min_score)[0]
+
+    def predict_batch(
+        self, images: list[np.ndarray], min_score: float | None = None
+    ) -> list[Prediction]:
+        """:meth:`predict` on several MIPs at once."""
+        arrays = [_check_image(im) for im in images]
+        tensors = [image_to_tensor(a, self.hu_max).to(self.device) for a in arrays]
+        ms = self.min_score if min_score is None else float(min_score)
+        dets = raw_detections(self.model, tensors, ms)
+        return [postprocess(d, a.shape, ms, self.order) for d, a in zip(dets, arrays, strict=True)]
+
+    __call__ = predict
+
+
+def postprocess(
+    det: dict[str, torch.Tensor], shape: tuple[int, int], min_score: float, order: bool = True
+) -> Prediction:
+    """Score filter, duplicate suppression, at most 17 instances, anatomical order.
+
+    The score of a detection is its vertebra confidence, 1 - p(background) of the box
+    head on the final box (the class is decided afterwards by the anatomical order, so
+    a vertebra whose probability is split between two neighbouring classes is kept).
+    Without ``class_probs`` the detector's class score is used. ``det`` comes from
+    :func:`raw_detections` (masks of the survivors only; ``min_score`` must be at least
+    the one it was given) or :func:`full_detections` (masks of every detection).
+    """
+    scores = vertebra_scores(det)
+    if "keep" in det:  # from raw_detections: masks of the survivors only
+        floor = float(det["mask_min_score"])
+        if min_score < floor:
+            raise ValueError(
+                f"these detections have masks for scores >= {floor} only, not {min_score}"
+            )
+        idx = det["keep"].cpu().numpy().astype(int)
+        ok = scores[idx] >= min_score  # a prefix: keep runs by decreasing score
+        sel = idx[ok]
+        # free of duplicates already, at most 17, by decreasing score
+        masks = (det["masks"][:, 0] > 0.5).cpu().numpy()[ok]
+        boxes = det["boxes"].cpu().numpy()[sel]
+        labels = det["labels"].cpu().numpy()[sel]
+        probs = det["class_probs"].cpu().numpy()[sel][:, 1:]
+        scores = scores[sel]
+    else:  # masks of every detection (full_detections)
+        keep = scores >= min_score
+        masks = (det["masks"][:, 0] > 0.5).cpu().numpy()[keep]
+        boxes = det["boxes"].cpu().numpy()[keep]
+        labels = det["labels"].cpu().numpy()[keep]
+        probs = det["class_probs"].cpu().numpy()[keep][:, 1:]
+        scores = scores[keep]
+        sel = mask_overlap_suppression(masks, scores)[: len(VERTEBRAE)]
+        masks, boxes, labels, probs, scores = (
+            a[sel] for a in (masks, boxes, labels, probs, scores)
+        )
+    rows = np.array([np.nonzero(m)[0].mean() for m in masks]) if len(masks) else np.zeros(0)
+    if order and len(masks):
+        classes = order_classes(probs, rows)
+    else:  # the most probable class of each instance
+        classes = probs.argmax(1) + 1 if len(masks) else labels.copy()
+    top = np.argsort(rows, kind="stable")
+    return Prediction(
+        masks=masks[top].reshape(-1, *shape),
+        boxes=boxes[top].reshape(-1, 4),
+        classes=classes[top].astype(int),
+        scores=scores[top],
+        raw_classes=labels[top].astype(int),
+        class_probs=probs[top].reshape(-1, len(VERTEBRAE)),
+        shape=tuple(shape),
+    )
+
+
+def predict(model_or_predictor, image: np.ndarray, **kw) -> list[VertebraAnnotation]:
+    """Vertebra annotations on one MIP, from a :class:`Predictor` or a checkpoint path."""
+    p = (
+        model_or_predictor
+        if isinstance(model_or_predictor, Predictor)
+        else Predictor(model_or_predictor, **kw)
+    )
+    return p.predict(image).annotations()

@@ -1,0 +1,62 @@
+"""Prediction outputs: COCO result entries, label PNGs and coloured overlays."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from napari_vertebra.core.labels import class_colours_rgba, class_name
+
+from .predict import Prediction
+
+__all__ = ["overlay_rgb", "prediction_results", "save_png"]
+
+
+def prediction_results(pred: Prediction, image_id: int, file_name: str) -> list[dict]:
+    """COCO results entries (RLE segmentation, bbox x,y,w,h, score) of one image."""
+    from pycocotools import mask as mask_utils
+
+    out = []
+    for m, b, c, s in zip(pred.masks, pred.boxes, pred.classes, pred.scores, strict=True):
+        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        out.append(
+            {
+                "image_id": int(image_id),
+                "file_name": file_name,
+                "category_id": int(c),
+                "name": class_name(int(c)),
+                "segmentation": rle,
+                "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                "score": float(s),
+            }
+        )
+    return out
+
+
+def overlay_rgb(mip: np.ndarray, pred: Prediction, hu_max: float = 1500.0) -> np.ndarray:
+    """(H, W, 3) uint8: the MIP in grey with coloured masks and vertebra names."""
+    grey = np.clip(np.asarray(mip, float) / hu_max, 0, 1) * 255
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    colours = class_colours_rgba()
+    for m, c in zip(pred.masks, pred.classes, strict=True):
+        col = np.array(colours[int(c)][:3]) * 255
+        rgb[m] = 0.55 * rgb[m] + 0.45 * col
+    img = Image.fromarray(rgb.astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for (r, c), cls in zip(pred.centroids(), pred.classes, strict=True):
+        col = tuple(int(v * 255) for v in colours[int(cls)][:3])
+        x = min(img.width - 18, c + 0.6 * (pred.shape[1] / 4))
+        draw.text((x, r - 5), class_name(int(cls)), fill=col)
+    return np.asarray(img)
+
+
+def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Save a uint8 2D or (H, W, 3) array as PNG."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, np.uint8)).save(p)
+    return p

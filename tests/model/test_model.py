@@ -1,0 +1,248 @@
+"""Model construction, checkpoints, data, prediction and the CLI: mechanics and errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_vertebra.cli import main as cli_main
+from napari_vertebra.model.build import (
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from napari_vertebra.model.data import VertebraDataset
+from napari_vertebra.model.predict import Predictor
+from napari_vertebra.model.train import resolve_device, train
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_data, tiny_overrides, tmp_path_factory):
+    """A 1-epoch tiny run (mechanics only)."""
+    from napari_vertebra.model.config import load_config
+
+    run = tmp_path_factory.mktemp("run")
+    cfg = load_config(None, {**tiny_overrides, "epochs": 1})
+    train(cfg, tiny_data, run)
+    return run
+
+
+def test_build_settings_and_no_download(tiny_config):
+    m = build_model(tiny_config)
+    assert m.roi_heads.detections_per_img == 60
+    assert m.rpn._post_nms_top_n["testing"] == 20
+    # without starting weights the backbone BatchNorm is trainable
+    assert isinstance(m.backbone.body.bn1, torch.nn.BatchNorm2d)
+    tv = build_model(tiny_config, settings="torchvision")
+    assert tv.rpn._post_nms_top_n["testing"] == 1000
+    assert tv.roi_heads.detections_per_img == 100
+    r50 = build_model({**tiny_config, "backbone": "resnet50", "aspect_ratios": [0.5, 1.0]})
+    assert r50.rpn.head.cls_logits.out_channels == 2  # one per aspect ratio
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_model({**tiny_config, "backbone": "vgg"})
+
+
+def test_starting_weights_imagenet_and_coco(tiny_config, tmp_path):
+    import torchvision
+
+    # an "ImageNet" ResNet-18 state dict (random values, the right keys)
+    rn = torchvision.models.resnet18(weights=None)
+    p = tmp_path / "rn18.pth"
+    torch.save(rn.state_dict(), p)
+    m = build_model({**tiny_config, "weights": str(p)})
+    assert any("fc." in s for s in m.skipped_keys)
+    assert torch.equal(m.backbone.body.conv1.weight, rn.conv1.weight)
+    assert not m.backbone.body.conv1.weight.requires_grad  # frozen stages with weights
+    assert type(m.backbone.body.bn1).__name__ == "FrozenBatchNorm2d"
+    # a "COCO" Mask R-CNN state dict with 91 classes: class heads skipped
+    coco = build_model(tiny_config).state_dict()
+    coco["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(91, 32)
+    p2 = tmp_path / "coco.pth"
+    torch.save(coco, p2)
+    m2 = build_model({**tiny_config, "weights": str(p2)})
+    assert any("cls_score" in s for s in m2.skipped_keys)
+    # garbage
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match=r"bad\.pth"):
+        build_model({**tiny_config, "weights": str(bad)})
+    other = tmp_path / "other.pth"
+    torch.save({"foo.weight": torch.zeros(3)}, other)
+    with pytest.raises(CheckpointError, match="no weight matches"):
+        build_model({**tiny_config, "weights": str(other)})
+
+
+def test_checkpoint_errors(tiny_config, tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save(build_model(tiny_config).state_dict(), plain)
+    with pytest.raises(CheckpointError, match="not a napari-vertebra checkpoint"):
+        load_checkpoint(plain)
+    junk = tmp_path / "junk.pt"
+    junk.write_text("hello", encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"junk\.pt"):
+        load_checkpoint(junk)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    # ours, but for another model (weights do not fit its config)
+    other = tmp_path / "other.pt"
+    save_checkpoint(
+        other,
+        model=build_model(tiny_config).state_dict(),
+        config={**tiny_config, "fpn_channels": 8},
+    )
+    with pytest.raises(CheckpointError, match="do not fit"):
+        model_from_checkpoint(other)
+
+
+def test_cuda_request_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device(None).type == "cpu"
+
+
+def test_dataset_targets_and_augmentation(tiny_data, tiny_config):
+    ds = VertebraDataset(tiny_data / "train", {**tiny_config, "aug_partial_prob": 1.0}, train=True)
+    x, t = ds[0]
+    assert x.shape[0] == 3 and float(x.max()) <= 1.0
+    assert x.shape[1] < 96  # partial view: a run of rows
+    labels = t["labels"].numpy()
+    assert np.all(np.diff(labels) > 0)  # never flipped: order top to bottom kept
+    rows = [float(np.nonzero(m.numpy())[0].mean()) for m in t["masks"]]
+    assert np.all(np.diff(rows) > 0)
+    # deterministic per (seed, epoch, index)
+    x2, _ = ds[0]
+    assert torch.equal(x, x2)
+
+
+def test_dataset_without_annotations(tmp_path):
+    from napari_vertebra.annotation.coco import write_coco
+    from napari_vertebra.annotation.types import AnnotatedImage
+
+    im = AnnotatedImage("a.png", 32, 32, [], image=np.zeros((32, 32), np.float32))
+    write_coco([im], tmp_path / "empty")
+    with pytest.raises(ValueError, match=r"annotations.json.*no annotations"):
+        VertebraDataset(tmp_path / "empty")
+    with pytest.raises(ValueError, match="not found"):
+        VertebraDataset(tmp_path / "nowhere")
+
+
+def test_train_writes_run_and_predictor(trained_run, tiny_data):
+    for name in ("last.pt", "best.pt", "log.csv", "config.yaml"):
+        assert (trained_run / name).is_file(), name
+    ckpt = load_checkpoint(trained_run / "last.pt")
+    assert ckpt["epoch"] == 1 and "optimizer" in ckpt and "scheduler" in ckpt
+    pred = Predictor(trained_run / "best.pt", min_score=0.0)
+    ds = VertebraDataset(tiny_data / "test")
+    out = pred.predict(ds.images[0].image)
+    assert out.masks.shape[1:] == (ds.images[0].height, ds.images[0].width)
+    assert len(out) <= 17
+    if len(out) > 1:
+        assert np.all(np.diff(out.classes) > 0)  # anatomical order
+    with pytest.raises(ValueError, match="2D grayscale"):
+        pred.predict(np.zeros((96, 48, 3), np.float32))
+    with pytest.raises(ValueError, match="2D grayscale"):
+        pred.predict(np.zeros((4, 96, 48), np.float32))
+
+
+def test_masks_only_for_survivors_change_nothing(tiny_config):
+    """The mask head on the detections that survive the score threshold and duplicate
+    suppression gives the same prediction as torchvision's forward (masks of all)."""
+    from napari_vertebra.model.anatomy import mask_overlap_suppression
+    from napari_vertebra.model.data import image_to_tensor
+    from napari_vertebra.model.predict import full_detections, postprocess, raw_detections
+    from napari_vertebra.synth import synth_spine
+
+    torch.manual_seed(0)
+    model = build_model({**tiny_config, "box_score_thresh": 0.0}).eval()
+    im = synth_spine(np.random.default_rng(0), (128, 64))[0]
+    t = image_to_tensor(im)
+    full = full_detections(model, [t])[0]
+    raw = raw_detections(model, [t])[0]
+    assert torch.equal(raw["boxes"], full["boxes"]) and len(raw["keep"]) <= 17
+    assert len(raw["scores"]) > len(raw["keep"])  # fewer masks than detections
+    scores = 1 - full["class_probs"][:, 0].numpy()
+    for ms in [0.0, *np.quantile(scores, [0.3, 0.7, 0.95]).tolist(), 1.0]:
+        ref = postprocess(full, im.shape, ms)
+        for det in (raw, raw_detections(model, [t], ms)[0]):
+            got = postprocess(det, im.shape, ms)
+            for k in ("classes", "boxes", "scores", "masks", "class_probs"):
+                assert np.array_equal(getattr(got, k), getattr(ref, k)), (ms, k)
+    assert len(postprocess(raw, im.shape, 0.0)) > 1
+    with pytest.raises(ValueError, match=r"masks for scores >= 0\.5"):
+        postprocess(raw_detections(model, [t], 0.5)[0], im.shape, 0.4)
+    # the incremental suppression is the batch one
+    masks = (full["masks"][:, 0] > 0.5).numpy()
+    keep = mask_overlap_suppression(masks, scores)
+    assert list(keep[:17]) == raw["keep"].tolist()
+
+
+@pytest.mark.slow
+def test_stop_and_resume(tiny_data, tiny_config, tmp_path):
+    # uninterrupted reference: 2 epochs
+    ref = tmp_path / "ref"
+    train(tiny_config, tiny_data, ref)
+    # stopped during epoch 2 (after the first epoch's checkpoint), then resumed
+    run = tmp_path / "run"
+    stop = threading.Event()
+
+    def progress(fraction, message):
+        if "epoch 1/2 done" in message:
+            stop.set()
+
+    out = train(tiny_config, tiny_data, run, progress=progress, stop=stop)
+    assert out["stopped"] and out["epoch"] == 1
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    out2 = train({**tiny_config, "epochs": 0}, tiny_data, run, resume=True)
+    assert not out2["stopped"] and out2["epoch"] == 2
+    log = (run / "log.csv").read_text(encoding="utf-8").splitlines()
+    ref_log = (ref / "log.csv").read_text(encoding="utf-8").splitlines()
+    assert [r.split(",")[0] for r in log] == ["epoch", "1", "2"]
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    # the resumed run continues where it stopped: same losses as the uninterrupted run
+    loss = [float(r.split(",")[2]) for r in log[1:]]
+    ref_loss = [float(r.split(",")[2]) for r in ref_log[1:]]
+    assert loss == pytest.approx(ref_loss, rel=1e-3)
+
+
+def test_cli_synth_train_predict_evaluate(tiny_data, tiny_overrides, tmp_path, capsys):
+    run = tmp_path / "run"
+    overrides = [f"{k}={json.dumps(v)}" for k, v in tiny_overrides.items() if k != "epochs"]
+    assert cli_main(["train", "--data", str(tiny_data), "-o", str(run), "--epochs", "1",
+                     "--device", "cpu", *overrides]) == 0  # fmt: skip
+    mip = VertebraDataset(tiny_data / "test").images[0].image
+    np.save(tmp_path / "mip.npy", mip)
+    out = tmp_path / "pred"
+    assert cli_main(["predict", str(run / "last.pt"), str(tmp_path / "mip.npy"), "-o", str(out),
+                     "--min-score", "0"]) == 0  # fmt: skip
+    assert (out / "predictions.json").is_file()
+    assert (out / "mip_labels.png").is_file() and (out / "mip_overlay.png").is_file()
+    ev = tmp_path / "eval"
+    assert cli_main(["evaluate", str(run / "last.pt"), "--data", str(tiny_data / "test"),
+                     "-o", str(ev), "--min-score", "0"]) == 0  # fmt: skip
+    metrics = json.loads((ev / "metrics.json").read_text(encoding="utf-8"))
+    for key in ("mask_mAP", "box_mAP", "mean_dice", "dice_per_class", "id_rate"):
+        assert key in metrics
+    assert set(metrics["dice_per_class"]) >= {"T1", "L5"}
+    assert (ev / "dice_per_class.png").is_file()
+    capsys.readouterr()
+    # clear errors: CUDA where there is none, a checkpoint that is not ours, a 3D array
+    if not torch.cuda.is_available():
+        assert cli_main(["predict", str(run / "last.pt"), str(tmp_path / "mip.npy"), "-o",
+                         str(out), "--device", "cuda"]) == 2  # fmt: skip
+        assert "CUDA" in capsys.readouterr().err
+    torch.save({"a": torch.zeros(1)}, tmp_path / "plain.pt")
+    assert cli_main(["predict", str(tmp_path / "plain.pt"), str(tmp_path / "mip.npy"),
+                     "-o", str(out)]) == 2  # fmt: skip
+    assert "not a napari-vertebra checkpoint" in capsys.readouterr().err
+    np.save(tmp_path / "vol.npy", np.zeros((3, 40, 40), np.float32))
+    assert cli_main(["predict", str(run / "last.pt"), str(tmp_path / "vol.npy"),
+                     "-o", str(out)]) == 2  # fmt: skip
+    assert "2D grayscale" in capsys.readouterr().err

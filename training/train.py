@@ -1,0 +1,11 @@
+"""Thin wrapper: ``python training/train.py --config training/paper.yaml --data DIR -o RUN``.
+
+Same options as ``napari-vertebra train``; works under ``torchrun`` for several GPUs.
+"""
+
+import sys
+
+from napari_vertebra.model.train import get_args_parser, main
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
