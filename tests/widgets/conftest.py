@@ -26,3 +26,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/widgets" in str(item.fspath):
             item.add_marker(skip)
+
+
+@pytest.fixture
+def inline_workers(monkeypatch):
+    """Run every widget's TaskRunner on the calling thread (synchronous)."""
+    from napari_vertebra.widgets import _threading
+
+    monkeypatch.setattr(_threading, "RUN_INLINE", True)
+
+
+@pytest.fixture(scope="session")
+def sample_result():
+    """The pipeline result of the bundled lumbar CT with its class-id labels (run once)."""
+    from napari_vertebra.core import run_pipeline
+    from napari_vertebra.core.volume import Volume
+    from napari_vertebra.widgets._sample import lumbar_ct
+
+    (ct, ct_kw, _), (lab, _, _) = lumbar_ct()
+    geo = ct_kw["metadata"]["volume_geometry"]
+    vol = Volume(ct, geo["spacing"], geo["origin"], geo["direction"])
+    return run_pipeline(vol, labels=vol.with_array(lab))

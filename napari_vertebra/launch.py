@@ -1,0 +1,229 @@
+"""Open napari with the napari-vertebra widgets docked, on the bundled sample CT.
+
+``python -m napari_vertebra.launch`` (what ``make run`` calls) loads the lumbar CT
+sample with its vertebra labels, runs "Preprocess CT" on it and fills the MIP's
+polygons from the 3D labels (unless the project already holds polygons for this MIP).
+
+Options: ``--checkpoint PATH`` (handed to the Predict widget when it exists),
+``--project DIR`` (annotation project folder), ``--no-sample``, ``--screenshot PNG``
+(wait for the preprocessing and the labels, save a window screenshot, exit).
+Without a display it prints how to run headless and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+#: (module, class, dock title) of the optional widgets written later.
+OPTIONAL_WIDGETS = (
+    ("napari_vertebra.widgets.train", "TrainWidget", "Train model"),
+    ("napari_vertebra.widgets.predict", "PredictWidget", "Predict vertebrae"),
+    ("napari_vertebra.widgets.review", "ReviewWidget", "Review predictions"),
+)
+
+HEADLESS_HELP = """\
+napari-vertebra: no display found ($DISPLAY / $WAYLAND_DISPLAY are not set).
+
+To open the napari widgets on a virtual screen:
+    xvfb-run -a make run
+    xvfb-run -a make run ARGS="--screenshot window.png"   # save a screenshot and exit
+
+To work without a GUI, use the command line:
+    napari-vertebra preprocess napari_vertebra/_sample_data/example_ct.nii.gz -o out/
+    napari-vertebra labels-to-coco --help
+    napari-vertebra --help
+"""
+
+
+def has_display() -> bool:
+    """True where Qt can open a window (always outside Linux)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    if os.environ.get("QT_QPA_PLATFORM", "").split(":")[0] in ("offscreen", "minimal"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m napari_vertebra.launch",
+        description="Open napari with the napari-vertebra widgets on the sample CT.",
+    )
+    p.add_argument("--checkpoint", type=Path, help="model checkpoint for the Predict widget")
+    p.add_argument("--project", type=Path, help="annotation project folder")
+    p.add_argument("--no-sample", action="store_true", help="start without the sample CT")
+    p.add_argument(
+        "--screenshot", type=Path, help="save a window screenshot (PNG) when ready, then exit"
+    )
+    p.add_argument(
+        "--size", default="1500x950", help="window size WxH in pixels (default 1500x950)"
+    )
+    p.add_argument("--timeout", type=float, default=300.0, help="screenshot mode: give up (s)")
+    return p
+
+
+def _optional_widget(module: str, cls: str, viewer: Any, checkpoint: Path | None) -> Any:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return None
+    factory = getattr(mod, cls, None)
+    if factory is None:
+        return None
+    if checkpoint is not None and cls == "PredictWidget":
+        try:
+            return factory(viewer, checkpoint=str(checkpoint))
+        except TypeError:
+            widget = factory(viewer)
+            field = getattr(widget, "checkpoint", None)
+            if field is not None and hasattr(field, "value"):
+                field.value = str(checkpoint)
+            return widget
+    return factory(viewer)
+
+
+def open_viewer(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """A new viewer with every widget docked (see :func:`dock_widgets`)."""
+    import napari
+
+    viewer = napari.Viewer(title="napari-vertebra")
+    try:
+        w, h = (int(v) for v in str(args.size).lower().split("x"))
+        viewer.window._qt_window.resize(w, h)
+    except (ValueError, AttributeError):
+        pass
+    return viewer, dock_widgets(viewer, args.project, args.checkpoint)
+
+
+def dock_widgets(
+    viewer: Any, project: Path | None = None, checkpoint: Path | None = None
+) -> dict[str, Any]:
+    """Dock Preprocess / Annotate / Export (+ Train / Predict / Review when present),
+    tabbed on the right; returns {dock title: widget}."""
+    from napari_vertebra.widgets.annotate import AnnotateWidget
+    from napari_vertebra.widgets.export import ExportDatasetWidget
+    from napari_vertebra.widgets.preprocess import PreprocessWidget
+
+    widgets: dict[str, Any] = {}
+    widgets["Preprocess CT"] = PreprocessWidget(viewer)
+    widgets["Annotate vertebrae"] = AnnotateWidget(viewer, project_dir=project)
+    widgets["Export dataset"] = ExportDatasetWidget(viewer, project_dir=project)
+    for module, cls, title in OPTIONAL_WIDGETS:
+        try:
+            widget = _optional_widget(module, cls, viewer, checkpoint)
+        except Exception as e:  # a broken optional widget must not stop the launcher
+            print(f"napari-vertebra: could not open {title}: {e}", file=sys.stderr)
+            widget = None
+        if widget is not None:
+            widgets[title] = widget
+    annotate, export = widgets["Annotate vertebrae"], widgets["Export dataset"]
+    annotate.project_dir.changed.connect(lambda v: setattr(export.project_dir, "value", v))
+    first = None
+    for title, widget in widgets.items():
+        dock = viewer.window.add_dock_widget(
+            widget, name=title, area="right", tabify=first is not None
+        )
+        first = first or dock
+    first.raise_()
+    return widgets
+
+
+def start_demo(viewer: Any, widgets: dict[str, Any], on_ready: Any = None) -> None:
+    """Load the sample, preprocess it, then fill the MIP polygons from its 3D labels."""
+    from napari_vertebra.widgets._sample import CT_NAME, LABELS_NAME
+
+    viewer.open_sample("napari-vertebra", "lumbar_ct")
+    pre, ann = widgets["Preprocess CT"], widgets["Annotate vertebrae"]
+    pre.refresh_choices()
+    pre.ct_layer.value = viewer.layers[CT_NAME]
+    pre.labels_layer.value = viewer.layers[LABELS_NAME]
+
+    def after_preprocess(_result: Any) -> None:
+        ann.refresh_choices()
+        mip = pre.mip_layer()
+        if mip is not None:
+            ann.mip_layer.value = mip
+        predict = widgets.get("Predict vertebrae")  # --checkpoint: predict on the MIP
+        field = getattr(predict, "checkpoint", None)
+        if mip is not None and field is not None and field.value:
+            predict.set_image_layer(mip)
+            predict.run()
+        if ann.shapes is not None and len(ann.shapes.data):
+            _ready(on_ready)  # polygons restored from the project
+            return
+        ann.runner.succeeded.connect(lambda _im: _ready(on_ready))
+        ann.runner.failed.connect(lambda _e: _ready(on_ready))
+        if not ann.labels_from_3d():
+            _ready(on_ready)
+
+    pre.runner.succeeded.connect(after_preprocess)
+    pre.runner.failed.connect(lambda _e: _ready(on_ready))
+    pre.run()
+
+
+def _ready(callback: Any) -> None:
+    if callback is not None:
+        callback()
+
+
+def _screenshot_when_ready(viewer: Any, widgets: dict[str, Any], path: Path, timeout: float):
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    state = {"done": False}
+
+    def shoot() -> None:
+        if state["done"]:
+            return
+        state["done"] = True
+        ann = widgets["Annotate vertebrae"]
+        dock = viewer.window._wrapped_dock_widgets.get("Annotate vertebrae")
+        if dock is not None:
+            dock.raise_()
+        if ann.shapes is not None:
+            viewer.layers.selection.active = ann.shapes
+        QApplication.processEvents()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        viewer.screenshot(str(path), canvas_only=False)
+        print(f"screenshot saved: {path}")
+        QTimer.singleShot(200, viewer.close)
+
+    def give_up() -> None:
+        if not state["done"]:
+            print("napari-vertebra: timed out waiting for the demo", file=sys.stderr)
+            state["done"] = True
+            state["failed"] = True
+            viewer.close()
+
+    QTimer.singleShot(int(timeout * 1000), give_up)
+    return lambda: QTimer.singleShot(500, shoot), state
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 without a display)."""
+    args = build_parser().parse_args(argv)
+    if not has_display():
+        print(HEADLESS_HELP, file=sys.stderr)
+        return 2
+    import napari
+
+    viewer, widgets = open_viewer(args)
+    state: dict = {}
+    on_ready = None
+    if args.screenshot is not None:
+        on_ready, state = _screenshot_when_ready(viewer, widgets, args.screenshot, args.timeout)
+    if not args.no_sample:
+        start_demo(viewer, widgets, on_ready)
+    elif on_ready is not None:
+        on_ready()
+    napari.run()
+    return 1 if state.get("failed") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The "Export dataset" dock widget: partial views + train / val / test split by scan.
+
+Inputs are the annotated MIPs of an annotation project folder and/or COCO files; the
+work is :func:`napari_vertebra.annotation.dataset.build_dataset` on a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import CheckBox, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
+
+from napari_vertebra.annotation.dataset import SPLITS, build_dataset
+from napari_vertebra.annotation.project import AnnotationProject
+
+from ._base import VertebraWidget
+from ._threading import error_message
+
+if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
+    import napari.viewer
+
+__all__ = ["ExportDatasetWidget", "summary_html"]
+
+
+def summary_html(summary: dict) -> str:
+    """A small HTML table of images / vertebrae / scans per split (from dataset.json)."""
+    rows = ["<tr><th>split</th><th>scans</th><th>images</th><th>vertebrae</th></tr>"]
+    for name in SPLITS:
+        s = summary.get("splits", {}).get(name, {})
+        rows.append(
+            f"<tr><td>{name}</td><td align='right'>{len(s.get('scans', []))}</td>"
+            f"<td align='right'>{s.get('images', 0)}</td>"
+            f"<td align='right'>{s.get('annotations', 0)}</td></tr>"
+        )
+    return "<table cellspacing='6'>" + "".join(rows) + "</table>"
+
+
+class ExportDatasetWidget(VertebraWidget):
+    """Build a Mask R-CNN training set from annotated MIPs.
+
+    Attributes: ``project_dir`` (FileEdit, folder), ``use_project`` (CheckBox),
+    ``coco_files`` (FileEdit, several files), ``output_dir``, ``views_per_image``,
+    ``min_visible``, ``train_fraction`` / ``val_fraction`` / ``test_fraction``, ``seed``,
+    ``include_full``, ``build_button``, ``summary_label``, ``paths`` ({split: JSON path}
+    after a build), ``summary`` (dataset.json content). Handlers: :meth:`inputs`,
+    :meth:`build`.
+    """
+
+    def __init__(
+        self,
+        viewer: napari.viewer.Viewer,
+        parent: Any = None,
+        project_dir: str | os.PathLike | None = None,
+        output_dir: str | os.PathLike | None = None,
+    ):
+        super().__init__(viewer, parent)
+        from .annotate import default_project_dir
+
+        self.paths: dict[str, Path] = {}
+        self.summary: dict = {}
+        proj = Path(project_dir) if project_dir else default_project_dir()
+        self.project_dir = FileEdit(mode="d", value=str(proj), label="project folder")
+        self.use_project = CheckBox(value=True, label="use the project's MIPs")
+        self.coco_files = FileEdit(mode="rm", filter="*.json", label="COCO files (optional)")
+        out = Path(output_dir) if output_dir else proj.parent / f"{proj.name}-dataset"
+        self.output_dir = FileEdit(mode="d", value=str(out), label="output folder")
+        self.add_form(self.project_dir, self.use_project, self.coco_files, self.output_dir)
+
+        self.views_per_image = SpinBox(value=10, min=0, max=1000, label="views per image")
+        self.views_per_image.tooltip = "Partial views (random runs of vertebrae) per MIP."
+        self.min_visible = FloatSpinBox(
+            value=0.5, min=0.0, max=1.0, step=0.05, label="min visible fraction"
+        )
+        self.min_visible.tooltip = "A vertebra cut by a view is kept when this much shows."
+        self.include_full = CheckBox(value=True, label="include the full MIPs")
+        self.train_fraction = FloatSpinBox(value=0.7, min=0, max=1, step=0.05, label="train")
+        self.val_fraction = FloatSpinBox(value=0.15, min=0, max=1, step=0.05, label="val")
+        self.test_fraction = FloatSpinBox(value=0.15, min=0, max=1, step=0.05, label="test")
+        self.seed = SpinBox(value=0, min=0, max=1_000_000, label="seed")
+        self.add_form(
+            self.views_per_image,
+            self.min_visible,
+            self.include_full,
+            self.train_fraction,
+            self.val_fraction,
+            self.test_fraction,
+            self.seed,
+        )
+        self.build_button = PushButton(text="Build dataset")
+        self.build_button.changed.connect(lambda *_: self.build())
+        self.add_buttons(self.build_button)
+        self.summary_label = Label(value="")
+        self.add(self.summary_label)
+        self.add_status()
+
+    def inputs(self) -> list[Any]:
+        """The builder's inputs: the project's images (with pixels) and the COCO files."""
+        items: list[Any] = []
+        if self.use_project.value:
+            folder = Path(str(self.project_dir.value)).expanduser()
+            if not (folder / "project.json").is_file():
+                raise ValueError(f"{folder}: not an annotation project (no project.json)")
+            project = AnnotationProject(folder)
+            for im in project.images(load_pixels=True):
+                im.annotations = [
+                    a for a in im.annotations if any(len(p) >= 3 for p in a.polygons)
+                ]
+                if im.annotations:
+                    items.append(im)
+        files = self.coco_files.value or ()
+        if isinstance(files, (str, os.PathLike)):
+            files = (files,)
+        items.extend(str(f) for f in files if str(f) not in ("", "."))
+        if not items:
+            raise ValueError("nothing to export: annotate some MIPs or choose COCO files")
+        return items
+
+    def build(self) -> bool:
+        """Build the dataset on a worker thread; False if it cannot start."""
+        try:
+            items = self.inputs()
+            fractions = (
+                float(self.train_fraction.value),
+                float(self.val_fraction.value),
+                float(self.test_fraction.value),
+            )
+            if sum(fractions) <= 0:
+                raise ValueError("the split fractions are all 0")
+            out = Path(str(self.output_dir.value)).expanduser()
+        except (ValueError, OSError) as e:
+            self.fail(f"Export: {error_message(e)}")
+            return False
+        work = partial(
+            build_dataset,
+            items,
+            out,
+            views_per_image=int(self.views_per_image.value),
+            seed=int(self.seed.value),
+            fractions=fractions,
+            min_visible=float(self.min_visible.value),
+            include_full=bool(self.include_full.value),
+        )
+        self.summary_label.value = ""
+        return self.runner.start(
+            work, on_done=partial(self._on_built, out), description="Building the dataset"
+        )
+
+    def _on_built(self, out: Path, paths: dict[str, Path]) -> None:
+        self.paths = {k: Path(v) for k, v in paths.items()}
+        try:
+            self.summary = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.summary = {}
+        self.summary_label.value = summary_html(self.summary)
+        n = sum(s.get("images", 0) for s in self.summary.get("splits", {}).values())
+        self.status.set(f"dataset written to {out} ({n} images)", "ok")
