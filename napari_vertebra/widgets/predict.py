@@ -1,0 +1,597 @@
+"""The "Predict vertebrae" widget: a checkpoint on a MIP (or a CT) -> Labels + boxes.
+
+Pick a checkpoint and an Image layer: a 2D MIP (e.g. "MIP <ct>" of 'Preprocess CT') or a
+3D CT, which is preprocessed first (:func:`napari_vertebra.core.run_pipeline`). The
+model runs on a worker thread; the raw detections are kept on the widget, so the score
+slider re-filters them (score threshold, duplicate suppression, anatomical order: the
+same post-processing as :class:`napari_vertebra.model.predict.Predictor`) without
+predicting again. Output layers: "predicted vertebrae <image>" (Labels, one colour per class
+T1..L5) and "predicted boxes <image>" (Shapes rectangles with "L1 0.97" text). "Show in
+3D" carries the MIP labels back into the CT (:func:`~napari_vertebra.core.
+mip_labels_to_volume`): a first estimate, not a 3D segmentation.
+
+The module also holds the small look-ups the model widgets share: finding a docked
+widget (:func:`find_dock_widget`) and the open annotation project.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, FileEdit, FloatSlider, Label, PushButton
+from qtpy.QtCore import QTimer, Signal
+
+from napari_vertebra.core.labels import class_colour, class_name
+from napari_vertebra.core.progress import ProgressCallback, report, scaled
+
+from ._base import VertebraWidget, layer_combo
+from ._layers import class_label_colormap, class_label_features, find_layer, layer_kwargs
+
+if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
+    import napari.viewer
+
+__all__ = [
+    "BACK3D_TIP",
+    "PredictWidget",
+    "RawPrediction",
+    "avoid_triton",
+    "boxes_to_rectangles",
+    "find_annotation_project",
+    "find_dock_widget",
+    "register_widget",
+]
+
+BACK3D_TIP = (
+    "Carry the predicted MIP labels back into the CT: each labelled MIP pixel labels the\n"
+    "run of bone voxels along its ray that holds the brightest voxel. A first estimate of\n"
+    "where each vertebra lies in 3D (about 0.6-0.7 Dice per vertebra on the lumbar\n"
+    "sample), not a 3D segmentation."
+)
+
+# ------------------------------------------------------------------ shared look-ups
+_REGISTRY: dict[tuple[int, str], weakref.ref] = {}
+
+
+def register_widget(viewer: Any, widget: Any) -> None:
+    """Remember ``widget`` for :func:`find_dock_widget` (also when it is not docked)."""
+    _REGISTRY[(id(viewer), type(widget).__name__)] = weakref.ref(widget)
+
+
+def find_dock_widget(
+    viewer: Any, cls: type | str, dock_name: str | None = None, dock: bool = True
+) -> Any:
+    """The widget of class ``cls`` (a class or its name) working on ``viewer``, or None.
+
+    Looks at the viewer's docked widgets, then at widgets registered with
+    :func:`register_widget`; with ``dock`` and a ``dock_name`` (the manifest's display
+    name), docks the plugin's widget when there is none yet.
+    """
+    if viewer is None:
+        return None
+    name = cls if isinstance(cls, str) else cls.__name__
+
+    def matches(w: Any) -> bool:
+        return any(k.__name__ == name for k in type(w).__mro__)
+
+    window = getattr(viewer, "window", None)
+    try:
+        docked = list(window.dock_widgets.values()) if window is not None else []
+    except (AttributeError, RuntimeError):
+        docked = []
+    for w in docked:
+        if matches(w):
+            return w
+    ref = _REGISTRY.get((id(viewer), name))
+    w = ref() if ref is not None else None
+    if w is not None:
+        try:
+            w.isVisible()  # raises RuntimeError once Qt deleted it
+            return w
+        except RuntimeError:
+            _REGISTRY.pop((id(viewer), name), None)
+        except AttributeError:
+            return w
+    if dock and dock_name and window is not None:
+        try:
+            _, w = window.add_plugin_dock_widget("napari-vertebra", dock_name)
+            return w
+        except Exception:
+            return None
+    return None
+
+
+def find_annotation_project(viewer: Any) -> Any:
+    """The :class:`~napari_vertebra.annotation.project.AnnotationProject` open in
+    'Annotate vertebrae', or None."""
+    w = find_dock_widget(viewer, "AnnotateWidget", dock=False)
+    if w is None:
+        return None
+    return getattr(w, "project", None)
+
+
+# ------------------------------------------------------------------ pure helpers
+def boxes_to_rectangles(boxes: np.ndarray) -> list[np.ndarray]:
+    """napari rectangles ((4, 2) (row, col) corners) of (N, 4) (x0, y0, x1, y1) boxes.
+
+    Box coordinates are pixel edges (torchvision), napari's are pixel centres: the
+    rectangle is shifted by half a pixel so that it hugs the mask's outer pixels.
+    """
+    out = []
+    for x0, y0, x1, y1 in np.asarray(boxes, float).reshape(-1, 4):
+        r0, c0, r1, c1 = y0 - 0.5, x0 - 0.5, y1 - 0.5, x1 - 0.5
+        out.append(np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]]))
+    return out
+
+
+@dataclass
+class RawPrediction:
+    """What the model said about one MIP, before the score threshold.
+
+    ``detections`` is :func:`~napari_vertebra.model.predict.raw_detections` of the MIP at
+    score 0 (CPU tensors: every box detection with ``class_probs``, masks only of the at
+    most 17 that survive the duplicate suppression, which covers every slider value),
+    ``mip`` the 2D image (windowed HU), ``result`` the :class:`PipelineResult` behind
+    the MIP when known (needed for "Show in 3D"), ``image_name`` the layer predicted on.
+    """
+
+    detections: dict
+    mip: np.ndarray
+    checkpoint: str
+    image_name: str
+    result: Any = None
+    default_min_score: float = 0.9
+
+    def __post_init__(self) -> None:
+        self._at: dict[tuple[float, bool], Any] = {}
+
+    @property
+    def n_raw(self) -> int:
+        """Detections before the score threshold."""
+        return len(self.detections["scores"])
+
+    def at(self, min_score: float, order: bool = True) -> Any:
+        """The :class:`~napari_vertebra.model.predict.Prediction` at ``min_score``."""
+        key = (round(float(min_score), 6), bool(order))
+        if key not in self._at:
+            from napari_vertebra.model.predict import postprocess
+
+            self._at[key] = postprocess(self.detections, self.mip.shape, key[0], order)
+        return self._at[key]
+
+
+def _load_predictor(checkpoint: str, device: str) -> Any:
+    from napari_vertebra.model.predict import Predictor
+
+    return Predictor(checkpoint, device=device)
+
+
+def predict_job(
+    predictor: Any,
+    checkpoint: str,
+    device: str,
+    image: np.ndarray,
+    image_name: str,
+    ct: Any = None,
+    result: Any = None,
+    params: Any = None,
+    min_score: float | None = None,
+    progress: ProgressCallback | None = None,
+) -> tuple[Any, RawPrediction]:
+    """Worker-thread body: (pre-process a CT,) load the model (unless ``predictor`` is
+    given) and run it on the MIP. Returns (predictor, raw prediction)."""
+    if ct is not None:
+        from napari_vertebra.core import run_pipeline
+
+        report(progress, 0.0, "preprocessing the CT")
+        result = run_pipeline(ct, params, progress=scaled(progress, 0.0, 0.5))
+        image = result.mip
+    base = 0.5 if ct is not None else 0.0
+    avoid_triton()
+    _leave_a_core_for_the_viewer()
+    if predictor is None:
+        report(progress, base, "loading the model")
+        predictor = _load_predictor(checkpoint, device)
+    report(progress, base + 0.2 * (1 - base), "predicting")
+    from napari_vertebra.model.data import image_to_tensor
+    from napari_vertebra.model.predict import _check_image, raw_detections
+
+    mip = _check_image(np.asarray(image, np.float32))
+    # keep every detection (up to box_detections_per_img): the score slider filters them
+    predictor.model.roi_heads.score_thresh = 0.0
+    tensor = image_to_tensor(mip, predictor.hu_max).to(predictor.device)
+    det = raw_detections(predictor.model, [tensor], min_score=0.0)[0]
+    det = {k: v.detach().cpu() for k, v in det.items()}
+    report(progress, 1.0, f"{len(det['scores'])} detections")
+    raw = RawPrediction(
+        detections=det,
+        mip=mip,
+        checkpoint=checkpoint,
+        image_name=image_name,
+        result=result,
+        default_min_score=predictor.min_score,
+    )
+    if min_score is not None:
+        raw.at(min_score)  # post-process here, not on the GUI thread
+    return predictor, raw
+
+
+def avoid_triton() -> None:
+    """Keep Triton out of the viewer's process (call before the first torch import).
+
+    torchvision imports ``torch._dynamo``, which imports Triton when it is installed;
+    Triton bundles its own LLVM, and loading it into a process whose OpenGL runs on
+    Mesa's LLVM-based drivers (llvmpipe under Xvfb or a VM, radeonsi) segfaults napari.
+    Eager inference does not use Triton (only ``torch.compile`` does), so the widgets
+    hide it: ``import triton`` then raises ImportError and torch goes without. (Loaded
+    before the OpenGL context, Triton does no harm; then this does nothing.)
+    """
+    if "triton" not in sys.modules:
+        sys.modules["triton"] = None  # type: ignore[assignment]
+
+
+def _leave_a_core_for_the_viewer() -> None:
+    """Let torch use all CPU cores but one, so that the viewer stays responsive."""
+    import torch
+
+    want = max(1, (os.cpu_count() or 2) - 1)
+    if torch.get_num_threads() > want:
+        torch.set_num_threads(want)
+
+
+def back_to_3d(
+    label_image: np.ndarray, result: Any, progress: ProgressCallback | None = None
+) -> np.ndarray:
+    """uint8 class labels on the resampled grid from MIP labels (worker-thread body)."""
+    from napari_vertebra.core import mip_labels_to_volume
+
+    report(progress, 0.0, "back-projecting")
+    vol = mip_labels_to_volume(label_image, result).astype(np.uint8)
+    report(progress, 1.0, "done")
+    return vol
+
+
+def _back_to_3d_job(label_image: np.ndarray, result: Any, progress=None) -> tuple:
+    vol = back_to_3d(label_image, result, progress)
+    present = [int(c) for c in np.unique(label_image) if c and (vol == c).any()]
+    return vol, present
+
+
+# ------------------------------------------------------------------ the widget
+class PredictWidget(VertebraWidget):
+    """Predict vertebrae with a checkpoint on a MIP (or a CT, preprocessed first).
+
+    Attributes: ``checkpoint`` (FileEdit), ``image_layer`` (Image layers: 2D MIP or 3D
+    CT), ``device``, ``min_score`` (slider, 0..1), ``predict_button``,
+    ``show3d_button``; results: ``raw`` (:class:`RawPrediction`, kept so the slider
+    re-filters), ``prediction`` (the Prediction shown), ``labels_layer``,
+    ``boxes_layer``, ``volume_layer``. Handlers: :meth:`set_checkpoint`, :meth:`run`,
+    :meth:`apply_score`, :meth:`show_in_3d`.
+    """
+
+    #: Emitted (on the GUI thread) after the shown prediction changed.
+    predicted = Signal()
+
+    def __init__(
+        self, viewer: napari.viewer.Viewer, parent: Any = None, checkpoint: str | None = None
+    ) -> None:
+        super().__init__(viewer, parent)
+        register_widget(viewer, self)
+        self.raw: RawPrediction | None = None
+        self.prediction: Any = None
+        self.labels_layer: Any = None
+        self.boxes_layer: Any = None
+        self.volume_layer: Any = None
+        self._predictor: Any = None
+        self._predictor_key: tuple | None = None
+        self._displaying = False
+
+        self.checkpoint = FileEdit(
+            label="checkpoint", mode="r", filter="*.pt *.pth", nullable=True
+        )
+        self.checkpoint.tooltip = "A napari-vertebra checkpoint (RUN/best.pt or RUN/last.pt)"
+        self.image_layer = layer_combo(viewer, "Image", "image")
+        self.image_layer.tooltip = (
+            "A 2D sagittal MIP (e.g. 'MIP <ct>' of Preprocess CT) or a 3D CT, which is\n"
+            "preprocessed first (default parameters)"
+        )
+        self.device = ComboBox(label="device", choices=["cpu", "cuda"], value="cpu")
+        self.min_score = FloatSlider(label="min score", min=0.0, max=1.0, step=0.01, value=0.9)
+        self.min_score.tooltip = (
+            "Show detections with at least this confidence (the paper: 0.9). Changing it\n"
+            "re-filters the kept detections (the model's best box_detections_per_img); it\n"
+            "does not predict again."
+        )
+        self.add_form(self.checkpoint, self.image_layer, self.device, self.min_score)
+        self.predict_button = PushButton(text="Predict")
+        self.show3d_button = PushButton(text="Show in 3D")
+        self.show3d_button.tooltip = BACK3D_TIP
+        self.add_buttons(self.predict_button, self.show3d_button)
+        self.summary = Label(value="")
+        self.summary.native.setWordWrap(True)
+        self.add(self.summary)
+        self.add_status()
+
+        self.predict_button.changed.connect(lambda *_: self.run())
+        self.show3d_button.changed.connect(lambda *_: self.show_in_3d())
+        self.min_score.changed.connect(lambda *_: self.apply_score())
+        self.refresh_choices()
+        self._update_buttons()
+        if checkpoint:
+            self.set_checkpoint(checkpoint)
+
+    # ----------------------------------------------------------------- inputs
+    def set_checkpoint(self, path: str | os.PathLike) -> None:
+        """Use the checkpoint at ``path`` for the next prediction."""
+        p = Path(path).expanduser()
+        if not p.is_file():
+            self.fail(f"Predict: checkpoint {p} not found")
+            return
+        self.checkpoint.value = str(p.resolve())
+        self.status.set(f"checkpoint: {p.name}", "info")
+
+    def set_image_layer(self, layer: Any) -> None:
+        """Predict on ``layer`` (an Image layer of the viewer) next."""
+        self.refresh_choices()
+        self.image_layer.value = layer
+
+    def _pipeline_result_for(self, layer: Any) -> Any:
+        """The PipelineResult behind a MIP layer, from 'Preprocess CT' (or None)."""
+        res = (layer.metadata or {}).get("pipeline_result")
+        if res is not None and hasattr(res, "mip"):
+            return res
+        pre = find_dock_widget(self.viewer, "PreprocessWidget", dock=False)
+        result = getattr(pre, "result", None)
+        if result is None:
+            return None
+        data = np.asarray(layer.data)
+        if data is result.mip or (
+            data.shape == result.mip.shape and np.array_equal(data, result.mip)
+        ):
+            return result
+        return None
+
+    # ----------------------------------------------------------------- predicting
+    def run(self) -> bool:
+        """Predict on the chosen image layer (worker thread); False if it cannot start."""
+        if self.runner.busy:
+            self.status.set("a prediction is running", "warning")
+            return False
+        ckpt = self.checkpoint.value
+        if not ckpt:
+            self.fail("Predict: choose a checkpoint file (e.g. RUN/best.pt)")
+            return False
+        ckpt = str(Path(ckpt).expanduser())
+        if not Path(ckpt).is_file():
+            self.fail(f"Predict: checkpoint {ckpt} not found")
+            return False
+        self.refresh_choices()
+        layer = self.image_layer.value
+        if layer is None:
+            self.fail("Predict: no image layer (open a CT or run Preprocess CT)")
+            return False
+        data = np.asarray(layer.data)
+        ct = result = params = None
+        if data.ndim == 3 and not getattr(layer, "rgb", False):
+            from ._layers import volume_from_layer
+
+            try:
+                ct = volume_from_layer(layer)
+            except ValueError as e:
+                self.fail(f"Predict: {e}")
+                return False
+            pre = find_dock_widget(self.viewer, "PreprocessWidget", dock=False)
+            if pre is not None and hasattr(pre, "params"):
+                try:
+                    params = pre.params()
+                except ValueError:
+                    params = None
+        elif data.ndim == 2:
+            result = self._pipeline_result_for(layer)
+        else:
+            self.fail(
+                f"Predict: layer {layer.name!r} has shape {data.shape}; choose a 2D MIP or a 3D CT"
+            )
+            return False
+        device = self.device.value
+        key = (ckpt, os.path.getmtime(ckpt), device)
+        predictor = self._predictor if key == self._predictor_key else None
+        self._pending_key = key
+        self._source_layer = layer
+        from functools import partial
+
+        job = partial(
+            predict_job, predictor, ckpt, device, data if ct is None else None, layer.name,
+            ct=ct, result=result, params=params, min_score=self.min_score.value,
+        )  # fmt: skip
+        return self.runner.start(
+            job, on_done=self._on_predicted, description=f"Predicting on {layer.name}"
+        )
+
+    def _on_predicted(self, out: tuple[Any, RawPrediction]) -> None:
+        predictor, raw = out
+        self._predictor, self._predictor_key = predictor, self._pending_key
+        self.raw = raw
+        self._update_buttons()
+        if raw.result is not None and np.asarray(self._source_layer.data).ndim == 3:
+            # one new layer per event-loop turn: the viewer stays responsive
+            self._displaying = True
+            self._show_mip(raw)
+            QTimer.singleShot(0, lambda: self.apply_score(defer=True))
+        else:
+            self.apply_score(defer=True)
+
+    def _show_mip(self, raw: RawPrediction) -> None:
+        """Add (or update) the MIP of a CT that was preprocessed here."""
+        from ._layers import upsert_layer
+
+        name = f"MIP {raw.image_name}"
+        layer, _ = upsert_layer(
+            self.viewer, name, raw.mip, "Image", colormap="gray",
+            contrast_limits=(0.0, float(raw.result.params.hu_max)),
+            metadata={"mip_of": raw.image_name, "pipeline_result": raw.result},
+        )  # fmt: skip
+        self.viewer.dims.ndisplay = 2
+        self._mip_layer = layer
+
+    def _target_layer(self) -> Any:
+        """The 2D layer the predictions lie on (the MIP)."""
+        layer = getattr(self, "_mip_layer", None)
+        src = getattr(self, "_source_layer", None)
+        if src is not None and np.asarray(src.data).ndim == 2:
+            return src
+        return layer
+
+    @property
+    def busy(self) -> bool:
+        """True while predicting, carrying back to 3D or adding the result layers."""
+        return self.runner.busy or self._displaying
+
+    def apply_score(self, defer: bool = False) -> None:
+        """Show the kept detections at the slider's score (no new prediction).
+
+        With ``defer`` the boxes layer is updated in a later event-loop turn (adding
+        napari layers is slow; one at a time keeps the viewer responsive).
+        """
+        if self.raw is None:
+            return
+        pred = self.raw.at(self.min_score.value)
+        self.prediction = pred
+        self._show_labels(pred)
+        if not defer:
+            self._show_boxes(pred)
+            self._finish(pred)
+            return
+        self._displaying = True
+
+        def later() -> None:
+            try:
+                if self.prediction is pred:
+                    self._show_boxes(pred)
+                    self._finish(pred)
+            finally:
+                self._displaying = False
+
+        QTimer.singleShot(0, later)
+
+    def _finish(self, pred: Any) -> None:
+        n_raw = self.raw.n_raw
+        names = ", ".join(f"{n} {s:.2f}" for n, s in zip(pred.names, pred.scores, strict=True))
+        self.summary.value = (
+            f"{len(pred)} vertebra(e) at score ≥ {self.min_score.value:.2f} "
+            f"({n_raw} detections kept): {names or '-'}"
+        )
+        self.status.set(f"{len(pred)} vertebra(e) shown", "ok" if len(pred) else "warning")
+        self.predicted.emit()
+
+    def _placement(self) -> dict:
+        base = self._target_layer()
+        if base is None:
+            return {}
+        return {"scale": tuple(base.scale[-2:]), "translate": tuple(base.translate[-2:])}
+
+    def _show_labels(self, pred: Any) -> None:
+        from ._layers import upsert_layer
+
+        name = self.raw.image_name.removeprefix("MIP ")
+        label_image = pred.label_image() if len(pred) else np.zeros(pred.shape, np.uint8)
+        meta = {"prediction_of": self.raw.image_name, "checkpoint": self.raw.checkpoint}
+        self.labels_layer, _ = upsert_layer(
+            self.viewer, f"predicted vertebrae {name}", label_image, "Labels",
+            colormap=class_label_colormap(), features=class_label_features(), opacity=0.5,
+            metadata=meta, **self._placement(),
+        )  # fmt: skip
+
+    def _show_boxes(self, pred: Any) -> None:
+        name = self.raw.image_name.removeprefix("MIP ")
+        rects = boxes_to_rectangles(pred.boxes)
+        text = [f"{n} {s:.2f}" for n, s in zip(pred.names, pred.scores, strict=True)]
+        colours = [class_colour(int(c)) for c in pred.classes]
+        self.boxes_layer = self._update_boxes(
+            f"predicted boxes {name}", rects, text, colours, self._placement()
+        )
+
+    def _update_boxes(
+        self, name: str, rects: list, text: list[str], colours: list[str], place: dict
+    ) -> Any:
+        text_style = {
+            "string": "{label}",
+            "color": "white",
+            "size": 9,
+            "anchor": "upper_left",
+            "translation": [-1.5, 0.0],
+        }
+        layer = find_layer(self.viewer, name, "Shapes")
+        features = {"label": np.asarray(text, dtype=object)}
+        if layer is not None:
+            layer.selected_data = set()
+            layer.data = []
+            if rects:
+                layer.add_rectangles(rects, edge_color=colours, face_color="transparent")
+            layer.features = features
+            layer.text = text_style
+            for k, v in place.items():
+                setattr(layer, k, v)
+            layer.refresh()
+            return layer
+        return self.viewer.add_shapes(
+            rects, shape_type="rectangle", name=name, edge_color=colours or "white",
+            face_color="transparent", edge_width=1.0, features=features, text=text_style,
+            **place,
+        )  # fmt: skip
+
+    # ----------------------------------------------------------------- back to 3D
+    def show_in_3d(self) -> bool:
+        """Add "predicted vertebrae 3D <ct>": the shown MIP labels carried back into the CT's
+        resampled grid on a worker thread (a first estimate, see the button's tooltip).
+        Returns False when it cannot start; the layer is ``volume_layer`` once done."""
+        if self.prediction is None or self.raw is None:
+            self.fail("Show in 3D: predict first")
+            return False
+        result = self.raw.result
+        if result is None:
+            self.fail(
+                "Show in 3D needs the CT behind the MIP: predict on the CT layer, or on the MIP "
+                "that 'Preprocess CT' made in this session"
+            )
+            return False
+        from functools import partial
+
+        label_image = self.prediction.label_image()
+        name = self.raw.image_name.removeprefix("MIP ")
+        return self.runner.start(
+            partial(_back_to_3d_job, label_image, result),
+            on_done=lambda out: self._show_volume(out[0], out[1], result, name),
+            description="Carrying the vertebrae back to 3D",
+        )
+
+    def _show_volume(self, vol: np.ndarray, present: list[int], result: Any, name: str) -> None:
+        from ._layers import upsert_layer
+
+        self.volume_layer, _ = upsert_layer(
+            self.viewer,
+            f"predicted vertebrae 3D {name}",
+            vol,
+            "Labels",
+            **layer_kwargs(
+                result.resampled.with_array(vol),
+                colormap=class_label_colormap(),
+                features=class_label_features(),
+                opacity=0.6,
+                metadata={"estimate_from_mip": True},
+            ),
+        )
+        names = [class_name(c) for c in present]
+        self.status.set(
+            f"3D estimate of {', '.join(names) or 'no vertebra'} on the "
+            f"{result.params.spacing_mm:g} mm grid (a first estimate, not a 3D segmentation)",
+            "ok",
+        )
+
+    def _update_buttons(self) -> None:
+        self.predict_button.enabled = True

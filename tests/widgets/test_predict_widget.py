@@ -1,0 +1,181 @@
+"""The "Predict vertebrae" widget: a checkpoint on a MIP or a CT, score slider, back to 3D."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from napari_vertebra.core.labels import class_colours_rgba
+from napari_vertebra.widgets.predict import PredictWidget, boxes_to_rectangles
+
+pytestmark = [pytest.mark.gui, pytest.mark.torch]
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def make_random_checkpoint(path):
+    """Save a checkpoint of an untrained small Mask R-CNN at ``path`` (fast to make; its
+    detections are arbitrary, which is all the widget tests need)."""
+    from napari_vertebra.widgets.predict import avoid_triton
+
+    avoid_triton()  # as the widget does: Triton after napari's OpenGL crashes (llvmpipe)
+    import torch
+
+    from napari_vertebra.model.build import build_model, save_checkpoint
+    from napari_vertebra.model.config import load_config
+
+    cfg = load_config(ROOT / "training" / "smoke.yaml", {"min_size": 192, "max_size": 256})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    save_checkpoint(path, model=model.state_dict(), config=cfg, epoch=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory):
+    return make_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "random.pt")
+
+
+def add_mip(viewer, result, with_result=True):
+    """The MIP and its ground-truth labels, as 'Preprocess CT' shows them."""
+    from napari_vertebra.widgets.preprocess import mip_labels
+
+    meta = {"pipeline_result": result} if with_result else {}
+    layer = viewer.add_image(result.mip, name="MIP lumbar CT", colormap="gray", metadata=meta)
+    viewer.add_labels(mip_labels(result), name="MIP labels lumbar CT", opacity=0.3)
+    return layer
+
+
+def test_boxes_to_rectangles_hug_the_pixels():
+    (rect,) = boxes_to_rectangles(np.array([[2.0, 3.0, 6.0, 9.0]]))  # x0, y0, x1, y1
+    # pixel edges 3..9 (rows) are the centres 3..8 +- 0.5
+    assert np.allclose(rect, [[2.5, 1.5], [2.5, 5.5], [8.5, 5.5], [8.5, 1.5]])
+
+
+def test_predict_slider_and_back_to_3d(
+    make_napari_viewer, sample_result, random_checkpoint, qtbot
+):
+    from test_train_widget import GapMeter
+
+    viewer = make_napari_viewer()
+    mip_layer = add_mip(viewer, sample_result)
+    w = PredictWidget(viewer)
+    assert not w.run()  # no checkpoint yet
+    assert "checkpoint" in w.status.value
+    w.set_checkpoint(random_checkpoint)
+    w.set_image_layer(mip_layer)
+    w.min_score.value = 0.0
+    gaps = GapMeter()
+    assert w.run()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    gaps.stop()
+    predict_gap = gaps.max_gap
+    assert w.runner.last_error is None, w.status.value
+    raw = w.raw
+    assert raw is not None and raw.n_raw > 0
+    pred = w.prediction
+    assert 0 < len(pred) <= 17
+    assert set(np.unique(pred.classes)) <= set(range(1, 18))
+    assert list(pred.classes) == sorted(pred.classes)  # anatomical order, top to bottom
+
+    labels = w.labels_layer
+    assert labels.data.shape == sample_result.mip.shape
+    assert np.array_equal(labels.data, pred.label_image())
+    colours = class_colours_rgba()
+    for c in np.unique(pred.classes):
+        assert np.allclose(labels.colormap.map(np.array([c]))[0], colours[int(c)], atol=1e-3)
+    boxes = w.boxes_layer
+    assert len(boxes.data) == len(pred)
+    texts = list(boxes.features["label"])
+    assert all(re.fullmatch(r"(T|L)\d{1,2} \d\.\d\d", t) for t in texts)
+    assert texts[0].split()[0] == pred.names[0]
+
+    # the slider filters the kept detections; it does not predict again
+    # a threshold on the slider's 0.01 grid that keeps some but not all
+    steps = np.round(np.arange(0.0, 1.0, 0.01), 2)
+    kept = np.array([(pred.scores >= t).sum() for t in steps])
+    assert ((kept > 0) & (kept < len(pred))).any(), pred.scores
+    w.min_score.value = float(steps[(kept > 0) & (kept < len(pred))][0])
+    assert w.raw is raw and not w.runner.busy
+    assert len(w.prediction) < len(pred)
+    assert np.all(w.prediction.scores >= w.min_score.value)
+    assert len(w.boxes_layer.data) == len(w.prediction)
+    w.min_score.value = 1.0
+    assert len(w.prediction) == 0 and not w.labels_layer.data.any()
+    assert len(w.boxes_layer.data) == 0
+    w.min_score.value = 0.0
+    assert len(w.prediction) == len(pred)
+
+    # back to 3D: the labels lie on the resampled grid, behind their MIP pixels
+    gaps = GapMeter()
+    assert w.show_in_3d()
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    gaps.stop()
+    vol_layer = w.volume_layer
+    vol = np.asarray(vol_layer.data)
+    r = sample_result
+    assert vol.shape == r.resampled.shape
+    assert np.allclose(vol_layer.scale, r.resampled.spacing)
+    assert set(np.unique(vol)) - {0} <= set(pred.classes.tolist())
+    (z0, z1), (y0, y1), (x0, x1) = r.crop_box
+    crop = vol[z0:z1, y0:y1, x0:x1][::-1]  # rows superior first, like the MIP
+    lab = pred.label_image()
+    rows, cols = np.nonzero((lab > 0) & (r.mip > 0))
+    behind = crop[rows, cols, r.mip_argmax_x[rows, cols]]
+    assert np.array_equal(behind, lab[rows, cols])  # the brightest voxel gets the label
+    assert not vol[:z0].any() and not vol[z1:].any()  # nothing outside the crop
+    print(f"event-loop gaps: predict {predict_gap:.3f} s, show in 3D {gaps.max_gap:.3f} s")
+    assert predict_gap < 0.5
+    assert gaps.max_gap < 0.5
+
+
+def test_predict_on_a_ct_preprocesses_first(make_napari_viewer, random_checkpoint, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-vertebra", "lumbar_ct")
+    w = PredictWidget(viewer, checkpoint=str(random_checkpoint))
+    w.set_image_layer(viewer.layers["lumbar CT"])
+    w.min_score.value = 0.0
+    assert w.run()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    assert w.runner.last_error is None, w.status.value
+    mip = viewer.layers["MIP lumbar CT"]
+    assert mip.ndim == 2 and mip.data.shape == w.raw.result.mip.shape
+    assert w.labels_layer.data.shape == mip.data.shape
+    assert w.show_in_3d()  # the CT's pipeline result is known
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert w.volume_layer.data.shape == w.raw.result.resampled.shape
+
+
+def test_show_in_3d_needs_the_ct(make_napari_viewer, sample_result, random_checkpoint, qtbot):
+    viewer = make_napari_viewer()
+    layer = add_mip(viewer, sample_result, with_result=False)
+    w = PredictWidget(viewer, checkpoint=str(random_checkpoint))
+    assert not w.show_in_3d() and "predict first" in w.status.value
+    w.set_image_layer(layer)
+    w.min_score.value = 0.0
+    assert w.run()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    assert not w.show_in_3d()
+    assert "needs the CT" in w.status.value and w.status.level == "error"
+
+
+def test_launch_with_a_checkpoint_predicts_on_the_mip(
+    make_napari_viewer, random_checkpoint, qtbot, tmp_path
+):
+    """`python -m napari_vertebra.launch --checkpoint PATH`: the demo's MIP is predicted."""
+    from napari_vertebra import launch
+
+    viewer = make_napari_viewer()
+    widgets = launch.dock_widgets(viewer, project=tmp_path / "proj", checkpoint=random_checkpoint)
+    predict = widgets["Predict vertebrae"]
+    assert predict.checkpoint.value == random_checkpoint
+    assert {"Train model", "Review predictions"} <= set(widgets)
+    ready = []
+    launch.start_demo(viewer, widgets, on_ready=lambda: ready.append(True))
+    qtbot.waitUntil(lambda: predict.raw is not None and not predict.busy, timeout=180_000)
+    mip = widgets["Preprocess CT"].mip_layer()
+    assert predict.raw.image_name == mip.name
+    assert predict.labels_layer.data.shape == mip.data.shape
+    qtbot.waitUntil(lambda: bool(ready), timeout=120_000)
