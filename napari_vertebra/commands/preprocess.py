@@ -2,9 +2,10 @@
 
 Per scan it writes into ``OUT/<scan name>/``: ``mip.png`` (16-bit grey, stored
 ``round(HU * hu_scale)`` with the same scale as the COCO images, 40 per HU by default, see
-:func:`napari_vertebra.annotation.coco.write_mip_png`), ``mip.npy`` (float32 HU), ``canal_centres.csv`` (z, y, x
-voxels of the resampled grid, found 0/1), ``crop_box.json`` and ``report.json`` (written
-last; its presence with the same parameters marks the scan as done).
+:func:`napari_vertebra.annotation.coco.write_mip_png`), ``mip.npy`` (float32 HU),
+``canal_centres.csv`` (z, y, x voxels of the resampled grid, found 0/1), ``crop_box.json``
+and ``report.json`` (written last; its presence with the same parameters marks the scan
+as done).
 """
 
 from __future__ import annotations
