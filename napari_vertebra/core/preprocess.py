@@ -13,6 +13,9 @@ paper.
 from __future__ import annotations
 
 import itertools
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,17 +135,41 @@ def resample_labels(labels: Volume, reference: Volume) -> Volume:
 
 # ----------------------------------------------------------------------------- window
 def window_hu(volume: Volume, lo: float = 100.0, hi: float = 1500.0) -> Volume:
-    """Keep HU values in [lo, hi] and set everything else to 0 (float32, HU)."""
+    """Keep HU values in [lo, hi] and set everything else to 0 (HU).
+
+    The voxel type is kept for signed integer and float CT (int16 HU stays int16: half
+    the memory of float32 on a 1 mm grid); other types become float32.
+    """
     if hi <= lo:
         raise ValueError(f"window upper bound {hi} must exceed the lower bound {lo}")
     arr = volume.array
-    out = np.empty(arr.shape, np.float32)
-    # slice by slice: the temporaries stay in cache (about 5x faster than whole-volume
-    # masks on a 600 x 358 x 358 grid, and no volume-sized boolean arrays)
-    for z in range(arr.shape[0]):
-        s = arr[z]
-        np.multiply(s, (s >= lo) & (s <= hi), out=out[z], casting="unsafe")
+    kind = arr.dtype.kind
+    out = np.empty(arr.shape, arr.dtype if kind in "if" else np.float32)
+
+    def window_slices(z0: int, z1: int) -> None:
+        for z in range(z0, z1):
+            s = arr[z]
+            np.multiply(s, (s >= lo) & (s <= hi), out=out[z], casting="unsafe")
+
+    _by_slices(window_slices, arr.shape[0])
     return volume.with_array(out)
+
+
+def _by_slices(fn: Callable[[int, int], None], nz: int, chunk: int = 8) -> None:
+    """Call ``fn(z0, z1)`` over chunks of axial slices on all cores.
+
+    Per chunk the temporaries stay in cache (about 5x faster than whole-volume
+    temporaries on a 600 x 358 x 358 grid); numpy releases the GIL, so the chunks run in
+    parallel like SimpleITK's filters.
+    """
+    starts = range(0, nz, chunk)
+    n_jobs = min(os.cpu_count() or 1, len(starts))
+    if n_jobs <= 1:
+        for z0 in starts:
+            fn(z0, min(nz, z0 + chunk))
+        return
+    with ThreadPoolExecutor(n_jobs) as pool:
+        list(pool.map(lambda z0: fn(z0, min(nz, z0 + chunk)), starts))
 
 
 # ----------------------------------------------------------------------------- canal
@@ -192,10 +219,14 @@ def find_canal_candidates(
     # max-pool the bone mask (any bone in an fy x fx block), padding with background
     ny2, nx2 = -(-ny // fy) * fy, -(-nx // fx) * fx
     pooled = np.zeros((nz, ny2 // fy, nx2 // fx), bool)
-    for oy in range(fy):
-        for ox in range(fx):
-            part = arr[:, oy::fy, ox::fx] > 0
-            pooled[:, : part.shape[1], : part.shape[2]] |= part
+
+    def pool_slices(z0: int, z1: int) -> None:
+        for oy in range(fy):
+            for ox in range(fx):
+                part = arr[z0:z1, oy::fy, ox::fx] > 0
+                pooled[z0:z1, : part.shape[1], : part.shape[2]] |= part
+
+    _by_slices(pool_slices, nz)
     for _ in range(_HOLE_DILATE_PX):  # 3 x 3 in-plane dilation, separable
         grown = pooled.copy()
         grown[:, 1:] |= pooled[:, :-1]

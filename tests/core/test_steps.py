@@ -61,10 +61,22 @@ def test_resample_labels_nearest():
 
 
 def test_window_hu():
-    vol = Volume(np.array([[[-1000, 99, 100, 700, 1500, 1501, 3000]]], np.int16))
-    out = window_hu(vol, 100, 1500)
-    assert out.array.dtype == np.float32
-    np.testing.assert_array_equal(out.array[0, 0], [0, 0, 100, 700, 1500, 0, 0])
+    values = [-1000, 99, 100, 700, 1500, 1501, 3000]
+    # int16 and float HU keep their type; an unsigned type becomes float32
+    for dtype, want in ((np.int16, np.int16), (np.float32, np.float32), (np.uint16, np.float32)):
+        vol = Volume(
+            np.array([[np.clip(values, 0, None) if dtype == np.uint16 else values]], dtype)
+        )
+        out = window_hu(vol, 100, 1500)
+        assert out.array.dtype == want
+        expect = [0, 0, 100, 700, 1500, 0, 0]
+        np.testing.assert_array_equal(out.array[0, 0], expect)
+    # many slices: the chunked, threaded path gives the same as the plain formula
+    big = np.random.default_rng(0).integers(-1000, 2000, (40, 9, 11)).astype(np.int16)
+    out = window_hu(Volume(big), 100, 1500).array
+    np.testing.assert_array_equal(out, np.where((big >= 100) & (big <= 1500), big, 0))
+    vol = Volume(np.array([[values]], np.int16))
+    window_hu(vol, 100, 1500)
     assert vol.array[0, 0, 0] == -1000  # input untouched
     with pytest.raises(ValueError):
         window_hu(vol, 10, 5)
