@@ -35,9 +35,8 @@ def evaluate_predictor(
     per true vertebra uses the prediction of the same class (0 when missing);
     identification: the closest prediction within ``max_dist`` px has the true class.
     """
-    from pycocotools import mask as mask_utils
-
     from .data import VertebraDataset, coco_ground_truth
+    from .render import coco_results
     from .train import coco_map
 
     ds = VertebraDataset(split_dir, {"hu_max": predictor.hu_max})
@@ -69,18 +68,7 @@ def evaluate_predictor(
                 "mean_dice": float(d.mean()) if len(d) else None,
             }
         )
-        for m, b, c, s in zip(pred.masks, pred.boxes, pred.classes, pred.scores, strict=True):
-            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            results.append(
-                {
-                    "image_id": i + 1,
-                    "category_id": int(c),
-                    "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
-                    "segmentation": rle,
-                    "score": float(s),
-                }
-            )
+        results += coco_results(i + 1, pred.masks, pred.boxes, pred.classes, pred.scores)
     report(progress, 0.95, "COCO mAP")
     maps = coco_map(coco_ground_truth(ds), results)
     all_d = [v for vs in dices.values() for v in vs]

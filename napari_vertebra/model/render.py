@@ -12,28 +12,40 @@ from napari_vertebra.core.labels import class_colours_rgba, class_name
 
 from .predict import Prediction
 
-__all__ = ["overlay_rgb", "prediction_results", "save_png"]
+__all__ = ["coco_results", "overlay_rgb", "prediction_results", "save_png"]
 
 
-def prediction_results(pred: Prediction, image_id: int, file_name: str) -> list[dict]:
-    """COCO results entries (RLE segmentation, bbox x,y,w,h, score) of one image."""
+def coco_results(
+    image_id: int,
+    masks: np.ndarray,
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    scores: np.ndarray,
+) -> list[dict]:
+    """COCO results entries (RLE segmentation, bbox x,y,w,h from x0,y0,x1,y1, score)."""
     from pycocotools import mask as mask_utils
 
     out = []
-    for m, b, c, s in zip(pred.masks, pred.boxes, pred.classes, pred.scores, strict=True):
+    for m, b, c, s in zip(masks, boxes, classes, scores, strict=True):
         rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
         rle["counts"] = rle["counts"].decode("ascii")
         out.append(
             {
                 "image_id": int(image_id),
-                "file_name": file_name,
                 "category_id": int(c),
-                "name": class_name(int(c)),
                 "segmentation": rle,
                 "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
                 "score": float(s),
             }
         )
+    return out
+
+
+def prediction_results(pred: Prediction, image_id: int, file_name: str) -> list[dict]:
+    """COCO results entries of one image, with its file name and the vertebra names."""
+    out = coco_results(image_id, pred.masks, pred.boxes, pred.classes, pred.scores)
+    for entry in out:
+        entry.update(file_name=file_name, name=class_name(entry["category_id"]))
     return out
 
 

@@ -198,7 +198,7 @@ def evaluate(model, dataset: VertebraDataset, device: torch.device, batch_size: 
 
     Returns {"box_mAP", "box_mAP50", "mask_mAP", "mask_mAP50"} (0..1; -1 when undefined).
     """
-    from pycocotools import mask as mask_utils
+    from .render import coco_results
 
     model.eval()
     results = []
@@ -209,20 +209,9 @@ def evaluate(model, dataset: VertebraDataset, device: torch.device, batch_size: 
         for i, out in zip(idx, outputs, strict=True):
             masks = (out["masks"][:, 0] > 0.5).cpu().numpy()
             boxes = out["boxes"].cpu().numpy()
-            for m, b, c, s in zip(
-                masks, boxes, out["labels"].tolist(), out["scores"].tolist(), strict=True
-            ):
-                rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-                rle["counts"] = rle["counts"].decode("ascii")
-                results.append(
-                    {
-                        "image_id": i + 1,
-                        "category_id": int(c),
-                        "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
-                        "segmentation": rle,
-                        "score": float(s),
-                    }
-                )
+            results += coco_results(
+                i + 1, masks, boxes, out["labels"].tolist(), out["scores"].tolist()
+            )
     return coco_map(coco_ground_truth(dataset), results)
 
 
