@@ -1,21 +1,26 @@
 """Inference and training speed of our Mask R-CNN settings vs torchvision's defaults.
 
     .venv/bin/python benchmarks/model.py [--backbone resnet50] [--sizes 512 1024]
-        [--checkpoint RUN/last.pt] [--repeats 3] [--device cpu] [--threads 2]
+        [--checkpoint RUN/last.pt] [--aspect 4] [--repeats 2] [--device cpu] [--threads 2]
 
-Same images, same backbone and weights. "ours" is :class:`Predictor` with the task's
-RPN/ROI settings (300/100 test proposals, box_detections_per_img detections; the mask
-head runs only on the detections that survive the score threshold and the duplicate
-suppression). "torchvision" uses the library's default settings (1000/1000 proposals,
-100 detections) and its default eval forward, the mask head on every detection: "tv fwd"
-times ``model(images)`` alone, "tv pred" the same forward plus the class probabilities
-and our post-processing (:func:`full_detections` + :func:`postprocess`), i.e. the same
-prediction on torchvision's path. ratio = tv pred / ours, ratio fwd = tv fwd / ours.
-"same detections": ours and tv pred give the same classes, in order, with boxes of IoU
-> 0.5 (at the checkpoint's min_score). "= full": ours equals :func:`full_detections` +
-:func:`postprocess` with our settings (classes, boxes, scores and masks), i.e. computing
-fewer masks changed nothing. "dets": detections before the score threshold (what the
-full mask head would run on); "masks": masks ours keeps (what it pastes).
+Same images, same backbone and weights. The images are synthetic full-column MIPs of
+size x size/aspect px (default 4: the aspect of a real cropped MIP, a full spine at 1 mm
+is about 600 x 140 px; the bundled lumbar sample's MIP is 336 x 136 for 6 vertebrae), so
+that "size" is the input size the model sees. "ours" is :class:`Predictor` with the
+task's RPN/ROI settings (300/100 test proposals, box_detections_per_img detections; the
+mask head runs only on the detections that survive the score threshold and the duplicate
+suppression: class-agnostic box IoU, then mask overlap). "torchvision" uses the
+library's default settings (1000/1000 proposals, 100 detections) and its default eval
+forward, the mask head on every detection: "tv fwd" times ``model(images)`` alone, "tv
+pred" the same forward plus the class probabilities and our post-processing
+(:func:`full_detections` + :func:`postprocess`), i.e. the same prediction on
+torchvision's path. ratio = tv pred / ours, ratio fwd = tv fwd / ours. "same
+detections": images on which ours and tv pred give the same classes, in order, with
+boxes of IoU > 0.5 (at the checkpoint's min_score). "= full": ours equals
+:func:`full_detections` + :func:`postprocess` with our settings (classes, boxes, scores
+and masks), i.e. computing fewer masks changed nothing. "dets": detections before the
+score threshold (what the full mask head would run on); "mask rois": boxes ours runs the
+mask head on; "kept": vertebrae in ours's prediction.
 """
 
 from __future__ import annotations
@@ -26,11 +31,28 @@ import time
 import numpy as np
 
 
-def _images(size: int, n: int, seed: int = 0) -> list[np.ndarray]:
+def _images(size: int, n: int, aspect: float = 4.0, seed: int = 0) -> list[tuple]:
+    """(MIP, true vertebra outlines) pairs."""
     from napari_vertebra.synth import synth_spine
 
     rng = np.random.default_rng(seed)
-    return [synth_spine(rng, (size, size // 2))[0] for _ in range(n)]
+    return [synth_spine(rng, (size, round(size / aspect))) for _ in range(n)]
+
+
+def _quality(preds, truths, size: int) -> tuple[float, float]:
+    """Mean Dice per true vertebra and identification rate of predictions (centroid
+    within 20 px at 512 px, scaled with the size)."""
+    from napari_vertebra.model.metrics import centroids, dice_per_vertebra, identify
+    from napari_vertebra.synth import fill_polygon
+
+    dices, ids = [], []
+    for p, (im, anns) in zip(preds, truths, strict=True):
+        gc = np.array([a.class_id for a in anns])
+        gm = np.stack([fill_polygon(a.polygons[0], im.shape) for a in anns])
+        dices.extend(dice_per_vertebra(gc, gm, p.classes, p.masks))
+        ok, _ = identify(gc, centroids(gm), p.classes, p.centroids(), 20.0 * size / 512)
+        ids.extend(ok)
+    return float(np.mean(dices)), float(np.mean(ids))
 
 
 def _median_time(fn, images, repeats: int) -> tuple[float, list]:
@@ -51,7 +73,8 @@ def _full_predict(predictor, im):
 
     a = _check_image(im)
     t = image_to_tensor(a, predictor.hu_max).to(predictor.device)
-    return postprocess(full_detections(predictor.model, [t])[0], a.shape, predictor.min_score)
+    det = full_detections(predictor.model, [t])[0]
+    return postprocess(det, a.shape, predictor.min_score, box_iou=predictor.box_iou)
 
 
 def _tv_forward(predictor, im):
@@ -64,18 +87,30 @@ def _tv_forward(predictor, im):
         return predictor.model([image_to_tensor(im, predictor.hu_max).to(predictor.device)])
 
 
-def _counts(predictor, images) -> tuple[float, float]:
-    """Mean detections before the score threshold and mean masks kept by ours."""
+def _counts(predictor, images) -> tuple[float, float, float]:
+    """Mean detections before the score threshold, mean boxes the mask head runs on and
+    mean vertebrae kept, by ours."""
+    from napari_vertebra.model import predict as P
     from napari_vertebra.model.data import image_to_tensor
-    from napari_vertebra.model.predict import raw_detections
 
-    n_det, n_mask = [], []
-    for im in images:
-        t = image_to_tensor(im, predictor.hu_max).to(predictor.device)
-        d = raw_detections(predictor.model, [t], predictor.min_score)[0]
-        n_det.append(len(d["scores"]))
-        n_mask.append(len(d["keep"]))
-    return float(np.mean(n_det)), float(np.mean(n_mask))
+    n_det, n_roi, n_kept = [], [], []
+    mask_probs = P._mask_probs
+
+    def counting(model, features, sizes, i, boxes, *rest):
+        n_roi[-1] += len(boxes)
+        return mask_probs(model, features, sizes, i, boxes, *rest)
+
+    P._mask_probs = counting
+    try:
+        for im in images:
+            n_roi.append(0)
+            t = image_to_tensor(im, predictor.hu_max).to(predictor.device)
+            d = P.raw_detections(predictor.model, [t], predictor.min_score, predictor.box_iou)
+            n_det.append(len(d[0]["scores"]))
+            n_kept.append(len(d[0]["keep"]))
+    finally:
+        P._mask_probs = mask_probs
+    return float(np.mean(n_det)), float(np.mean(n_roi)), float(np.mean(n_kept))
 
 
 def _identical(a, b) -> bool:
@@ -108,7 +143,8 @@ def main() -> None:
     ap.add_argument(
         "--config", default=None, help="YAML whose inference settings replace the checkpoint's"
     )
-    ap.add_argument("--images", type=int, default=2)
+    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--aspect", type=float, default=4.0, help="image height / width")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--train-steps", type=int, default=3)
     ap.add_argument("--device", default="cpu")
@@ -143,7 +179,8 @@ def main() -> None:
     rows = []
     for size in sizes:
         cfg = {**base, "min_size": size, "max_size": size}
-        ims = _images(size, args.images)
+        pairs = _images(size, args.images, args.aspect)
+        ims = [im for im, _ in pairs]
         preds = {}
         for settings in ("task", "torchvision"):
             model = build_model(cfg, settings=settings)
@@ -155,13 +192,14 @@ def main() -> None:
         t_ours, p_ours = _median_time(ours.predict, ims, args.repeats)
         t_tv, p_tv = _median_time(lambda im, tv=tv: _full_predict(tv, im), ims, args.repeats)
         t_fwd, _ = _median_time(lambda im, tv=tv: _tv_forward(tv, im), ims, args.repeats)
-        same = all(_same(a, b) for a, b in zip(p_ours, p_tv, strict=True))
+        same = sum(_same(a, b) for a, b in zip(p_ours, p_tv, strict=True))
         full = all(
             _identical(a, _full_predict(ours, im)) for a, im in zip(p_ours, ims, strict=True)
         )
         rows.append(
-            (size, t_ours, _counts(ours, ims), t_tv, t_fwd, _counts(tv, ims)[0], same, full)
-        )
+            (size, t_ours, _counts(ours, ims), t_tv, t_fwd, _counts(tv, ims)[0], same, full,
+             _quality(p_ours, pairs, size), _quality(p_tv, pairs, size))
+        )  # fmt: skip
     # training throughput (our settings, batch 2, smallest size)
     size = train_size = sizes[0]
     cfg = {**base, "min_size": size, "max_size": size}
@@ -173,7 +211,7 @@ def main() -> None:
     rng = np.random.default_rng(1)
     batch = []
     for _ in range(2):
-        im, anns = synth_spine(rng, (size, size // 2))
+        im, anns = synth_spine(rng, (size, round(size / args.aspect)))
         masks = np.stack([fill_polygon(a.polygons[0], im.shape) for a in anns])
         boxes = [
             (np.nonzero(m.any(0))[0][0], np.nonzero(m.any(1))[0][0],
@@ -205,15 +243,23 @@ def main() -> None:
         f"\nbackbone {base['backbone']}  device {dev}  threads {torch.get_num_threads()}  "
         f"weights {'from ' + args.checkpoint if args.checkpoint else 'random'}"
     )
-    print(f"{'size px':>8} {'ours s/img':>11} {'dets':>5} {'masks':>5} {'tv pred s/img':>14} "
-          f"{'tv fwd s/img':>13} {'tv dets':>8} {'ratio':>6} {'ratio fwd':>9} "
-          f"{'same detections':>16} {'= full':>6}")  # fmt: skip
-    for size, t_ours, (dets, masks), t_tv, t_fwd, tv_dets, same, full in rows:
+    head = ("input px", "ours s/img", "dets", "mask rois", "kept", "tv pred s/img",
+            "tv fwd s/img", "tv dets", "ratio", "ratio fwd", "same detections", "= full",
+            "Dice", "id", "tv Dice", "tv id")  # fmt: skip
+    widths = (9, 11, 5, 9, 5, 14, 13, 8, 6, 9, 16, 6, 5, 5, 7, 5)
+    print(" ".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True)))
+    n = args.images
+    for size, t_ours, (dets, rois, kept), t_tv, t_fwd, tv_dets, same, full, q, qt in rows:
         print(
-            f"{size:>8} {t_ours:>11.3f} {dets:>5.1f} {masks:>5.1f} {t_tv:>14.3f} "
-            f"{t_fwd:>13.3f} {tv_dets:>8.1f} {t_tv / t_ours:>6.2f} {t_fwd / t_ours:>9.2f} "
-            f"{same!s:>16} {full!s:>6}"
+            f"{f'{size}x{round(size / args.aspect)}':>9} {t_ours:>11.3f} {dets:>5.1f} "
+            f"{rois:>9.1f} {kept:>5.1f} {t_tv:>14.3f} {t_fwd:>13.3f} {tv_dets:>8.1f} "
+            f"{t_tv / t_ours:>6.2f} {t_fwd / t_ours:>9.2f} {f'{same}/{n} images':>16} "
+            f"{full!s:>6} {q[0]:>5.2f} {q[1]:>5.2f} {qt[0]:>7.2f} {qt[1]:>5.2f}"
         )
+    print(
+        "Dice, id: ours against the synthetic truth (is the model trained?); tv Dice, tv id:\n"
+        "the same for torchvision's path (where the detections differ, which one is right)"
+    )
     print(f"training (ours, batch 2, {train_size} px): {ips:.2f} images/s")
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from napari_vertebra.core.labels import VERTEBRAE
 
-__all__ = ["MaskSuppressor", "mask_overlap_suppression", "order_classes"]
+__all__ = ["MaskSuppressor", "box_suppression", "mask_overlap_suppression", "order_classes"]
 
 _N = len(VERTEBRAE)
 
@@ -118,4 +118,32 @@ def mask_overlap_suppression(
         return np.zeros(0, dtype=int)
     sup = MaskSuppressor(max_overlap)
     keep = [int(i) for i in np.argsort(-s, kind="stable") if sup.offer(m[i])]
+    return np.asarray(keep, dtype=int)
+
+
+def box_suppression(boxes: np.ndarray, max_iou: float | None = 0.5) -> np.ndarray:
+    """Indices of boxes kept by greedy class-agnostic non-maximum suppression.
+
+    ``boxes`` is (N, 4) (x0, y0, x1, y1), already in order of decreasing score; a box is
+    dropped when its IoU with a kept one exceeds ``max_iou`` (None keeps all). Mask R-CNN
+    suppresses per class, so one vertebra comes out once per likely class, copies with
+    box IoU well above 0.5 while neighbouring vertebrae overlap little; dropping the
+    copies here spares the mask head. Returns kept indices in input order.
+    """
+    b = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    if max_iou is None or len(b) == 0:
+        return np.arange(len(b))
+    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    keep: list[int] = []
+    for i in range(len(b)):
+        if keep:
+            k = np.asarray(keep)
+            w = np.clip(np.minimum(b[k, 2], b[i, 2]) - np.maximum(b[k, 0], b[i, 0]), 0, None)
+            h = np.clip(np.minimum(b[k, 3], b[i, 3]) - np.maximum(b[k, 1], b[i, 1]), 0, None)
+            inter = w * h
+            union = area[k] + area[i] - inter
+            iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+            if (iou > max_iou).any():
+                continue
+        keep.append(i)
     return np.asarray(keep, dtype=int)

@@ -63,6 +63,16 @@ TORCHVISION_SETTINGS = {
 }
 
 
+def _min_size(value: Any) -> int | tuple[int, ...]:
+    """``min_size`` as torchvision takes it: an int, or a tuple (multi-scale training:
+    one picked at random per batch; inference uses the last)."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError("min_size: give a size or a non-empty list of sizes")
+        return tuple(int(v) for v in value)
+    return int(value)
+
+
 def build_model(config: dict[str, Any] | None = None, settings: str = "task") -> MaskRCNN:
     """A torchvision Mask R-CNN with 18 classes (background + T1..L5) from ``config``.
 
@@ -97,7 +107,7 @@ def build_model(config: dict[str, Any] | None = None, settings: str = "task") ->
         raise ValueError(f"settings must be 'task' or 'torchvision'; got {settings!r}")
     common = dict(
         num_classes=NUM_CLASSES,
-        min_size=int(cfg["min_size"]),
+        min_size=_min_size(cfg["min_size"]),
         max_size=int(cfg["max_size"]),
         rpn_anchor_generator=anchors,
         **kw,

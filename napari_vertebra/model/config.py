@@ -25,7 +25,9 @@ DEFAULTS: dict[str, Any] = {
     "weights": None,  # local file: COCO Mask R-CNN state dict or ImageNet resnet state dict
     "frozen_bn": None,  # None: FrozenBatchNorm with starting weights, BatchNorm without
     "trainable_layers": 3,  # backbone stages trained when starting from weights (0..5)
-    "min_size": 1024,  # px: GeneralizedRCNNTransform min_size/max_size (longest side <= max)
+    # px: GeneralizedRCNNTransform min_size/max_size (longest side <= max); a list of
+    # min_size values trains multi-scale (one per batch; inference uses the last)
+    "min_size": 1024,
     "max_size": 1024,
     "anchor_sizes": [24, 48, 96, 192, 384],  # px at the input scale, one per FPN level
     "aspect_ratios": [0.5, 1.0, 2.0],  # height / width
@@ -39,9 +41,14 @@ DEFAULTS: dict[str, Any] = {
     "rpn_batch_size_per_image": 128,
     "box_batch_size_per_image": 128,
     "box_positive_fraction": 0.25,
-    "box_detections_per_img": 60,  # per-class boxes: a vertebra can take 2-3
+    # detections kept by the box stage, ranked by class score: a vertebra comes once per
+    # likely class, and a weakly trained model spreads its classes (60 lost vertebrae)
+    "box_detections_per_img": 100,
     "box_score_thresh": 0.05,
     "min_score": 0.9,  # the paper's minimum confidence for predictions
+    # duplicates: a detection whose box has IoU above this with a higher-scored one is
+    # dropped before its mask is computed (null: mask overlap only)
+    "dedup_box_iou": 0.5,
     # input scale: MIPs are windowed HU (read_coco undoes the PNG's hu_scale); the model
     # sees clip(HU / hu_max, 0, 1) replicated to 3 channels
     "hu_max": 1500.0,

@@ -2,7 +2,8 @@
 
 :class:`Predictor` loads one of our checkpoints once and predicts on 2D windowed-HU
 MIPs (row 0 superior, col 0 anterior). Detections below ``min_score`` are dropped,
-overlapping duplicates suppressed (class-agnostic), and the classes made anatomically
+overlapping duplicates suppressed (class-agnostic: by box IoU, then by mask overlap),
+and the classes made anatomically
 consistent with :func:`napari_vertebra.model.anatomy.order_classes` (T1..L5 from top to
 bottom, no repeats or inversions) using each detection's class probabilities.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -21,12 +22,13 @@ from napari_vertebra.annotation.polygons import mask_to_polygons
 from napari_vertebra.annotation.types import VertebraAnnotation
 from napari_vertebra.core.labels import VERTEBRAE
 
-from .anatomy import MaskSuppressor, mask_overlap_suppression, order_classes
+from .anatomy import MaskSuppressor, box_suppression, mask_overlap_suppression, order_classes
 from .build import model_from_checkpoint
 from .data import image_to_tensor
 from .train import resolve_device
 
 __all__ = [
+    "DEDUP_BOX_IOU",
     "TEST_SETTINGS",
     "Prediction",
     "Predictor",
@@ -152,30 +154,49 @@ def vertebra_scores(det: dict[str, torch.Tensor]) -> np.ndarray:
 
 
 #: Masks computed per round beyond those still needed (some turn out duplicates).
-_MASK_SLACK = 4
+_MASK_SLACK = 2
+#: Default class-agnostic box IoU above which a lower-scored detection is a duplicate.
+DEDUP_BOX_IOU = 0.5
+
+
+def _iou_tag(box_iou: float | None) -> float:
+    return float("nan") if box_iou is None else float(box_iou)
+
+
+def _candidates(scores: np.ndarray, boxes: np.ndarray, min_score: float, box_iou) -> np.ndarray:
+    """Indices with score >= ``min_score``, by decreasing score, after box suppression."""
+    cand = np.nonzero(scores >= min_score)[0]
+    order = cand[np.argsort(-scores[cand].astype(float), kind="stable")]
+    return order[box_suppression(boxes[order], box_iou)]
 
 
 @torch.inference_mode()
 def raw_detections(
-    model, images: list[torch.Tensor], min_score: float = 0.0
+    model,
+    images: list[torch.Tensor],
+    min_score: float = 0.0,
+    box_iou: float | None = DEDUP_BOX_IOU,
 ) -> list[dict[str, torch.Tensor]]:
     """Box detections of Mask R-CNN, plus masks of those :func:`postprocess` can keep.
 
     ``boxes``, ``labels``, ``scores`` (N, up to ``box_detections_per_img``) are those of
     ``model(images)`` in eval mode; ``class_probs`` (N, 18) come from the box head run
     once more on the final boxes. The mask head runs only on the detections that pass
-    the score threshold ``min_score`` and the duplicate suppression, at most 17, found
-    in order of decreasing score a few at a time (the others cannot be in the output of
-    :func:`postprocess` at any threshold >= ``min_score``). ``keep`` (K,) indexes them
-    (by decreasing score), ``masks`` (K, 1, H, W) holds their probabilities at the
-    original size and ``mask_min_score`` the threshold they were computed for.
+    the score threshold ``min_score`` and the duplicate suppression (class-agnostic box
+    IoU above ``box_iou``, then mask overlap), at most 17, found in order of decreasing
+    score a few at a time (the others cannot be in the output of :func:`postprocess` at
+    any threshold >= ``min_score``). ``keep`` (K,) indexes them (by decreasing score),
+    ``masks`` (K, 1, H, W) holds their probabilities at the original size,
+    ``mask_min_score`` and ``box_iou`` the threshold and IoU they were computed for.
     """
     batch, features, original, dets = _box_stage(model, images)
     out = []
     for i, d in enumerate(dets):
         scores = vertebra_scores(d)
-        cand = np.nonzero(scores >= min_score)[0]
-        order = cand[np.argsort(-scores[cand].astype(float), kind="stable")]
+        boxes = model.transform.postprocess(
+            [{"boxes": d["boxes"]}], [batch.image_sizes[i]], [original[i]]
+        )[0]["boxes"]
+        order = _candidates(scores, boxes.cpu().numpy(), min_score, box_iou)
         sup = MaskSuppressor()
         keep: list[int] = []
         masks: list[torch.Tensor] = []
@@ -200,9 +221,6 @@ def raw_detections(
                 if len(keep) < len(VERTEBRAE) and sup.offer(m):
                     keep.append(int(idx[k]))
                     masks.append(probs[k])
-        boxes = model.transform.postprocess(
-            [{"boxes": d["boxes"]}], [batch.image_sizes[i]], [original[i]]
-        )[0]["boxes"]
         out.append(
             {
                 "boxes": boxes,
@@ -212,6 +230,7 @@ def raw_detections(
                 "masks": (torch.stack(masks) if masks else boxes.new_zeros((0, 1, *original[i]))),
                 "keep": torch.as_tensor(keep, dtype=torch.int64),
                 "mask_min_score": torch.tensor(float(min_score), dtype=torch.float64),
+                "box_iou": torch.tensor(_iou_tag(box_iou), dtype=torch.float64),
             }
         )
     return out
@@ -286,7 +305,9 @@ class Predictor:
     ``checkpoint`` is a path to one of our checkpoints (or an already built model with
     ``config``); ``min_score`` defaults to the config's (the paper's 0.9); ``order``
     applies the anatomical ordering; ``settings`` overrides inference numbers of the
-    checkpoint's config (see :data:`TEST_SETTINGS`).
+    checkpoint's config (see :data:`TEST_SETTINGS`). ``box_iou`` is the class-agnostic
+    box IoU above which a lower-scored detection is a duplicate (default: the config's
+    ``dedup_box_iou``; None: mask overlap only).
     """
 
     def __init__(
@@ -297,6 +318,7 @@ class Predictor:
         order: bool = True,
         config: dict[str, Any] | None = None,
         settings: dict[str, Any] | None = None,
+        box_iou: float | Literal["config"] | None = "config",
     ):
         self.device = resolve_device(device)
         if isinstance(checkpoint, torch.nn.Module):
@@ -313,6 +335,9 @@ class Predictor:
             min_score = float(self.config.get("min_score", 0.9))
         self.min_score = float(min_score)
         self.order = order
+        if box_iou == "config":
+            box_iou = self.config.get("dedup_box_iou", DEDUP_BOX_IOU)
+        self.box_iou = None if box_iou is None else float(box_iou)
 
     def predict(self, image: np.ndarray, min_score: float | None = None) -> Prediction:
         """Vertebrae on one 2D MIP (windowed HU, (rows, cols))."""
@@ -325,23 +350,34 @@ class Predictor:
         arrays = [_check_image(im) for im in images]
         tensors = [image_to_tensor(a, self.hu_max).to(self.device) for a in arrays]
         ms = self.min_score if min_score is None else float(min_score)
-        dets = raw_detections(self.model, tensors, ms)
-        return [postprocess(d, a.shape, ms, self.order) for d, a in zip(dets, arrays, strict=True)]
+        dets = raw_detections(self.model, tensors, ms, self.box_iou)
+        return [
+            postprocess(d, a.shape, ms, self.order, self.box_iou)
+            for d, a in zip(dets, arrays, strict=True)
+        ]
 
     __call__ = predict
 
 
 def postprocess(
-    det: dict[str, torch.Tensor], shape: tuple[int, int], min_score: float, order: bool = True
+    det: dict[str, torch.Tensor],
+    shape: tuple[int, int],
+    min_score: float,
+    order: bool = True,
+    box_iou: float | Literal["auto"] | None = "auto",
 ) -> Prediction:
     """Score filter, duplicate suppression, at most 17 instances, anatomical order.
 
     The score of a detection is its vertebra confidence, 1 - p(background) of the box
     head on the final box (the class is decided afterwards by the anatomical order, so
     a vertebra whose probability is split between two neighbouring classes is kept).
-    Without ``class_probs`` the detector's class score is used. ``det`` comes from
-    :func:`raw_detections` (masks of the survivors only; ``min_score`` must be at least
-    the one it was given) or :func:`full_detections` (masks of every detection).
+    Without ``class_probs`` the detector's class score is used. Duplicates: by decreasing
+    score, a detection whose box has IoU above ``box_iou`` (None: no box step; "auto":
+    the one ``det`` was computed with, else :data:`DEDUP_BOX_IOU`) with a kept one is
+    dropped, then one whose mask overlaps a kept mask by more than half of the smaller.
+    ``det`` comes from :func:`raw_detections` (masks of the survivors only; ``min_score``
+    must be at least, and ``box_iou`` the same as, the ones it was given) or
+    :func:`full_detections` (masks of every detection).
     """
     scores = vertebra_scores(det)
     if "keep" in det:  # from raw_detections: masks of the survivors only
@@ -349,6 +385,13 @@ def postprocess(
         if min_score < floor:
             raise ValueError(
                 f"these detections have masks for scores >= {floor} only, not {min_score}"
+            )
+        given = float(det["box_iou"]) if "box_iou" in det else float("nan")
+        if box_iou != "auto" and not (
+            given == _iou_tag(box_iou) or (np.isnan(given) and box_iou is None)
+        ):
+            raise ValueError(
+                f"these detections were de-duplicated at box IoU {given}, not {box_iou}"
             )
         idx = det["keep"].cpu().numpy().astype(int)
         ok = scores[idx] >= min_score  # a prefix: keep runs by decreasing score
@@ -360,7 +403,9 @@ def postprocess(
         probs = det["class_probs"].cpu().numpy()[sel][:, 1:]
         scores = scores[sel]
     else:  # masks of every detection (full_detections)
-        keep = scores >= min_score
+        if box_iou == "auto":
+            box_iou = DEDUP_BOX_IOU
+        keep = _candidates(scores, det["boxes"].cpu().numpy(), min_score, box_iou)
         masks = (det["masks"][:, 0] > 0.5).cpu().numpy()[keep]
         boxes = det["boxes"].cpu().numpy()[keep]
         labels = det["labels"].cpu().numpy()[keep]

@@ -112,6 +112,14 @@ def _dist_info() -> tuple[bool, int, int, int]:
     )
 
 
+def _epoch_steps(n_images: int, batch_size: int, world: int = 1) -> tuple[int, bool]:
+    """(steps per epoch, drop_last) for each of ``world`` ranks: a rank sees its share of
+    the images, and a last partial batch is dropped unless it would be the only one."""
+    per_rank = math.ceil(n_images / world)
+    drop_last = per_rank > batch_size
+    return (per_rank // batch_size if drop_last else 1), drop_last
+
+
 def _lr_lambda(cfg: dict, steps_per_epoch: int) -> Callable[[int], float]:
     total = max(1, int(cfg["epochs"]) * steps_per_epoch)
     warm = int(cfg["warmup_iters"])
@@ -307,7 +315,7 @@ def train(
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     bs = int(cfg["batch_size"])
-    steps_per_epoch = math.ceil(len(train_set) / (bs * world))
+    steps_per_epoch, drop_last = _epoch_steps(len(train_set), bs, world)
     if cfg["max_steps_per_epoch"]:
         steps_per_epoch = min(steps_per_epoch, int(cfg["max_steps_per_epoch"]))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -408,7 +416,7 @@ def train(
                 generator=torch.Generator().manual_seed(int(cfg["seed"]) * 1000 + epoch + 7),
                 num_workers=int(cfg["workers"]),
                 collate_fn=collate,
-                drop_last=len(train_set) > bs,
+                drop_last=drop_last,
             )
 
             def on_step(step: int, vals: dict[str, float], epoch=epoch) -> None:

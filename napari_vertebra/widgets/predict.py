@@ -205,7 +205,7 @@ def predict_job(
     # keep every detection (up to box_detections_per_img): the score slider filters them
     predictor.model.roi_heads.score_thresh = 0.0
     tensor = image_to_tensor(mip, predictor.hu_max).to(predictor.device)
-    det = raw_detections(predictor.model, [tensor], min_score=0.0)[0]
+    det = raw_detections(predictor.model, [tensor], 0.0, predictor.box_iou)[0]
     det = {k: v.detach().cpu() for k, v in det.items()}
     report(progress, 1.0, f"{len(det['scores'])} detections")
     raw = RawPrediction(

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_vertebra.model.anatomy import mask_overlap_suppression, order_classes
+from napari_vertebra.model.anatomy import (
+    box_suppression,
+    mask_overlap_suppression,
+    order_classes,
+)
 from napari_vertebra.model.metrics import centroids, dice, dice_per_vertebra, identify
 
 
@@ -74,6 +78,25 @@ def test_overlap_suppression_keeps_best_of_duplicates():
     m[2, 12:18, 2:10] = True
     keep = mask_overlap_suppression(m, np.array([0.8, 0.9, 0.7]))
     assert sorted(keep.tolist()) == [1, 2]
+
+
+def test_box_suppression_drops_copies_keeps_neighbours():
+    boxes = np.array(
+        [
+            [10, 10, 30, 20],  # vertebra A
+            [11, 10, 30, 21],  # copy of A (another class): IoU ~0.86
+            [10, 24, 30, 34],  # neighbour below A: no overlap
+            [10, 18, 30, 28],  # straddles A (IoU 0.11) and the neighbour (IoU 0.25)
+            [0, 0, 0, 0],  # empty box: IoU 0 with everything
+        ],
+        float,
+    )
+    assert box_suppression(boxes, 0.5).tolist() == [0, 2, 3, 4]
+    assert box_suppression(boxes, 0.2).tolist() == [0, 2, 4]
+    assert box_suppression(boxes, None).tolist() == [0, 1, 2, 3, 4]
+    # greedy in the given order: the copy first keeps the copy
+    assert box_suppression(boxes[[1, 0, 2]], 0.5).tolist() == [0, 2]
+    assert box_suppression(np.zeros((0, 4)), 0.5).size == 0
 
 
 def test_dice_values():

@@ -35,7 +35,8 @@ def trained_run(tiny_data, tiny_overrides, tmp_path_factory):
 
 def test_build_settings_and_no_download(tiny_config):
     m = build_model(tiny_config)
-    assert m.roi_heads.detections_per_img == 60
+    assert m.roi_heads.detections_per_img == 100
+    assert m.rpn._pre_nms_top_n["testing"] == 30
     assert m.rpn._post_nms_top_n["testing"] == 20
     # without starting weights the backbone BatchNorm is trainable
     assert isinstance(m.backbone.body.bn1, torch.nn.BatchNorm2d)
@@ -46,6 +47,34 @@ def test_build_settings_and_no_download(tiny_config):
     assert r50.rpn.head.cls_logits.out_channels == 2  # one per aspect ratio
     with pytest.raises(ValueError, match="unknown backbone"):
         build_model({**tiny_config, "backbone": "vgg"})
+
+
+def test_epoch_steps_match_the_loader():
+    from napari_vertebra.model.train import _epoch_steps
+
+    assert _epoch_steps(42, 4) == (10, True)  # 2 images of the last batch dropped
+    assert _epoch_steps(40, 4) == (10, True)
+    assert _epoch_steps(3, 4) == (1, False)  # fewer images than a batch: one step
+    assert _epoch_steps(6, 4, world=2) == (1, False)  # 3 per rank: not dropped
+    assert _epoch_steps(4, 2, world=2) == (1, False)
+    for n, bs, world in [(42, 4, 1), (13, 4, 1), (3, 4, 1), (9, 2, 1)]:
+        steps, drop = _epoch_steps(n, bs, world)
+        loader = torch.utils.data.DataLoader(range(n), batch_size=bs, drop_last=drop)
+        assert steps == len(loader), (n, bs)
+
+
+def test_multi_scale_min_size(tiny_config):
+    """A list of min_size values trains at one of them per batch, infers at the last."""
+    m = build_model({**tiny_config, "min_size": [48, 96], "max_size": 192})
+    assert m.transform.min_size == (48, 96)
+    im = torch.rand(3, 96, 48)
+    m.eval()
+    assert m.transform([im])[0].image_sizes == [(192, 96)]  # eval: the last, 96
+    m.train()
+    seen = {m.transform([im])[0].image_sizes[0] for _ in range(40)}
+    assert seen == {(96, 48), (192, 96)}
+    with pytest.raises(ValueError, match="min_size"):
+        build_model({**tiny_config, "min_size": []})
 
 
 def test_starting_weights_imagenet_and_coco(tiny_config, tmp_path):
@@ -152,10 +181,11 @@ def test_train_writes_run_and_predictor(trained_run, tiny_data):
         pred.predict(np.zeros((4, 96, 48), np.float32))
 
 
-def test_masks_only_for_survivors_change_nothing(tiny_config):
+@pytest.mark.parametrize("box_iou", [0.5, None])
+def test_masks_only_for_survivors_change_nothing(tiny_config, box_iou):
     """The mask head on the detections that survive the score threshold and duplicate
     suppression gives the same prediction as torchvision's forward (masks of all)."""
-    from napari_vertebra.model.anatomy import mask_overlap_suppression
+    from napari_vertebra.model.anatomy import box_suppression, mask_overlap_suppression
     from napari_vertebra.model.data import image_to_tensor
     from napari_vertebra.model.predict import full_detections, postprocess, raw_detections
     from napari_vertebra.synth import synth_spine
@@ -165,22 +195,29 @@ def test_masks_only_for_survivors_change_nothing(tiny_config):
     im = synth_spine(np.random.default_rng(0), (128, 64))[0]
     t = image_to_tensor(im)
     full = full_detections(model, [t])[0]
-    raw = raw_detections(model, [t])[0]
+    raw = raw_detections(model, [t], 0.0, box_iou)[0]
     assert torch.equal(raw["boxes"], full["boxes"]) and len(raw["keep"]) <= 17
     assert len(raw["scores"]) > len(raw["keep"])  # fewer masks than detections
     scores = 1 - full["class_probs"][:, 0].numpy()
     for ms in [0.0, *np.quantile(scores, [0.3, 0.7, 0.95]).tolist(), 1.0]:
-        ref = postprocess(full, im.shape, ms)
-        for det in (raw, raw_detections(model, [t], ms)[0]):
-            got = postprocess(det, im.shape, ms)
-            for k in ("classes", "boxes", "scores", "masks", "class_probs"):
-                assert np.array_equal(getattr(got, k), getattr(ref, k)), (ms, k)
+        ref = postprocess(full, im.shape, ms, box_iou=box_iou)
+        for det in (raw, raw_detections(model, [t], ms, box_iou)[0]):
+            for got in (
+                postprocess(det, im.shape, ms),
+                postprocess(det, im.shape, ms, box_iou=box_iou),
+            ):
+                for k in ("classes", "boxes", "scores", "masks", "class_probs"):
+                    assert np.array_equal(getattr(got, k), getattr(ref, k)), (ms, k)
     assert len(postprocess(raw, im.shape, 0.0)) > 1
     with pytest.raises(ValueError, match=r"masks for scores >= 0\.5"):
-        postprocess(raw_detections(model, [t], 0.5)[0], im.shape, 0.4)
-    # the incremental suppression is the batch one
-    masks = (full["masks"][:, 0] > 0.5).numpy()
-    keep = mask_overlap_suppression(masks, scores)
+        postprocess(raw_detections(model, [t], 0.5, box_iou)[0], im.shape, 0.4)
+    with pytest.raises(ValueError, match="box IoU"):
+        postprocess(raw, im.shape, 0.0, box_iou=0.3)
+    # the incremental suppression is the batch one (after the box step)
+    order = np.argsort(-scores, kind="stable")
+    order = order[box_suppression(full["boxes"].numpy()[order], box_iou)]
+    masks = (full["masks"][order, 0] > 0.5).numpy()
+    keep = order[mask_overlap_suppression(masks, scores[order])]
     assert list(keep[:17]) == raw["keep"].tolist()
 
 
