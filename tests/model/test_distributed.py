@@ -33,7 +33,13 @@ def test_torchrun_two_processes_on_cpu(tiny_data, tiny_overrides, tmp_path):
 
     def launch(*extra: str) -> None:
         p = subprocess.run(
-            [*cmd, *extra], env=env, capture_output=True, text=True, timeout=600, check=False
+            [*cmd, *extra],
+            env=env,
+            capture_output=True,
+            timeout=600,
+            check=False,
+            encoding="utf-8",
+            errors="replace",
         )
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
 
