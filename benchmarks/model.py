@@ -90,26 +90,16 @@ def _tv_forward(predictor, im):
 def _counts(predictor, images) -> tuple[float, float, float]:
     """Mean detections before the score threshold, mean boxes the mask head runs on and
     mean vertebrae kept, by ours."""
-    from napari_vertebra.model import predict as P
     from napari_vertebra.model.data import image_to_tensor
+    from napari_vertebra.model.predict import raw_detections
 
     n_det, n_roi, n_kept = [], [], []
-    mask_probs = P._mask_probs
-
-    def counting(model, features, sizes, i, boxes, *rest):
-        n_roi[-1] += len(boxes)
-        return mask_probs(model, features, sizes, i, boxes, *rest)
-
-    P._mask_probs = counting
-    try:
-        for im in images:
-            n_roi.append(0)
-            t = image_to_tensor(im, predictor.hu_max).to(predictor.device)
-            d = P.raw_detections(predictor.model, [t], predictor.min_score, predictor.box_iou)
-            n_det.append(len(d[0]["scores"]))
-            n_kept.append(len(d[0]["keep"]))
-    finally:
-        P._mask_probs = mask_probs
+    for im in images:
+        t = image_to_tensor(im, predictor.hu_max).to(predictor.device)
+        d = raw_detections(predictor.model, [t], predictor.min_score, predictor.box_iou)[0]
+        n_det.append(len(d["scores"]))
+        n_roi.append(int(d["mask_rois"]))
+        n_kept.append(len(d["keep"]))
     return float(np.mean(n_det)), float(np.mean(n_roi)), float(np.mean(n_kept))
 
 

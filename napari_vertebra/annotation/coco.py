@@ -34,6 +34,7 @@ from PIL import Image
 from napari_vertebra.core.labels import VERTEBRAE, class_id, supercategory
 
 from ._atomic import AtomicBatch, atomic_write_bytes, png_bytes
+from ._io import AnnotationFormatError, read_json
 from .polygons import mask_to_polygons, rasterize
 from .types import AnnotatedImage, VertebraAnnotation
 
@@ -53,24 +54,12 @@ __all__ = [
 
 #: Default scale of the 16-bit PNG images: stored = round(HU * HU_SCALE).
 HU_SCALE = 40.0
-_MAX_ERRORS = 50
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(AnnotationFormatError):
     """A COCO file is malformed; ``errors`` lists every problem found."""
 
-    def __init__(self, path: str | os.PathLike | None, errors: Sequence[str]):
-        self.path = path
-        self.errors = list(errors)
-        shown = self.errors[:_MAX_ERRORS]
-        more = len(self.errors) - len(shown)
-        where = f"{path}: " if path is not None else ""
-        text = f"{where}invalid COCO file ({len(self.errors)} problem(s)):\n  " + "\n  ".join(
-            shown
-        )
-        if more:
-            text += f"\n  ... and {more} more"
-        super().__init__(text)
+    kind = "COCO"
 
 
 # ----------------------------------------------------------------------------- images
@@ -546,12 +535,7 @@ def read_coco(
     :class:`CocoFormatError` (a ValueError) listing every problem found.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CocoFormatError(path, [f"not valid JSON ({e})"]) from e
+    data = read_json(path, CocoFormatError)
     return from_coco(
         data, root=path.parent, load_images=load_images, check_files=check_files, source=path
     )

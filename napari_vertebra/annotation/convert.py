@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from ._io import read_json
 from .coco import from_coco, is_coco, write_coco
 from .types import AnnotatedImage
 from .via import DEFAULT_ATTRIBUTE, ImageSize, from_via, is_via, write_via
@@ -13,19 +13,10 @@ from .via import DEFAULT_ATTRIBUTE, ImageSize, from_via, is_via, write_via
 __all__ = ["convert", "detect_format", "read_annotations"]
 
 
-def _load(path: Path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-
-
 def detect_format(path: str | os.PathLike) -> str:
     """``"coco"``, ``"via2"`` or ``"via1"`` from a JSON file's content; ValueError else."""
     path = Path(path)
-    data = _load(path)
+    data = read_json(path)
     if is_coco(data):
         return "coco"
     v = is_via(data)
@@ -42,7 +33,7 @@ def read_annotations(
 ) -> tuple[str, list[AnnotatedImage]]:
     """Read a COCO or VIA file (format detected from the content): (format, images)."""
     path = Path(path)
-    data = _load(path)
+    data = read_json(path)
     if is_coco(data):
         return "coco", from_coco(
             data, root=path.parent, load_images=load_images, check_files=False, source=path

@@ -29,6 +29,7 @@ from PIL import Image
 from napari_vertebra.core.labels import VERTEBRAE, class_id
 
 from ._atomic import AtomicBatch, png_bytes
+from ._io import AnnotationFormatError, read_json
 from .coco import HU_SCALE, _check_file_name, _to_uint16, read_image
 from .types import AnnotatedImage, VertebraAnnotation
 
@@ -48,18 +49,10 @@ DEFAULT_ATTRIBUTE = "vertebra"
 ImageSize = tuple[int, int] | Mapping[str, tuple[int, int]] | None
 
 
-class ViaFormatError(ValueError):
+class ViaFormatError(AnnotationFormatError):
     """A VIA file is malformed or does not hold vertebra classes; ``errors`` lists all."""
 
-    def __init__(self, path: str | os.PathLike | None, errors: Sequence[str]):
-        self.path = path
-        self.errors = list(errors)
-        where = f"{path}: " if path is not None else ""
-        shown = self.errors[:50]
-        text = f"{where}invalid VIA file ({len(self.errors)} problem(s)):\n  " + "\n  ".join(shown)
-        if len(self.errors) > 50:
-            text += f"\n  ... and {len(self.errors) - 50} more"
-        super().__init__(text)
+    kind = "VIA"
 
 
 def is_via(data: object) -> int:
@@ -272,12 +265,7 @@ def read_via(
     (unknown attribute, unknown class, unsupported shape, unknown size, ...).
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ViaFormatError(path, [f"not valid JSON ({e})"]) from e
+    data = read_json(path, ViaFormatError)
     return from_via(data, path.parent, class_attribute, image_size, load_images, source=path)
 
 

@@ -187,7 +187,8 @@ def raw_detections(
     score a few at a time (the others cannot be in the output of :func:`postprocess` at
     any threshold >= ``min_score``). ``keep`` (K,) indexes them (by decreasing score),
     ``masks`` (K, 1, H, W) holds their probabilities at the original size,
-    ``mask_min_score`` and ``box_iou`` the threshold and IoU they were computed for.
+    ``mask_min_score`` and ``box_iou`` the threshold and IoU they were computed for,
+    ``mask_rois`` how many boxes the mask head ran on.
     """
     batch, features, original, dets = _box_stage(model, images)
     out = []
@@ -231,6 +232,7 @@ def raw_detections(
                 "keep": torch.as_tensor(keep, dtype=torch.int64),
                 "mask_min_score": torch.tensor(float(min_score), dtype=torch.float64),
                 "box_iou": torch.tensor(_iou_tag(box_iou), dtype=torch.float64),
+                "mask_rois": torch.tensor(pos),
             }
         )
     return out
@@ -386,10 +388,8 @@ def postprocess(
             raise ValueError(
                 f"these detections have masks for scores >= {floor} only, not {min_score}"
             )
-        given = float(det["box_iou"]) if "box_iou" in det else float("nan")
-        if box_iou != "auto" and not (
-            given == _iou_tag(box_iou) or (np.isnan(given) and box_iou is None)
-        ):
+        given = float(det["box_iou"])
+        if box_iou != "auto" and not np.array_equal(given, _iou_tag(box_iou), equal_nan=True):
             raise ValueError(
                 f"these detections were de-duplicated at box IoU {given}, not {box_iou}"
             )

@@ -50,22 +50,15 @@ def _run(data: Path, run_dir: Path, **over):
 
 def _mask_head_boxes(predictor, images) -> tuple[list[int], list[int]]:
     """Boxes the mask head ran on and vertebrae kept, per image."""
-    from napari_vertebra.model import predict as P
+    from napari_vertebra.model.data import image_to_tensor
+    from napari_vertebra.model.predict import raw_detections
 
-    mask_probs, ran = P._mask_probs, []
-
-    def counting(model, features, sizes, i, boxes, *rest):
-        ran[-1] += len(boxes)
-        return mask_probs(model, features, sizes, i, boxes, *rest)
-
-    kept = []
-    P._mask_probs = counting
-    try:
-        for im in images:
-            ran.append(0)
-            kept.append(len(predictor.predict(im)))
-    finally:
-        P._mask_probs = mask_probs
+    ran, kept = [], []
+    for im in images:
+        t = image_to_tensor(im, predictor.hu_max).to(predictor.device)
+        d = raw_detections(predictor.model, [t], predictor.min_score, predictor.box_iou)[0]
+        ran.append(int(d["mask_rois"]))
+        kept.append(len(d["keep"]))
     return ran, kept
 
 

@@ -198,6 +198,7 @@ def test_masks_only_for_survivors_change_nothing(tiny_config, box_iou):
     raw = raw_detections(model, [t], 0.0, box_iou)[0]
     assert torch.equal(raw["boxes"], full["boxes"]) and len(raw["keep"]) <= 17
     assert len(raw["scores"]) > len(raw["keep"])  # fewer masks than detections
+    assert len(raw["keep"]) <= int(raw["mask_rois"]) < len(raw["scores"])
     scores = 1 - full["class_probs"][:, 0].numpy()
     for ms in [0.0, *np.quantile(scores, [0.3, 0.7, 0.95]).tolist(), 1.0]:
         ref = postprocess(full, im.shape, ms, box_iou=box_iou)
