@@ -16,6 +16,7 @@ from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
+from ._reader import prefer_this_reader
 from ._threading import StatusLine, TaskRunner, notify
 
 if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
@@ -51,6 +52,7 @@ class VertebraWidget(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = viewer
+        prefer_this_reader()
         # the controls live in a scroll area: a short window scrolls instead of squashing
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)

@@ -27,7 +27,10 @@ from napari_vertebra.core.volume import Volume
 from ._layers import BONE_CONTRAST, layer_kwargs
 from ._threading import error_message, notify
 
-__all__ = ["get_reader", "is_label_volume", "read_layer_data"]
+__all__ = ["get_reader", "is_label_volume", "prefer_this_reader", "read_layer_data"]
+
+#: The npe2 name of this plugin (napari.yaml), used for the reader preference.
+PLUGIN_NAME = "napari-vertebra"
 
 #: At most this many distinct values (all >= 0, integer) make a volume a label map.
 MAX_LABEL_VALUES = 256
@@ -139,6 +142,36 @@ def get_reader(path: str | Sequence[str]) -> Callable[..., list[tuple]] | None:
         if Path(p).is_dir() and not _looks_like_dicom_folder(Path(p)):
             return None
     return _reader_function
+
+
+def _reader_patterns() -> list[str]:
+    """The file-name patterns this plugin's reader declares in its manifest."""
+    import yaml
+
+    manifest = Path(__file__).resolve().parents[1] / "napari.yaml"
+    data = yaml.safe_load(manifest.read_text(encoding="utf-8"))
+    return [p for r in data["contributions"]["readers"] for p in r["filename_patterns"]]
+
+
+def prefer_this_reader() -> list[str]:
+    """Make this plugin napari's preferred reader for its CT patterns; returns those set.
+
+    napari's "napari" (builtins) reader also claims ``*.nii.gz`` and friends, so File >
+    Open and drag and drop ask which reader to use, preselect the built-in one, and it
+    fails ("Could not find a backend"). Setting ``settings.plugins.extension2reader``
+    (what the dialog's "remember" box does) removes the question. A pattern the user has
+    already given a reader is left alone. Called when any of the plugin's widgets, its
+    sample or its launcher is first used.
+    """
+    from napari.settings import get_settings
+
+    prefs = get_settings().plugins
+    current = dict(prefs.extension2reader)
+    added = [p for p in _reader_patterns() if p not in current]
+    if added:
+        current.update(dict.fromkeys(added, PLUGIN_NAME))
+        prefs.extension2reader = current
+    return added
 
 
 def _looks_like_dicom_folder(folder: Path, max_files: int = 20) -> bool:

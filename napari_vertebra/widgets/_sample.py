@@ -8,6 +8,7 @@ from napari_vertebra.core.io import read_ct, read_labels
 from napari_vertebra.core.labels import to_class_map
 
 from ._layers import BONE_CONTRAST, class_label_colormap, class_label_features, layer_kwargs
+from ._reader import prefer_this_reader
 
 __all__ = ["SAMPLE_CT", "SAMPLE_LABELS", "lumbar_ct"]
 
@@ -23,6 +24,7 @@ LABELS_NAME = "vertebra labels (3D)"
 
 def lumbar_ct() -> list[tuple]:
     """Layer data: "lumbar CT" (Image, HU) and "vertebra labels (3D)" (class ids 1..17)."""
+    prefer_this_reader()
     ct = read_ct(SAMPLE_CT)
     labels = read_labels(SAMPLE_LABELS, like=ct)
     classes = to_class_map(labels.array, "totalsegmentator")

@@ -183,3 +183,30 @@ def test_dicom_reader_folder_copy_is_independent(tmp_path, dicom_dir):
     dst = tmp_path / "series"
     shutil.copytree(dicom_dir, dst)
     assert get_reader(str(dst)) is not None
+
+
+def test_file_open_picks_this_plugin_without_asking(
+    make_napari_viewer, lumbar_ct_path, tptbox_labels_path
+):
+    """File > Open and drag and drop (napari's ``plugin=None`` path): napari's built-in
+    reader also claims ``*.nii.gz``, so without a preference napari asks which reader to
+    use, and the built-in one fails. Using any of the plugin's widgets makes it the
+    preferred reader for its patterns, leaving a pattern the user chose alone."""
+    from napari.errors import MultipleReaderError
+    from napari.settings import get_settings
+
+    from napari_vertebra.widgets.preprocess import PreprocessWidget
+
+    viewer = make_napari_viewer()
+    prefs = get_settings().plugins
+    prefs.extension2reader = {"*.nrrd": "napari"}  # the user's own choice
+    with pytest.raises(MultipleReaderError):
+        viewer.open(str(lumbar_ct_path), plugin=None)
+    PreprocessWidget(viewer)
+    assert prefs.extension2reader["*.nii.gz"] == "napari-vertebra"
+    assert prefs.extension2reader["*.nrrd"] == "napari"  # kept
+    (ct,) = viewer.open(str(lumbar_ct_path), plugin=None)
+    assert ct.name == "example_ct" and ct.data.ndim == 3
+    # the Qt path of File > Open and drag and drop: no dialog, the labels open as Labels
+    viewer.window._qt_viewer._qt_open([str(tptbox_labels_path)], stack=False)
+    assert type(viewer.layers[-1]).__name__ == "Labels"
