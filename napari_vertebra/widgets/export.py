@@ -18,12 +18,36 @@ from napari_vertebra.annotation.dataset import SPLITS, build_dataset
 from napari_vertebra.annotation.project import AnnotationProject
 
 from ._base import VertebraWidget
-from ._threading import error_message
+from ._threading import error_message, notify
 
 if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
     import napari.viewer
 
-__all__ = ["ExportDatasetWidget", "summary_html"]
+__all__ = ["ExportDatasetWidget", "empty_split_warning", "summary_html"]
+
+
+def empty_split_warning(summary: dict, fractions: dict[str, float]) -> str:
+    """Plain words when a split that was asked for came out empty ("" when none did).
+
+    The split is made by scan (one patient never sits in two splits), so a split is
+    empty when there are fewer scans than splits asked for.
+    """
+    splits = summary.get("splits", {})
+    empty = [n for n in SPLITS if fractions.get(n, 0) > 0 and not splits.get(n, {}).get("images")]
+    if not empty:
+        return ""
+    scans = sorted({s for v in splits.values() for s in v.get("scans", [])})
+    advice = (
+        "Training will then validate on the train split (its scores say little about new "
+        "scans); annotate MIPs of more scans, one split needs at least one scan of its own"
+    )
+    if "train" in empty:
+        advice = "Training needs a train split: raise the train fraction or annotate more scans"
+    return (
+        f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty: "
+        f"the split is made by scan and {len(scans)} scan{'s' if len(scans) != 1 else ''} "
+        f"{'were' if len(scans) != 1 else 'was'} exported. {advice}."
+    )
 
 
 def summary_html(summary: dict) -> str:
@@ -62,6 +86,7 @@ class ExportDatasetWidget(VertebraWidget):
 
         self.paths: dict[str, Path] = {}
         self.summary: dict = {}
+        self._fractions: dict[str, float] = {}
         proj = Path(project_dir) if project_dir else default_project_dir()
         self.project_dir = FileEdit(mode="d", value=str(proj), label="project folder")
         self.use_project = CheckBox(value=True, label="use the project's MIPs")
@@ -134,6 +159,7 @@ class ExportDatasetWidget(VertebraWidget):
         except (ValueError, OSError) as e:
             self.fail(f"Export: {error_message(e)}")
             return False
+        self._fractions = dict(zip(SPLITS, fractions, strict=True))
         work = partial(
             build_dataset,
             items,
@@ -157,4 +183,9 @@ class ExportDatasetWidget(VertebraWidget):
             self.summary = {}
         self.summary_label.value = summary_html(self.summary)
         n = sum(s.get("images", 0) for s in self.summary.get("splits", {}).values())
-        self.status.set(f"dataset written to {out} ({n} images)", "ok")
+        warning = empty_split_warning(self.summary, self._fractions)
+        if warning:
+            self.status.set(f"dataset written to {out} ({n} images); {warning}", "warning")
+            notify(f"Export: {warning}", "warning")
+        else:
+            self.status.set(f"dataset written to {out} ({n} images)", "ok")

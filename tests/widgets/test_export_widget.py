@@ -67,3 +67,43 @@ def test_nothing_to_export_is_a_message(make_napari_viewer, tmp_path):
     assert widget.build() is False
     assert widget.status.level == "error"
     assert "project" in widget.status.value
+
+
+def test_one_scan_warns_that_val_and_test_are_empty(
+    make_napari_viewer, tmp_path, qtbot, monkeypatch
+):
+    """One annotated scan cannot fill three splits made by scan: say so, in plain words,
+    as a notification and in the status line (it used to say only "dataset written")."""
+    from napari_vertebra.widgets import export
+
+    shown = []
+    monkeypatch.setattr(export, "notify", lambda msg, level="info": shown.append((level, msg)))
+    _small_project(tmp_path / "proj", n_scans=1)
+    viewer = make_napari_viewer()
+    widget = ExportDatasetWidget(viewer, project_dir=tmp_path / "proj")
+    widget.output_dir.value = str(tmp_path / "dataset")
+    widget.views_per_image.value = 1
+    assert widget.build()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60_000)
+    assert widget.runner.last_error is None, widget.status.value
+    assert widget.summary["splits"]["train"]["images"] > 0
+    assert widget.status.level == "warning"
+    warnings = [m for level, m in shown if level == "warning"]
+    assert len(warnings) == 1
+    assert "val and test splits are empty" in warnings[0] and "1 scan was" in warnings[0]
+    assert "validate on the train split" in warnings[0]
+
+
+def test_empty_split_warning_rules():
+    summary = {"splits": {"train": {"images": 4, "scans": ["a", "b"]}, "val": {"images": 2}}}
+    fractions = {"train": 0.7, "val": 0.15, "test": 0.15}
+    assert "the test split is empty" in export_warning(summary, fractions)
+    assert export_warning(summary, {**fractions, "test": 0.0}) == ""  # none asked for
+    no_train = {"splits": {"val": {"images": 2, "scans": ["a"]}}}
+    assert "needs a train split" in export_warning(no_train, {"train": 0.5, "val": 0.5})
+
+
+def export_warning(summary, fractions):
+    from napari_vertebra.widgets.export import empty_split_warning
+
+    return empty_split_warning(summary, fractions)
