@@ -25,18 +25,20 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
 
-from napari_vertebra.core.labels import VERTEBRAE, class_id, supercategory
+from napari_vertebra.core.labels import VERTEBRAE, class_id, class_name, supercategory
 
 from ._atomic import AtomicBatch, atomic_write_bytes, png_bytes
 from ._io import AnnotationFormatError, read_json
 from .polygons import mask_to_polygons, rasterize
 from .types import AnnotatedImage, VertebraAnnotation
+from .validate import image_size_problem, validate_polygon
 
 __all__ = [
     "HU_SCALE",
@@ -139,19 +141,36 @@ def _check_file_name(name: str) -> str | None:
     return None
 
 
-def _validate_images(images: Sequence[AnnotatedImage]) -> None:
+def checked_polygons(
+    images: Sequence[AnnotatedImage], error: type[AnnotationFormatError]
+) -> list[list[tuple[VertebraAnnotation, list[np.ndarray], int]]]:
+    """Validate ``images`` for writing: per image, per annotation with polygons,
+    ``(annotation, polygons, area)`` with polygons clipped to the image where they reached
+    outside (a ``UserWarning`` says so) and ``area`` the pixels of their raster.
+
+    Raises ``error(None, [...])`` listing every problem (bad file names or sizes, pixel
+    arrays whose shape is not (height, width), polygons refused by
+    :func:`~napari_vertebra.annotation.validate.validate_polygon`, annotations covering
+    no pixel), naming the image and the annotation.
+    """
     errors: list[str] = []
+    notes: list[str] = []
+    out: list[list[tuple[VertebraAnnotation, list[np.ndarray], int]]] = []
     seen: set[str] = set()
     for k, im in enumerate(images):
-        tag = f"image {k} ({im.file_name!r})"
+        tag = f"image {k + 1} ({im.file_name!r})"
+        per_image: list[tuple[VertebraAnnotation, list[np.ndarray], int]] = []
+        out.append(per_image)
         msg = _check_file_name(im.file_name)
         if msg:
             errors.append(f"{tag}: {msg}")
         elif im.file_name in seen:
             errors.append(f"{tag}: file_name used twice")
         seen.add(im.file_name)
-        if int(im.height) <= 0 or int(im.width) <= 0:
-            errors.append(f"{tag}: size {im.height}x{im.width} is not positive")
+        size_msg = image_size_problem(im.height, im.width)
+        if size_msg:
+            errors.append(f"{tag}: {size_msg}")
+            continue
         if im.image is not None and np.shape(im.image)[:2] != (im.height, im.width):
             errors.append(
                 f"{tag}: pixel array shape {np.shape(im.image)} != (height, width) "
@@ -159,26 +178,49 @@ def _validate_images(images: Sequence[AnnotatedImage]) -> None:
             )
         if im.image is not None and np.ndim(im.image) != 2:
             errors.append(f"{tag}: pixel array must be 2D, got shape {np.shape(im.image)}")
-        for a in im.annotations:
-            for p in a.polygons:
+        shape = (int(im.height), int(im.width))
+        for n, a in enumerate(im.annotations, start=1):
+            if not a.polygons:
+                continue
+            atag = f"{tag}, annotation {n} ({a.name})"
+            polys, bad = [], False
+            for j, p in enumerate(a.polygons):
                 if len(p) < 3:
-                    errors.append(f"{tag}: {a.name} has a polygon with {len(p)} point(s)")
-                elif not np.all(np.isfinite(p)):
-                    errors.append(f"{tag}: {a.name} has a polygon with non-finite points")
+                    errors.append(f"{atag}: polygon {j} has {len(p)} point(s); 3 needed")
+                    bad = True
+                    continue
+                kept, errs, fixed = validate_polygon(p, shape)
+                errors.extend(f"{atag}: polygon {j} {m}" for m in errs)
+                notes.extend(f"{atag}: polygon {j}: {m}" for m in fixed)
+                bad |= kept is None
+                if kept is not None:
+                    polys.append(kept)
+            if bad:
+                continue
+            area = int(rasterize(polys, shape).sum())
+            if area == 0:
+                errors.append(f"{atag}: its polygons cover no pixel centre (area 0)")
+                continue
+            per_image.append((a, polys, area))
     if errors:
-        raise CocoFormatError(None, errors)
+        raise error(None, errors)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=3)
+    return out
 
 
 def to_coco(images: Sequence[AnnotatedImage], info: dict | None = None) -> dict:
     """The COCO dict of ``images`` (ids from 1 in the given order); see module doc.
 
     Raises :class:`CocoFormatError` for images that cannot be written (bad file names,
-    polygons with fewer than 3 points, pixel arrays whose shape is not (height, width)).
+    pixel arrays whose shape is not (height, width), polygons refused by
+    :func:`~napari_vertebra.annotation.validate.validate_polygon` or covering no pixel);
+    polygons reaching outside the image are clipped to it (with a ``UserWarning``).
     """
-    _validate_images(images)
+    checked = checked_polygons(images, CocoFormatError)
     out_images, out_anns = [], []
     ann_id = 1
-    for img_id, im in enumerate(images, start=1):
+    for img_id, (im, anns) in enumerate(zip(images, checked, strict=True), start=1):
         meta = dict(im.meta or {})
         hu_scale = float(meta.pop("hu_scale", HU_SCALE))
         entry = {
@@ -192,11 +234,7 @@ def to_coco(images: Sequence[AnnotatedImage], info: dict | None = None) -> dict:
         if meta:
             entry["meta"] = _jsonable(meta)
         out_images.append(entry)
-        shape = (int(im.height), int(im.width))
-        for a in im.annotations:
-            polys = [p for p in a.polygons if len(p) >= 3]
-            if not polys:
-                continue
+        for a, polys, area in anns:
             seg = []
             for p in polys:
                 xy = np.stack([p[:, 1] + 0.5, p[:, 0] + 0.5], axis=1)
@@ -210,7 +248,7 @@ def to_coco(images: Sequence[AnnotatedImage], info: dict | None = None) -> dict:
                 "category_id": int(a.class_id),
                 "segmentation": seg,
                 "bbox": [round(float(v), 3) for v in (x0, y0, x1 - x0, y1 - y0)],
-                "area": int(rasterize(polys, shape).sum()),
+                "area": area,
                 "iscrowd": 0,
             }
             if a.score is not None:
@@ -359,7 +397,7 @@ def from_coco(
     if errors:
         raise CocoFormatError(source, errors)
 
-    # categories: matched by name
+    # categories: matched by name; an id given twice would relabel silently: refused
     cat_map: dict[int, int] = {}
     cat_names: dict[int, str] = {}
     for k, c in enumerate(data["categories"]):
@@ -369,9 +407,18 @@ def from_coco(
         if not _is_int(c["id"]):
             errors.append(f"categories[{k}]: id {c['id']!r} is not an integer")
             continue
-        cat_names[c["id"]] = str(c["name"])
+        if not isinstance(c["name"], str):
+            errors.append(f"categories[{k}] (id {c['id']}): name {c['name']!r} is not text")
+            continue
+        if c["id"] in cat_names:
+            errors.append(
+                f"categories[{k}]: id {c['id']} is used twice ({cat_names[c['id']]!r} and "
+                f"{c['name']!r}); give each category its own id"
+            )
+            continue
+        cat_names[c["id"]] = c["name"]
         try:
-            cat_map[c["id"]] = class_id(str(c["name"]))
+            cat_map[c["id"]] = class_id(c["name"])
         except ValueError:
             pass  # not a vertebra; an error only if an annotation uses it
 
@@ -395,10 +442,10 @@ def from_coco(
         elif e["id"] in images:
             errors.append(f"{tag}: image id used twice")
             ok = False
-        for key in ("width", "height"):
-            if not _is_int(e[key]) or e[key] <= 0:
-                errors.append(f"{tag}: {key} {e[key]!r} is not a positive integer")
-                ok = False
+        size_msg = image_size_problem(e["height"], e["width"])
+        if size_msg:
+            errors.append(f"{tag}: {size_msg}")
+            ok = False
         msg = _check_file_name(e["file_name"])
         if msg:
             errors.append(f"{tag}: {msg}")
@@ -441,8 +488,8 @@ def from_coco(
         )
         order.append(e["id"])
 
-    image_ids = {e.get("id") for e in data["images"] if isinstance(e, dict)}
-    ann_ids: set = set()
+    image_ids = {e["id"] for e in data["images"] if isinstance(e, dict) and _is_int(e.get("id"))}
+    ann_ids: set[int] = set()
     for k, a in enumerate(data["annotations"]):
         tag = f"annotations[{k}]"
         if not isinstance(a, dict):
@@ -455,12 +502,19 @@ def from_coco(
             errors.append(f"{tag}: missing key(s) {', '.join(map(repr, missing))}")
             continue
         tag = f"annotations[{k}] (id {a['id']!r})"
+        not_int = [key for key in ("id", "image_id", "category_id") if not _is_int(a[key])]
+        if not_int:
+            errors.extend(f"{tag}: {key} {a[key]!r} is not an integer" for key in not_int)
+            continue
         if a["id"] in ann_ids:
             errors.append(f"{tag}: annotation id used twice")
         ann_ids.add(a["id"])
         if a["image_id"] not in image_ids:
             errors.append(f"{tag}: image_id {a['image_id']!r} names no image")
             continue
+        img = images.get(a["image_id"])  # None when the image entry itself is invalid
+        if img is not None:
+            tag = f"annotations[{k}] (id {a['id']}, image {a['image_id']} {img.file_name!r})"
         cid = cat_map.get(a["category_id"])
         if cid is None:
             if a["category_id"] in cat_names:
@@ -471,26 +525,27 @@ def from_coco(
             else:
                 errors.append(f"{tag}: unknown category_id {a['category_id']!r}")
             continue
+        tag = f"{tag[:-1]}, {class_name(cid)})"
         seg = a["segmentation"]
         if isinstance(seg, dict):  # RLE (e.g. predictions or crowd regions): outline it
+            if img is None:
+                continue  # the image entry is refused already; do not decode blindly
+            if seg.get("size") != [img.height, img.width]:  # checked before decoding
+                errors.append(f"{tag}: RLE size {seg.get('size')!r} differs from the image's")
+                continue
             try:
                 mask = rle_decode(seg)
             except ValueError as err:
                 errors.append(f"{tag}: {err}")
                 continue
-            img = images.get(a["image_id"])
-            if img is not None and mask.shape != (img.height, img.width):
-                errors.append(f"{tag}: RLE size {list(mask.shape)} differs from the image's")
-                continue
             polys = mask_to_polygons(mask)
             if not polys:
                 errors.append(f"{tag}: RLE mask is empty")
                 continue
-            if img is not None:
-                score = a.get("score")
-                img.annotations.append(
-                    VertebraAnnotation(cid, polys, float(score) if _is_num(score) else None)
-                )
+            score = a.get("score")
+            img.annotations.append(
+                VertebraAnnotation(cid, polys, float(score) if _is_num(score) else None)
+            )
             continue
         if not isinstance(seg, list) or not seg:
             errors.append(f"{tag}: segmentation must be a non-empty list of polygons")
@@ -509,14 +564,22 @@ def from_coco(
                 bad = True
             else:
                 xy = np.asarray(poly, float).reshape(-1, 2)
-                polys.append(np.stack([xy[:, 1] - 0.5, xy[:, 0] - 0.5], axis=1))
+                rc = np.stack([xy[:, 1] - 0.5, xy[:, 0] - 0.5], axis=1)
+                if img is None:
+                    continue
+                kept, errs, notes = validate_polygon(rc, (img.height, img.width))
+                errors.extend(f"{tag}: polygon {j} {m}" for m in errs)
+                img.warnings.extend(f"{tag}: polygon {j}: {m}" for m in notes)
+                bad |= kept is None
+                if kept is not None:
+                    polys.append(kept)
         score = a.get("score")
         if score is not None and not _is_num(score):
             errors.append(f"{tag}: score {score!r} is not a number")
             bad = True
-        if bad or a["image_id"] not in images:
+        if bad or img is None:
             continue
-        images[a["image_id"]].annotations.append(
+        img.annotations.append(
             VertebraAnnotation(cid, polys, score=float(score) if score is not None else None)
         )
     if errors:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from ._io import read_json
@@ -52,13 +54,18 @@ def convert(
     to: str | None = None,
     class_attribute: str = DEFAULT_ATTRIBUTE,
     image_size: ImageSize = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Path:
     """Convert between COCO and VIA; returns the written JSON path.
 
     The input format is detected from the content. The output format is ``to``
     (``"coco"``, ``"via"`` = VIA 2 project, ``"via1"``) or, when None, from ``out_path``'s
     name: a name containing "via" gives VIA 2, anything else COCO. Image files found
-    beside the input are copied beside the output. Nothing is written on error.
+    beside the input are copied beside the output. The input is validated (see
+    ``docs/annotations.md``): what reading repaired (e.g. a polygon clipped to the image)
+    goes to ``warn`` (default: a ``UserWarning``), one message per repair naming the
+    file, image and annotation; anything refused raises ValueError and nothing is
+    written.
     """
     in_path, out_path = Path(in_path), Path(out_path)
     if to is None:
@@ -66,9 +73,15 @@ def convert(
     to = to.lower()
     if to not in ("coco", "via", "via2", "via1"):
         raise ValueError(f"unknown output format {to!r}: use coco, via or via1")
-    _, images = read_annotations(in_path, class_attribute, image_size)
     if out_path.suffix.lower() != ".json":
         raise ValueError(f"{out_path}: the output must be a .json file")
+    _, images = read_annotations(in_path, class_attribute, image_size)
+    for im in images:
+        for note in im.warnings:
+            if warn is None:
+                warnings.warn(f"{in_path}: {note}", UserWarning, stacklevel=2)
+            else:
+                warn(f"{in_path}: {note}")
     if to == "coco":
         return write_coco(images, out_path.parent, out_path.name, copy_from=in_path.parent)
     version = 1 if to == "via1" else 2

@@ -16,7 +16,7 @@ import csv
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -27,7 +27,8 @@ from ._atomic import AtomicBatch
 from .coco import read_coco, stage_coco
 from .partial import partial_views
 from .project import safe_key
-from .types import AnnotatedImage
+from .types import AnnotatedImage, VertebraAnnotation
+from .validate import image_size_problem, validate_polygon
 
 __all__ = ["SPLITS", "CTLabelPair", "build_dataset", "read_pairs_csv", "split_scans"]
 
@@ -118,6 +119,30 @@ def split_scans(
 Input = AnnotatedImage | CTLabelPair | str | os.PathLike
 
 
+def _validated(image: AnnotatedImage) -> AnnotatedImage:
+    """``image`` with its polygons checked like a file's (refused: ValueError naming the
+    image and annotation; clipped to the image: a note in ``warnings``)."""
+    errors: list[str] = []
+    notes = list(image.warnings)
+    shape = (image.height, image.width)
+    size_msg = image_size_problem(*shape)
+    if size_msg:
+        raise ValueError(f"{image.file_name}: {size_msg}")
+    anns = []
+    for a in image.annotations:
+        polys = []
+        for j, p in enumerate(a.polygons):
+            kept, errs, fixed = validate_polygon(p, shape)
+            errors.extend(f"{image.file_name}: {a.name}: polygon {j} {m}" for m in errs)
+            notes.extend(f"{image.file_name}: {a.name}: polygon {j}: {m}" for m in fixed)
+            if kept is not None:
+                polys.append(kept)
+        anns.append(VertebraAnnotation(a.class_id, polys, a.score))
+    if errors:
+        raise ValueError("; ".join(errors))
+    return replace(image, annotations=anns, warnings=notes)
+
+
 def _load_inputs(
     inputs: Sequence[Input], progress: ProgressCallback | None, min_visible: float, **kw
 ) -> list[AnnotatedImage]:
@@ -129,7 +154,7 @@ def _load_inputs(
         if isinstance(item, AnnotatedImage):
             if item.image is None:
                 raise ValueError(f"{item.file_name}: the dataset builder needs the image pixels")
-            images.append(item)
+            images.append(_validated(item))
         elif isinstance(item, CTLabelPair):
             from napari_vertebra.core.io import read_ct, read_labels
 
@@ -151,6 +176,7 @@ def _load_inputs(
             p = Path(item)
             report(sub, 0.0, f"reading {p.name}")
             for im in read_coco(p, load_images=True):
+                im.warnings = [f"{p}: {w}" for w in im.warnings]
                 if im.scan is None:
                     im.scan = safe_key(PurePosixPath(im.file_name).stem)
                 images.append(im)
@@ -179,7 +205,9 @@ def build_dataset(
     ``views_per_image`` partial views (:func:`~napari_vertebra.annotation.partial.
     partial_views`, seeded) plus the full image when ``include_full``. Split by scan
     (:func:`split_scans`); each COCO image records its ``scan``. Every split file is
-    written (possibly with no images); ``out_dir/dataset.json`` summarises. Files of the
+    written (possibly with no images); ``out_dir/dataset.json`` summarises (with
+    ``warnings``: what validating the inputs repaired, see ``docs/annotations.md``;
+    refused inputs raise ValueError and nothing is written). Files of the
     same names are replaced; other files already in ``out_dir`` are left alone. Returns
     {split: path of its annotations.json}.
     """
@@ -190,6 +218,7 @@ def build_dataset(
     images = _load_inputs(inputs, scaled(progress, 0.0, 0.6), min_visible, **kw)
     if not images:
         raise ValueError("no input images for the dataset")
+    notes = [w for im in images for w in im.warnings]
     rng = np.random.default_rng(seed)
     per_scan: dict[str, list[AnnotatedImage]] = {}
     used: set[str] = set()
@@ -245,6 +274,7 @@ def build_dataset(
         "min_visible": min_visible,
         "views_per_image": views_per_image,
         "include_full": include_full,
+        "warnings": notes,
         "splits": {},
     }
     with AtomicBatch() as batch:  # all splits are written together, or none

@@ -93,6 +93,13 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else float(2.0 * np.logical_and(a, b).sum() / s)
 
 
+def _open_ring(ring: np.ndarray) -> np.ndarray:
+    """``ring`` without a closing vertex equal to the first."""
+    if len(ring) > 1 and np.allclose(ring[0], ring[-1]):
+        return ring[:-1]
+    return ring
+
+
 def mask_to_polygons(
     mask: np.ndarray, tolerance_px: float = 1.0, min_area_px: float = 4.0
 ) -> list[np.ndarray]:
@@ -131,8 +138,15 @@ def mask_to_polygons(
         while tol > 0:
             ring = approximate_polygon(full, tolerance=tol)
             # small parts lose too much to the simplification: refine until the raster
-            # matches the mask well (Dice >= _MIN_DICE) or the tolerance is tiny
-            if tol < 0.2 or dice(rasterize([ring], padded.shape), padded > 0) >= _MIN_DICE:
+            # matches the mask well (Dice >= _MIN_DICE) or the tolerance is tiny; a
+            # simplification whose edges cross is refined too (the readers refuse those)
+            crossing = _self_intersects(_open_ring(ring), touching=False)
+            if not crossing and (
+                tol < 0.2 or dice(rasterize([ring], padded.shape), padded > 0) >= _MIN_DICE
+            ):
+                break
+            if crossing and tol < 0.2:
+                ring = full  # the traced contour itself never crosses
                 break
             tol /= 2
         if len(ring) > 1 and np.allclose(ring[0], ring[-1]):
@@ -215,7 +229,24 @@ def segments_intersect(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.nd
     return general | special
 
 
-def _self_intersects(p: np.ndarray, chunk: int = 200_000) -> bool:
+def _proper_crossings(a0, a1, b0, b1) -> np.ndarray:
+    """Element-wise: segments a0-a1 and b0-b1 cross at a point inside both (not a touch,
+    not a shared vertex, not a collinear overlap)."""
+
+    def orient(p, q, r):
+        v = (q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1]) - (q[..., 1] - p[..., 1]) * (
+            r[..., 0] - p[..., 0]
+        )
+        return np.sign(np.where(np.abs(v) < 1e-12, 0.0, v))
+
+    o1, o2 = orient(a0, a1, b0), orient(a0, a1, b1)
+    o3, o4 = orient(b0, b1, a0), orient(b0, b1, a1)
+    return (o1 * o2 < 0) & (o3 * o4 < 0)
+
+
+def _self_intersects(p: np.ndarray, chunk: int = 200_000, touching: bool = True) -> bool:
+    """Whether polygon ``p`` ((N, 2), no closing vertex) meets itself: any contact of two
+    non-adjacent edges (``touching``), or only edges that properly cross."""
     n = len(p)
     if n < 4:
         return False
@@ -223,19 +254,25 @@ def _self_intersects(p: np.ndarray, chunk: int = 200_000) -> bool:
     i, j = np.triu_indices(n, k=2)
     keep = ~((i == 0) & (j == n - 1))  # first and last edges share a vertex
     i, j = i[keep], j[keep]
+    test = segments_intersect if touching else _proper_crossings
     for s in range(0, len(i), chunk):  # bounded memory for long freehand outlines
         ii, jj = i[s : s + chunk], j[s : s + chunk]
-        if np.any(segments_intersect(a0[ii], a1[ii], a0[jj], a1[jj])):
+        if np.any(test(a0[ii], a1[ii], a0[jj], a1[jj])):
             return True
     return False
 
 
-def check_polygon(points: np.ndarray, shape: tuple[int, int] | None = None) -> list[str]:
+def check_polygon(
+    points: np.ndarray, shape: tuple[int, int] | None = None, allow_touching: bool = False
+) -> list[str]:
     """Problems with one polygon ((N, 2) (row, col)) as messages; [] when fine.
 
     Checks: fewer than 3 distinct vertices, non-finite values, vertices outside the image
     ``shape`` (rows, cols; pixel centres 0..n-1, half a pixel margin allowed), zero area,
-    self-intersection. Never raises for bad geometry (for the annotate widget).
+    self-intersection. With ``allow_touching`` only edges that properly cross count as a
+    self-intersection; a vertex on another edge or an edge retraced (as contour tracers
+    give for a one-pixel neck) is accepted, since its fill is unambiguous. Never raises
+    for bad geometry (for the annotate widget).
     """
     p = np.asarray(points, float)
     if p.size == 0:
@@ -257,7 +294,7 @@ def check_polygon(points: np.ndarray, shape: tuple[int, int] | None = None) -> l
         out = (q[:, 0] < -0.5) | (q[:, 0] > h - 0.5) | (q[:, 1] < -0.5) | (q[:, 1] > w - 0.5)
         if out.any():
             msgs.append(f"{int(out.sum())} of {len(q)} points lie outside the {h}x{w} image")
-    if _self_intersects(q):
+    if _self_intersects(q, touching=not allow_touching):
         msgs.append("polygon intersects itself")
     elif polygon_area(q) < 1e-9:
         msgs.append("polygon has zero area")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_vertebra.core.labels import class_name
+from napari_vertebra.core.labels import level_name
 
 __all__ = ["AnnotatedImage", "VertebraAnnotation"]
 
@@ -28,13 +28,13 @@ class VertebraAnnotation:
     score: float | None = None
 
     def __post_init__(self) -> None:
-        class_name(self.class_id)  # validates 1..17
+        level_name(self.class_id)  # validates a level id (1..17 T1..L5; 18..21 extended)
         self.polygons = [np.asarray(p, dtype=float).reshape(-1, 2) for p in self.polygons]
 
     @property
     def name(self) -> str:
         """Vertebra name, e.g. ``"L1"``."""
-        return class_name(self.class_id)
+        return level_name(self.class_id)
 
 
 @dataclass
@@ -44,7 +44,9 @@ class AnnotatedImage:
     ``file_name`` is relative to the folder of the COCO / VIA file that names it;
     ``scan`` names the source scan (patient) so that splits can keep scans apart;
     ``image`` may be None when only the annotations are loaded; ``meta`` carries extra
-    per-image fields (e.g. the crop of a partial view).
+    per-image fields (e.g. the crop of a partial view); ``warnings`` holds plain-language
+    notes of what reading repaired (e.g. a polygon clipped to the image). It is not
+    written to files.
     """
 
     file_name: str
@@ -54,3 +56,4 @@ class AnnotatedImage:
     image: np.ndarray | None = None
     scan: str | None = None
     meta: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)

@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from napari_vertebra.core.labels import VERTEBRAE, class_id
+from napari_vertebra.core.labels import VERTEBRAE, class_id, class_name
 
 from ._atomic import AtomicBatch, png_bytes
 from ._io import AnnotationFormatError, read_json
-from .coco import HU_SCALE, _check_file_name, _to_uint16, read_image
+from .coco import HU_SCALE, _check_file_name, _to_uint16, checked_polygons, read_image
 from .types import AnnotatedImage, VertebraAnnotation
+from .validate import image_size_problem, validate_polygon
 
 __all__ = [
     "DEFAULT_ATTRIBUTE",
@@ -82,12 +83,20 @@ def _ellipse(cx, cy, rx, ry, theta=0.0, n=64) -> np.ndarray:
 def _shape_xy(sa: dict) -> np.ndarray:
     """(N, 2) (x, y) vertices of a VIA shape; raises ValueError with the problem."""
     name = sa.get("name")
-    f = lambda k: float(sa[k])  # noqa: E731
+
+    def f(k: str) -> float:
+        v = sa[k]
+        if not _is_number(v):
+            raise ValueError(f"{name} {k} {v!r} is not a number")
+        return float(v)
+
     if name in ("polygon", "polyline"):
         xs, ys = sa.get("all_points_x"), sa.get("all_points_y")
         if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != len(ys):
             raise ValueError("needs all_points_x and all_points_y lists of equal length")
-        xy = np.stack([np.asarray(xs, float), np.asarray(ys, float)], axis=1)
+        if not all(_is_number(v) for v in (*xs, *ys)):
+            raise ValueError("all_points_x / all_points_y hold values that are not numbers")
+        xy = np.stack([np.asarray(xs, float), np.asarray(ys, float)], axis=1).reshape(-1, 2)
         if len(xy) > 1 and np.allclose(xy[0], xy[-1]):
             xy = xy[:-1]
         if len(xy) < 3:
@@ -104,6 +113,10 @@ def _shape_xy(sa: dict) -> np.ndarray:
     except KeyError as e:
         raise ValueError(f"{name} lacks {e.args[0]!r}") from None
     raise ValueError(f"shape {name!r} is not supported (polygon, polyline, rect, circle, ellipse)")
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _class_of(value) -> int:
@@ -127,7 +140,9 @@ def _image_size(
         except OSError:
             pass
     try:
-        return int(fattrs["height"]), int(fattrs["width"])
+        h, w = fattrs["height"], fattrs["width"]
+        if not isinstance(h, bool) and not isinstance(w, bool):
+            return int(str(h).strip()), int(str(w).strip())
     except (KeyError, TypeError, ValueError):
         pass
     if isinstance(image_size, Mapping):
@@ -154,7 +169,8 @@ def from_via(
     root_p = Path(root) if root is not None else None
     errors: list[str] = []
     # attribute declared in the project?
-    declared = (data.get("_via_attributes") or {}).get("region") if version == 2 else None
+    attrs = data.get("_via_attributes") if version == 2 else None
+    declared = attrs.get("region") if isinstance(attrs, dict) else None
     if isinstance(declared, dict) and declared and class_attribute not in declared:
         errors.append(
             f"the project has no region attribute {class_attribute!r}; its region "
@@ -171,7 +187,8 @@ def from_via(
         if msg:
             errors.append(f"image {key!r}: {msg}")
             continue
-        fattrs = entry.get("file_attributes") or {}
+        fattrs = entry.get("file_attributes")
+        fattrs = fattrs if isinstance(fattrs, dict) else {}
         size = _image_size(root_p, fname, fattrs, image_size)
         if size is None:
             errors.append(
@@ -179,6 +196,11 @@ def from_via(
                 "beside the JSON or give the image size"
             )
             continue
+        size_msg = image_size_problem(*size)
+        if size_msg:
+            errors.append(f"image {fname!r}: {size_msg}")
+            continue
+        notes: list[str] = []
         regions = entry.get("regions", [])
         if isinstance(regions, dict):  # VIA 1
             regions = [
@@ -195,6 +217,7 @@ def from_via(
                 errors.append(f"{tag}: not an object")
                 continue
             ra = reg.get("region_attributes") or {}
+            ra = ra if isinstance(ra, dict) else {}
             if class_attribute not in ra:
                 found = sorted(ra) if isinstance(ra, dict) else []
                 errors.append(
@@ -207,15 +230,19 @@ def from_via(
             except ValueError as e:
                 errors.append(f"{tag}: {class_attribute} = {ra[class_attribute]!r}: {e}")
                 continue
+            tag = f"{tag} ({class_name(cid)})"
+            sa = reg.get("shape_attributes")
             try:
-                xy = _shape_xy(reg.get("shape_attributes") or {})
+                xy = _shape_xy(sa if isinstance(sa, dict) else {})
             except (ValueError, TypeError) as e:
                 errors.append(f"{tag}: {e}")
                 continue
-            if not np.all(np.isfinite(xy)):
-                errors.append(f"{tag}: non-finite coordinates")
-                continue
-            by_class.setdefault(cid, []).append(np.stack([xy[:, 1] - 0.5, xy[:, 0] - 0.5], 1))
+            rc = np.stack([xy[:, 1] - 0.5, xy[:, 0] - 0.5], 1)
+            kept, errs, fixed = validate_polygon(rc, size)
+            errors.extend(f"{tag}: {sa['name']} {m}" for m in errs)
+            notes.extend(f"{tag}: {m}" for m in fixed)
+            if kept is not None:
+                by_class.setdefault(cid, []).append(kept)
         pixels = None
         hu = fattrs.get("hu_scale")
         if load_images and root_p is not None:
@@ -243,6 +270,7 @@ def from_via(
                 image=pixels,
                 scan=str(fattrs["scan"]) if fattrs.get("scan") else None,
                 meta=im_meta,
+                warnings=notes,
             )
         )
     if errors:
@@ -311,12 +339,11 @@ def to_via(
         raise ValueError(f"VIA version must be 1 or 2, got {version}")
     file_sizes = file_sizes or {}
     meta: dict = {}
-    for im in images:
+    checked = checked_polygons(images, ViaFormatError)
+    for im, anns in zip(images, checked, strict=True):
         regions = []
-        for a in im.annotations:
-            for p in a.polygons:
-                if len(p) < 3:
-                    raise ValueError(f"{im.file_name}: {a.name} has a polygon with < 3 points")
+        for a, polys, _ in anns:
+            for p in polys:
                 regions.append(
                     {
                         "shape_attributes": {

@@ -53,11 +53,16 @@ def _params(path: str | None):
         raise ValueError(f"{p}: {e}") from e
 
 
+def _print_warning(message: str) -> None:
+    """Print one ``warning:`` line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _run_convert(args: argparse.Namespace) -> int:
     from napari_vertebra.annotation.convert import convert
 
     size = tuple(args.image_size) if args.image_size else None
-    out = convert(args.input, args.output, args.to, args.attribute, size)
+    out = convert(args.input, args.output, args.to, args.attribute, size, warn=_print_warning)
     print(f"wrote {out}")
     return 0
 
@@ -145,6 +150,8 @@ def _run_dataset_build(args: argparse.Namespace) -> int:
     import json
 
     summary = json.loads((Path(args.output) / "dataset.json").read_text(encoding="utf-8"))
+    for note in summary.get("warnings", []):
+        _print_warning(note)
     for name, path in paths.items():
         s = summary["splits"][name]
         print(f"{name}: {s['images']} images from {len(s['scans'])} scan(s) -> {path}")
@@ -183,7 +190,11 @@ def register(subparsers) -> None:
         description="Convert vertebra annotations between COCO and VIA (VIA 2 project or "
         "VIA 1 region JSON). The input format is detected from the content; the output "
         "format comes from --to or OUT's name (a name containing 'via' gives a VIA 2 "
-        "project, else COCO). Image files beside the input are copied beside the output.",
+        "project, else COCO). Image files beside the input are copied beside the output. "
+        "The input is validated (docs/annotations.md): malformed polygons (crossing, zero "
+        "area, outside the image, non-finite), duplicate category ids and non-integer ids "
+        "are refused and nothing is written; a polygon reaching past the image edge is "
+        "clipped to the image with a warning.",
     )
     p.add_argument("input", metavar="IN", help="COCO or VIA JSON file")
     p.add_argument("output", metavar="OUT", help="output JSON file")
@@ -230,7 +241,8 @@ def register(subparsers) -> None:
         "by scan so that no scan is in two splits. Inputs are COCO files (with their "
         f"images), --ct-labels CT LABELS (repeatable) or --pairs CSV ({PAIRS_HELP}). "
         "With fewer scans than splits, splits are filled train, val, test and the rest "
-        "stay empty (a warning is printed).",
+        "stay empty (a warning is printed). COCO inputs are validated like `convert`'s "
+        "(docs/annotations.md).",
     )
     b.add_argument("inputs", metavar="INPUT", nargs="*", help="COCO JSON files")
     b.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")

@@ -1,16 +1,18 @@
 """``napari-vertebra preprocess``: the preprocessing pipeline over many CT scans.
 
-Per scan it writes into ``OUT/<scan name>/``: ``mip.png`` (16-bit grey, stored
-``round(HU * hu_scale)`` with the same scale as the COCO images, 40 per HU by default, see
-:func:`napari_vertebra.annotation.coco.write_mip_png`), ``mip.npy`` (float32 HU),
-``canal_centres.csv`` (z, y, x voxels of the resampled grid, found 0/1), ``crop_box.json``
-and ``report.json`` (written last; its presence with the same parameters marks the scan
-as done).
+Per scan it writes into ``OUT/<scan name>-<hash>/`` (:func:`output_name`): ``mip.png``
+(16-bit grey, stored ``round(HU * hu_scale)`` with the same scale as the COCO images, 40
+per HU by default, see :func:`napari_vertebra.annotation.coco.write_mip_png`), ``mip.npy``
+(float32 HU), ``canal_centres.csv`` (z, y, x voxels of the resampled grid, found 0/1),
+``crop_box.json`` and ``report.json`` (written last, with the warnings and decisions of
+the run; a scan is done when its report names the same input, by absolute path, size and
+modification time, and the same parameters).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -18,7 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["expand_inputs", "preprocess_one", "register", "run", "scan_name"]
+__all__ = [
+    "expand_inputs",
+    "input_identity",
+    "is_done",
+    "output_name",
+    "preprocess_one",
+    "register",
+    "run",
+    "scan_name",
+]
 
 # flag -> PreprocessParams field
 _FLAGS = {
@@ -42,8 +53,9 @@ def register(subparsers: Any) -> None:
         help="resample, window, find the canal, crop the spine and write sagittal MIPs",
         description=(
             "Run the preprocessing pipeline on CT scans and write per scan into "
-            "OUT/<scan name>/: mip.png (16-bit, round(HU * 40) as the COCO images), mip.npy "
-            "(float32 HU), canal_centres.csv, crop_box.json and report.json."
+            "OUT/<scan name>-<hash of its path>/: mip.png (16-bit, round(HU * 40) as the "
+            "COCO images), mip.npy (float32 HU), canal_centres.csv, crop_box.json and "
+            "report.json (with the warnings and decisions). Warnings are printed too."
         ),
     )
     p.add_argument(
@@ -71,6 +83,13 @@ def register(subparsers: Any) -> None:
     g.add_argument("--margin-anterior", type=float, metavar="MM")
     g.add_argument("--margin-posterior", type=float, metavar="MM")
     p.add_argument("--series", metavar="UID", help="DICOM series to read from a folder")
+    p.add_argument(
+        "--hu-offset",
+        type=float,
+        metavar="HU",
+        help="added to the stored values to get HU, e.g. -1024 for data stored as HU + 1024 "
+        "without a rescale (default: recognised from the data; docs/reading.md)",
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -110,6 +129,49 @@ def scan_name(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)] or name
     return name
+
+
+def output_name(path: Path) -> str:
+    """Output folder name of a scan: ``<scan name>-<8 hex digits>``.
+
+    The digits are the start of the SHA-1 of the scan's absolute path (symbolic links
+    resolved), so two scans with the same name in different folders (``a/ct.nii.gz``,
+    ``b/ct.nii.gz``) or with different suffixes get different folders, and a scan gets the
+    same folder on every run whatever the order of the command line.
+    """
+    digest = hashlib.sha1(str(Path(path).resolve()).encode("utf-8")).hexdigest()[:8]
+    return f"{scan_name(path)}-{digest}"
+
+
+def input_identity(
+    path: Path, series: str | None = None, hu_offset: float | None = None
+) -> dict[str, Any]:
+    """What identifies the input a result came from: absolute path, size, mtime, and
+    how it was read (DICOM series, HU offset).
+
+    For a DICOM folder: the number of files, their total size and the latest
+    modification time. Raises OSError when the path cannot be read.
+    """
+    p = Path(path).resolve()
+    if p.is_dir():
+        files = [f for f in p.rglob("*") if f.is_file()]
+        stats = [f.stat() for f in files]
+        return {
+            "path": str(p),
+            "files": len(files),
+            "size": sum(st.st_size for st in stats),
+            "mtime_ns": max((st.st_mtime_ns for st in stats), default=0),
+            "series": series,
+            "hu_offset": hu_offset,
+        }
+    st = p.stat()
+    return {
+        "path": str(p),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "series": series,
+        "hu_offset": hu_offset,
+    }
 
 
 def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
@@ -158,17 +220,27 @@ def _write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda t: t.write_text(text, encoding="utf-8"))
 
 
-def is_done(out_dir: Path, params_dict: dict[str, Any]) -> bool:
-    """True when ``out_dir`` holds a complete result made with the same parameters."""
+def is_done(out_dir: Path, params_dict: dict[str, Any], identity: dict[str, Any]) -> bool:
+    """True when ``out_dir`` holds a complete result of the same input and parameters.
+
+    ``identity`` is :func:`input_identity` of the input: a report made from another file
+    (same name elsewhere, or the file changed since) is not a finished result.
+    """
     report = out_dir / "report.json"
     if not report.is_file():
         return False
     try:
         data = json.loads(report.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    if not isinstance(data, dict):
         return False
     files = ("mip.png", "mip.npy", "canal_centres.csv", "crop_box.json")
-    return data.get("params") == params_dict and all((out_dir / f).is_file() for f in files)
+    return (
+        data.get("params") == params_dict
+        and data.get("source") == identity
+        and all((out_dir / f).is_file() for f in files)
+    )
 
 
 def preprocess_one(
@@ -177,21 +249,33 @@ def preprocess_one(
     params_dict: dict[str, Any],
     force: bool = False,
     series: str | None = None,
+    hu_offset: float | None = None,
 ) -> dict[str, Any]:
     """Preprocess one scan into ``out_dir``; never raises for a bad scan.
 
     Returns {"path", "out", "status": "done" | "skipped" | "failed", "message",
+    "warnings" (list of str: this run's, [] when skipped; the report keeps them),
     "seconds"}.
     """
     t0 = time.perf_counter()
     path = Path(path)
     out_dir = Path(out_dir)
-    result = {"path": str(path), "out": str(out_dir), "status": "failed", "message": ""}
+    result: dict[str, Any] = {
+        "path": str(path),
+        "out": str(out_dir),
+        "status": "failed",
+        "message": "",
+        "warnings": [],
+    }
     try:
-        if not force and is_done(out_dir, params_dict):
+        try:
+            identity = input_identity(path, series, hu_offset)
+        except OSError:
+            identity = None  # reading the scan below says what is wrong with it
+        if identity is not None and not force and is_done(out_dir, params_dict, identity):
             result.update(status="skipped", message="already done")
             return result
-        _process(path, out_dir, params_dict, series)
+        result["warnings"] = _process(path, out_dir, params_dict, series, identity, hu_offset)
         result["status"] = "done"
     except (ValueError, OSError, RuntimeError, MemoryError) as e:
         msg = " ".join(str(e).split()) or type(e).__name__
@@ -202,7 +286,15 @@ def preprocess_one(
     return result
 
 
-def _process(path: Path, out_dir: Path, params_dict: dict[str, Any], series: str | None) -> None:
+def _process(
+    path: Path,
+    out_dir: Path,
+    params_dict: dict[str, Any],
+    series: str | None,
+    identity: dict[str, Any] | None,
+    hu_offset: float | None = None,
+) -> list[str]:
+    """Run the pipeline on one scan and write its outputs; returns its warnings."""
     import numpy as np
     from PIL import Image
 
@@ -212,7 +304,7 @@ def _process(path: Path, out_dir: Path, params_dict: dict[str, Any], series: str
 
     params = PreprocessParams.from_dict(params_dict)
     t = time.perf_counter()
-    ct = read_ct(path, series=series)
+    ct = read_ct(path, series=series, hu_offset=hu_offset)
     t_read = time.perf_counter() - t
     t = time.perf_counter()
     res = run_pipeline(ct, params)
@@ -245,6 +337,7 @@ def _process(path: Path, out_dir: Path, params_dict: dict[str, Any], series: str
     _write_text(out_dir / "crop_box.json", json.dumps(crop, indent=2))
     report = {
         "input": str(path.resolve()),
+        "source": identity if identity is not None else input_identity(path, series, hu_offset),
         "series": series,
         "version": __version__,
         "input_shape": list(ct.shape),
@@ -261,11 +354,21 @@ def _process(path: Path, out_dir: Path, params_dict: dict[str, Any], series: str
         "mip_png_hu_scale": hu_scale,
         "canal_found_fraction": round(res.found_fraction, 4),
         "canal_found_slices": int(res.canal_found.sum()),
+        "warnings": list(res.warnings),
+        "decisions": res.decisions,
         "timings_s": {"read": round(t_read, 3), "pipeline": round(t_total, 3)}
         | {k: round(v, 3) for k, v in res.timings.items()},
         "params": params_dict,
     }
-    _write_text(out_dir / "report.json", json.dumps(report, indent=2))
+    _write_text(out_dir / "report.json", json.dumps(report, indent=2, default=_json_scalar))
+    return list(res.warnings)
+
+
+def _json_scalar(value: Any) -> Any:
+    """numpy scalars and arrays as plain JSON values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -279,14 +382,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     out_root: Path = args.output
     out_root.mkdir(parents=True, exist_ok=True)
-    names: dict[str, int] = {}
-    jobs = []
-    for p in scans:
-        name = scan_name(p)
-        names[name] = names.get(name, 0) + 1
-        if names[name] > 1:
-            name = f"{name}_{names[name]}"
-        jobs.append((p, out_root / name))
+    jobs = [(p, out_root / output_name(p)) for p in scans]
 
     results = []
     bar = tqdm(total=len(jobs), unit="scan", desc="preprocess", file=sys.stderr)
@@ -295,11 +391,13 @@ def run(args: argparse.Namespace) -> int:
         results.append(r)
         if r["status"] == "failed":
             tqdm.write(f"FAILED {r['path']}: {r['message']}", file=sys.stderr)
+        for w in r.get("warnings", []):
+            tqdm.write(f"WARNING {r['path']}: {w}", file=sys.stderr)
         bar.update(1)
 
     if args.workers == 1 or len(jobs) <= 1:
         for p, out in jobs:
-            done(preprocess_one(p, out, params_dict, args.force, args.series))
+            done(preprocess_one(p, out, params_dict, args.force, args.series, args.hu_offset))
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -307,7 +405,9 @@ def run(args: argparse.Namespace) -> int:
         ctx = mp.get_context("spawn")  # SimpleITK's threads and fork do not mix
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
             futs = {
-                pool.submit(preprocess_one, p, out, params_dict, args.force, args.series): p
+                pool.submit(
+                    preprocess_one, p, out, params_dict, args.force, args.series, args.hu_offset
+                ): p
                 for p, out in jobs
             }
             for fut in as_completed(futs):
@@ -317,8 +417,10 @@ def run(args: argparse.Namespace) -> int:
                     done({"path": str(futs[fut]), "status": "failed", "message": repr(e)})
     bar.close()
     n = {s: sum(r["status"] == s for r in results) for s in ("done", "skipped", "failed")}
+    n_warned = sum(bool(r.get("warnings")) for r in results)
+    warned = f"; {n_warned} with warnings (see their report.json)" if n_warned else ""
     print(
         f"preprocessed {n['done']}, skipped {n['skipped']} (already done), "
-        f"failed {n['failed']} of {len(jobs)} scan(s) into {out_root}"
+        f"failed {n['failed']} of {len(jobs)} scan(s) into {out_root}{warned}"
     )
     return 1 if n["failed"] else 0

@@ -1,14 +1,21 @@
 """Reading CT volumes and label maps through SimpleITK, with clear errors.
 
-Every reader returns a :class:`~napari_vertebra.core.volume.Volume` reoriented to the
-canonical LPS orientation (x: right to left, y: anterior to posterior, z: inferior to
-superior), with spacing, origin and direction kept.
+Every reader returns a :class:`~napari_vertebra.core.volume.Volume` with its index axes
+permuted and flipped to the closest of the canonical LPS orientation (x: right to left,
+y: anterior to posterior, z: inferior to superior), spacing, origin and direction kept.
+An oblique scan keeps its oblique direction here; :func:`~napari_vertebra.core.preprocess.
+resample_isotropic` straightens it onto an axis-aligned LPS grid.
+
+What is read is validated (see ``docs/reading.md``): a file cut short, values that cannot
+be Hounsfield units, a DICOM series with a missing slice raise :class:`CTReadError`; what
+can be corrected without guessing (HU stored with a +1024 offset, NaN voxels, a DICOM
+gantry tilt) is corrected and said in ``Volume.warnings``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +28,12 @@ __all__ = [
     "CTReadError",
     "DicomSeries",
     "MultipleSeriesError",
+    "check_ct",
     "is_supported_path",
     "list_dicom_series",
     "read_ct",
     "read_labels",
+    "read_volume",
     "write_volume",
 ]
 
@@ -87,7 +96,15 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
     return sorted(out, key=lambda s: -s.n_files)
 
 
-def _read_dicom_folder(folder: Path, series: str | None) -> sitk.Image:
+#: DICOM slice positions: a step between slices that differs from the series' usual step
+#: by more than this share of it is a gap (a missing slice) or an overlap.
+_DICOM_STEP_TOL = 0.1
+#: A shear of the slice positions (gantry tilt) is resampled away when it moves the last
+#: slice by more than this share of a pixel against the first.
+_DICOM_SHEAR_PX = 0.5
+
+
+def _read_dicom_folder(folder: Path, series: str | None) -> tuple[sitk.Image, list[str]]:
     all_series = list_dicom_series(folder)
     if not all_series:
         raise CTReadError(f"{folder}: no DICOM series found in this folder")
@@ -104,12 +121,119 @@ def _read_dicom_folder(folder: Path, series: str | None) -> sitk.Image:
         raise CTReadError(f"{folder}: DICOM series {series} has one slice; a 3D CT needs more")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # spacing is checked below, clearly
     try:
-        return reader.Execute()
+        img = reader.Execute()
     except RuntimeError as e:
         raise CTReadError(
             f"{folder}: could not read DICOM series {series}: {_first_line(e)}"
         ) from e
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    return _dicom_geometry(folder, img, reader, files)
+
+
+def _dicom_tag(reader: sitk.ImageSeriesReader, i: int, tag: str) -> np.ndarray | None:
+    if not reader.HasMetaDataKey(i, tag):
+        return None
+    try:
+        return np.array([float(v) for v in reader.GetMetaData(i, tag).strip().split("\\")])
+    except ValueError:
+        return None
+
+
+def _dicom_geometry(
+    folder: Path, img: sitk.Image, reader: sitk.ImageSeriesReader, files: list[str]
+) -> tuple[sitk.Image, list[str]]:
+    """Check the slice positions (0020|0032) against the slice orientation (0020|0037).
+
+    ITK builds the grid from the first two slices. A series whose slices are not evenly
+    spaced (a missing slice) is refused; one whose positions advance obliquely to the
+    slice normal (gantry tilt) is resampled onto an orthogonal grid, as dcm2niix does.
+    """
+    n = img.GetSize()[2]
+    if n != len(files):
+        return img, []  # multi-frame files: no per-slice tags to check
+    pos = [_dicom_tag(reader, i, "0020|0032") for i in range(n)]
+    iop = _dicom_tag(reader, 0, "0020|0037")
+    if any(p is None or p.shape != (3,) for p in pos) or iop is None or iop.shape != (6,):
+        return img, []  # no geometry in the tags: keep ITK's
+    pos = np.array(pos)
+    row, col = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
+    normal = np.cross(row, col)
+    order = np.argsort(pos @ normal, kind="stable")
+    along = (pos @ normal)[order]
+    steps = np.diff(along)
+    step = float(np.median(steps))
+    bad = np.nonzero(np.abs(steps - step) > _DICOM_STEP_TOL * max(step, 1e-6))[0]
+    if len(bad):
+        k = int(bad[0])
+        what = "a slice is missing" if steps[k] > step else "slices overlap or repeat"
+        raise CTReadError(
+            f"{folder}: the DICOM slices are not evenly spaced: {steps[k]:.2f} mm between "
+            f"{Path(files[order[k]]).name} and {Path(files[order[k + 1]]).name} (positions "
+            f"{along[k]:.1f} and {along[k + 1]:.1f} mm along the slice normal) where the others "
+            f"are {step:.2f} mm apart ({len(bad)} such step{'s' if len(bad) > 1 else ''}); "
+            f"{what}. Export the complete series again"
+        )
+    if not np.array_equal(order, np.arange(n)):
+        return img, []  # not in ITK's usual order: keep ITK's geometry
+    d = (pos[-1] - pos[0]) / (n - 1)  # mean step between slice positions (mm, LPS)
+    shear = d - (d @ normal) * normal
+    sx, sy = img.GetSpacing()[:2]
+    if np.linalg.norm(shear) * (n - 1) <= _DICOM_SHEAR_PX * min(sx, sy):
+        return img, []
+    tilt = float(np.degrees(np.arctan2(np.linalg.norm(shear), d @ normal)))
+    return _resample_tilt(img, pos[0], row, col, normal, d), [
+        f"DICOM gantry tilt of {tilt:.1f} degrees (slice positions sheared against the slice "
+        "planes): resampled onto an orthogonal grid as dcm2niix does"
+    ]
+
+
+def _resample_tilt(
+    img: sitk.Image,
+    p0: np.ndarray,
+    row: np.ndarray,
+    col: np.ndarray,
+    normal: np.ndarray,
+    d: np.ndarray,
+) -> sitk.Image:
+    """Resample a sheared slice stack onto the orthogonal grid (row, col, normal)."""
+    sx, sy = img.GetSpacing()[:2]
+    nx, ny, nz = img.GetSize()
+    dz = float(d @ normal)
+    # the stack as ITK holds it: voxel (i, j, k) at p0 + A (i, j, k)
+    a = np.stack([row * sx, col * sy, normal * dz], axis=1)
+    # where it really is: p0 + M (i, j, k)
+    m = np.stack([row * sx, col * sy, d], axis=1)
+    held = sitk.Image(img)
+    held.SetOrigin(tuple(p0))
+    held.SetDirection(tuple(np.stack([row, col, normal], axis=1).ravel()))
+    held.SetSpacing((sx, sy, dz))
+    shear = sitk.AffineTransform(3)
+    shear.SetMatrix(tuple((a @ np.linalg.inv(m)).ravel()))
+    shear.SetCenter(tuple(p0))
+    # output grid: the sheared stack's bounding box in the (row, col, normal) frame
+    corners = np.array(np.meshgrid([0, nx - 1], [0, ny - 1], [0, nz - 1], indexing="ij"))
+    frame = np.stack([row, col, normal], axis=1)
+    local = (m @ corners.reshape(3, -1)).T @ frame  # (8, 3) mm in the frame, from p0
+    lo, hi = local.min(axis=0), local.max(axis=0)
+    spacing = np.array([sx, sy, dz])
+    size = [int(v) for v in np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1]
+    out = sitk.Resample(
+        held,
+        size,
+        shear,
+        sitk.sitkLinear,
+        tuple(p0 + frame @ lo),
+        tuple(spacing),
+        tuple(frame.ravel()),
+        -1024.0,
+        img.GetPixelID(),
+    )
+    return out
 
 
 def _first_line(e: Exception) -> str:
@@ -118,27 +242,27 @@ def _first_line(e: Exception) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
-def _read_image(path: str | os.PathLike, series: str | None = None) -> tuple[Path, sitk.Image]:
+def _read_image(
+    path: str | os.PathLike, series: str | None = None
+) -> tuple[Path, sitk.Image, list[str]]:
     p = Path(path)
+    notes: list[str] = []
     if not p.exists():
         raise CTReadError(f"{p}: no such file or folder")
     if p.is_dir():
-        img = _read_dicom_folder(p, series)
+        img, notes = _read_dicom_folder(p, series)
     else:
+        name = p.name.lower()
+        if name.endswith(".nii"):
+            _check_nifti_size(p)
         try:
             img = sitk.ReadImage(str(p))
         except RuntimeError as e:
-            msg = _first_line(e)
-            if p.name.lower().endswith(".gz"):
-                raise CTReadError(
-                    f"{p}: could not read the file; the archive may be corrupt or cut short "
-                    f"({msg})"
-                ) from e
-            raise CTReadError(f"{p}: not an image SimpleITK can read ({msg})") from e
-        if p.name.lower().endswith(".nii.gz") and not _nifti_gz_complete(p):
+            raise _read_failure(p, e) from e
+        if name.endswith(".nii.gz") and not _nifti_gz_complete(p):
             raise CTReadError(
                 f"{p}: the gzip archive is cut short or corrupt (it ends before the image "
-                "data does)"
+                "data does); copy or export the file again"
             )
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise CTReadError(
@@ -154,7 +278,64 @@ def _read_image(path: str | os.PathLike, series: str | None = None) -> tuple[Pat
         raise CTReadError(f"{p}: is {dim}D (size {size}); a CT volume must be 3D")
     if min(img.GetSize()) < 2:
         raise CTReadError(f"{p}: size {img.GetSize()} is a single slice, not a volume")
-    return p, img
+    return p, img, notes
+
+
+def _read_failure(p: Path, e: RuntimeError) -> CTReadError:
+    """The error for a file SimpleITK cannot read: no image at all, or a header without data."""
+    msg = _first_line(e)
+    header_ok = False
+    try:
+        info = sitk.ImageFileReader()
+        info.SetFileName(str(p))
+        info.ReadImageInformation()
+        header_ok = True
+    except RuntimeError:
+        pass
+    if header_ok or p.name.lower().endswith(".gz"):
+        detail = "" if "No such file" in msg else f" ({msg})"
+        return CTReadError(
+            f"{p}: the image data could not be read: the file is cut short or corrupt"
+            f"{detail}; copy or export it again"
+        )
+    return CTReadError(f"{p}: not an image SimpleITK can read ({msg})")
+
+
+def _nifti_expected_size(head: bytes) -> int | None:
+    """Bytes a NIfTI-1/2 file (header + image data) holds, from its header; None if unsure."""
+    import struct
+
+    for end in "<>":
+        n = struct.unpack(end + "i", head[:4])[0]
+        if n == 348:  # NIfTI-1
+            dim = struct.unpack(end + "8h", head[40:56])
+            bitpix = struct.unpack(end + "h", head[72:74])[0]
+            offset = int(struct.unpack(end + "f", head[108:112])[0])
+        elif n == 540 and len(head) >= 540:  # NIfTI-2
+            dim = struct.unpack(end + "8q", head[16:80])
+            bitpix = struct.unpack(end + "h", head[14:16])[0]
+            offset = struct.unpack(end + "q", head[168:176])[0]
+        else:
+            continue
+        if not 1 <= dim[0] <= 7 or bitpix <= 0:
+            return None
+        nvox = int(np.prod([max(1, d) for d in dim[1 : 1 + dim[0]]]))
+        return max(offset, n) + nvox * bitpix // 8
+    return None
+
+
+def _check_nifti_size(p: Path) -> None:
+    """Refuse an uncompressed .nii shorter than its header says (ITK zero-fills it)."""
+    with open(p, "rb") as f:
+        head = f.read(544)
+    expected = _nifti_expected_size(head) if len(head) >= 348 else None
+    size = p.stat().st_size
+    if expected is not None and size < expected:
+        raise CTReadError(
+            f"{p}: the file is cut short: it holds {size:,} bytes where its header announces "
+            f"{expected:,} ({100 * (expected - size) / expected:.0f}% of the image data "
+            "missing); copy or export it again"
+        )
 
 
 def _nifti_gz_complete(path: Path) -> bool:
@@ -174,22 +355,7 @@ def _nifti_gz_complete(path: Path) -> bool:
         with open(path, "rb") as f:
             f.seek(size - 4)
             isize = struct.unpack("<I", f.read(4))[0]
-        expected = None
-        for end in "<>":
-            n = struct.unpack(end + "i", head[:4])[0]
-            if n == 348:  # NIfTI-1
-                dim = struct.unpack(end + "8h", head[40:56])
-                bitpix = struct.unpack(end + "h", head[72:74])[0]
-                offset = int(struct.unpack(end + "f", head[108:112])[0])
-            elif n == 540:  # NIfTI-2
-                dim = struct.unpack(end + "8q", head[16:80])
-                bitpix = struct.unpack(end + "h", head[14:16])[0]
-                offset = struct.unpack(end + "q", head[168:176])[0]
-            else:
-                continue
-            nvox = int(np.prod([max(1, d) for d in dim[1 : 1 + max(0, min(7, dim[0]))]]))
-            expected = max(offset, n) + nvox * bitpix // 8
-            break
+        expected = _nifti_expected_size(head)
         if expected is not None and expected % 2**32 == isize:
             return True
         with gzip.open(path, "rb") as f:  # slow path: decompress to the end
@@ -201,19 +367,185 @@ def _nifti_gz_complete(path: Path) -> bool:
 
 
 def _to_lps(img: sitk.Image) -> sitk.Image:
-    """Reorient to LPS by axis permutation and flips only (no resampling)."""
+    """Reorient to LPS by axis permutation and flips only (no resampling).
+
+    For an oblique scan this is the closest permutation; the exact straightening is done
+    by the resampling to isotropic voxels.
+    """
     return sitk.DICOMOrient(img, "LPS")
 
 
-def read_ct(path: str | os.PathLike, series: str | None = None) -> Volume:
+# ----------------------------------------------------------------------------- values
+#: Value that replaces NaN / inf voxels of a CT: air.
+AIR_HU = -1024
+#: Offset of CTs stored unsigned without a rescale intercept (HU = stored - 1024).
+_UNSIGNED_OFFSET = 1024
+#: Voxels sampled to judge the value distribution (fractions are steady well below this).
+_SAMPLE_VOXELS = 2_000_000
+#: A CT of the trunk holds air or fat (below -50 HU), soft tissue (-300..300 HU) and bone
+#: (above 150 HU): least fractions of the voxels for the values to be taken as HU.
+_MIN_LOW = 0.005
+_MIN_SOFT = 0.05
+_MIN_BONE = 0.001
+
+
+def _sample(arr: np.ndarray) -> np.ndarray:
+    flat = arr.reshape(-1)
+    step = max(1, flat.size // _SAMPLE_VOXELS)
+    return flat[::step].astype(np.float32)
+
+
+def _hu_fractions(v: np.ndarray, offset: float = 0.0) -> tuple[float, float, float]:
+    """Fractions of ``v + offset`` below -50 HU, within -300..300 HU and above 150 HU."""
+    low = float(np.mean(v < -50 - offset))
+    soft = float(np.mean((v >= -300 - offset) & (v <= 300 - offset)))
+    bone = float(np.mean(v > 150 - offset))
+    return low, soft, bone
+
+
+def _looks_like_hu(fr: tuple[float, float, float]) -> bool:
+    low, soft, bone = fr
+    return low >= _MIN_LOW and soft >= _MIN_SOFT and bone >= _MIN_BONE
+
+
+def _replace_non_finite(arr: np.ndarray, value: float) -> tuple[np.ndarray, int]:
+    """``arr`` with NaN / inf set to ``value`` (copied only when there are some), and the count."""
+    if arr.dtype.kind != "f":
+        return arr, 0
+    bad = ~np.isfinite(arr)
+    count = int(np.count_nonzero(bad))
+    if count:
+        arr = arr.copy()
+        arr[bad] = value
+    return arr, count
+
+
+def _check_ct_values(
+    p: Path, arr: np.ndarray, hu_offset: float | None
+) -> tuple[np.ndarray, list[str]]:
+    """Validate (and where unambiguous, correct) that ``arr`` holds HU; notes of what changed."""
+    notes: list[str] = []
+    kind = arr.dtype.kind
+    if kind == "b":
+        raise CTReadError(f"{p}: holds true/false values, not CT values in HU; use the CT itself")
+    if kind not in "iuf":
+        raise CTReadError(f"{p}: holds {arr.dtype} values; a CT holds real grey values in HU")
+    if arr.dtype.itemsize == 1:
+        info = np.iinfo(arr.dtype)
+        raise CTReadError(
+            f"{p}: holds {arr.dtype} values ({info.min}..{info.max}), which cannot hold CT "
+            "values in HU (-1024 to 3000 and more): it looks like a label map or an 8-bit "
+            "export. Use the original CT (16-bit or float)"
+        )
+    bad = None
+    if kind == "f":
+        bad = ~np.isfinite(arr)
+        n_bad = int(np.count_nonzero(bad))
+        if n_bad == arr.size:
+            raise CTReadError(f"{p}: every voxel is NaN or infinite; there is no image in it")
+        if n_bad:
+            arr = arr.copy()
+            arr[bad] = np.nan
+            notes.append(
+                f"{n_bad:,} voxels ({100 * n_bad / arr.size:.2g}% of the volume) were NaN or "
+                f"infinite: set to {AIR_HU} HU (air)"
+            )
+        else:
+            bad = None
+    lo, hi = (np.nanmin(arr), np.nanmax(arr)) if bad is not None else (arr.min(), arr.max())
+    if lo == hi:
+        raise CTReadError(
+            f"{p}: every voxel holds the same value ({lo:g}); there is no image in it. "
+            "Check the export (an empty or blank volume)"
+        )
+    v = _sample(arr)
+    if bad is not None:
+        v = v[np.isfinite(v)]
+    if hu_offset is not None:
+        offset = float(hu_offset)
+    else:
+        offset = 0.0
+        fr = _hu_fractions(v)
+        if not _looks_like_hu(fr) and fr[0] < _MIN_LOW / 5:
+            if _looks_like_hu(_hu_fractions(v, -_UNSIGNED_OFFSET)):
+                offset = -float(_UNSIGNED_OFFSET)
+                notes.append(
+                    f"values look like HU + {_UNSIGNED_OFFSET} stored without a rescale "
+                    f"intercept (none below -50, soft tissue near {_UNSIGNED_OFFSET}): "
+                    f"subtracted {_UNSIGNED_OFFSET} to get HU (hu_offset=0, --hu-offset 0 on the command line, reads them as stored)"
+                )
+    fr = _hu_fractions(v, offset)
+    if not _looks_like_hu(fr):
+        shown = f" after the offset {offset:+g}" if offset else ""
+        raise CTReadError(
+            f"{p}: the values{shown} do not look like Hounsfield units (range {lo:g}..{hi:g}; "
+            f"{100 * fr[0]:.1f}% below -50 HU (air, fat), {100 * fr[1]:.1f}% in -300..300 HU "
+            f"(soft tissue), {100 * fr[2]:.2f}% above 150 HU (bone)): a CT needs all three. "
+            "If the data are HU shifted by a constant, pass it as hu_offset "
+            "(command line: --hu-offset, e.g. -1024)"
+        )
+    if bad is not None:
+        arr[bad] = AIR_HU - offset
+    if offset:
+        arr = _add_offset(arr, offset)
+    return arr, notes
+
+
+def _add_offset(arr: np.ndarray, offset: float) -> np.ndarray:
+    """``arr + offset`` in a type that holds the result (signed integers stay integers)."""
+    if arr.dtype.kind in "iu" and float(offset).is_integer():
+        lo, hi = int(arr.min()) + int(offset), int(arr.max()) + int(offset)
+        for t in (np.int16, np.int32, np.int64):
+            if (
+                np.iinfo(t).min <= lo
+                and hi <= np.iinfo(t).max
+                and (np.dtype(t).itemsize >= arr.dtype.itemsize or arr.dtype.kind == "u")
+            ):
+                out = arr.astype(t)
+                out += t(offset)
+                return out
+    out = arr.astype(np.float32) if arr.dtype != np.float64 else arr.copy()
+    out += offset
+    return out
+
+
+def read_volume(path: str | os.PathLike, series: str | None = None) -> Volume:
+    """Read any 3D scalar volume (a CT or a label map) as an LPS Volume, values as stored.
+
+    The checks of the file apply (cut short, DICOM slice spacing and gantry tilt); the
+    checks of CT values do not: :func:`check_ct` adds them (``read_ct`` is both). For a
+    reader that learns from the content whether it holds a CT or a label map.
+    """
+    _, img, notes = _read_image(path, series)
+    return replace(Volume.from_sitk(_to_lps(img)), warnings=tuple(notes))
+
+
+def check_ct(volume: Volume, path: str | os.PathLike, hu_offset: float | None = None) -> Volume:
+    """:func:`read_ct`'s checks and corrections of CT values on a volume read from ``path``.
+
+    Raises :class:`CTReadError` (naming ``path``) for values that cannot be HU; returns
+    the volume with NaN / inf set to -1024 HU and an HU offset removed, each said in
+    ``warnings``.
+    """
+    arr, more = _check_ct_values(Path(path), volume.array, hu_offset)
+    return replace(volume, array=arr, warnings=(*volume.warnings, *more))
+
+
+def read_ct(
+    path: str | os.PathLike, series: str | None = None, hu_offset: float | None = None
+) -> Volume:
     """Read a CT (NIfTI, NRRD, MHA/MHD or a DICOM series folder) as an LPS Volume in HU.
 
     ``series`` picks one series of a DICOM folder that holds several
-    (:class:`MultipleSeriesError` lists them). Raises :class:`CTReadError` with the file
-    and the problem for anything that is not a 3D scalar volume.
+    (:class:`MultipleSeriesError` lists them). The values are checked to be HU: NaN and
+    infinite voxels become -1024 (air); data stored as HU + 1024 without a rescale are
+    recognised and shifted; ``hu_offset`` (added to the stored values) overrides that
+    recognition. What was corrected is listed in ``Volume.warnings``. Raises
+    :class:`CTReadError` with the file and the problem for anything that is not a 3D
+    scalar CT (cut short, 8-bit, constant, not HU, a DICOM series with a missing slice).
+    See ``docs/reading.md``.
     """
-    _, img = _read_image(path, series)
-    return Volume.from_sitk(_to_lps(img))
+    return check_ct(read_volume(path, series), path, hu_offset)
 
 
 def read_labels(
@@ -221,16 +553,32 @@ def read_labels(
 ) -> Volume:
     """Read an integer label map as an LPS Volume.
 
-    With ``like`` (the CT it belongs to), the label map must share its grid, otherwise a
-    :class:`CTReadError` says how they differ.
+    NaN voxels become 0 (background), said in ``Volume.warnings``; other non-integer
+    values raise :class:`CTReadError`. With ``like`` (the CT it belongs to), the label
+    map must share its grid, otherwise a :class:`CTReadError` says how they differ.
     """
-    p, img = _read_image(path, series)
+    p, img, notes = _read_image(path, series)
     vol = Volume.from_sitk(_to_lps(img))
     arr = vol.array
     if not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.mod(arr, 1) == 0):
-            raise CTReadError(f"{p}: holds non-integer values; a label map holds integer ids")
-        vol = vol.with_array(arr.astype(np.int32))
+        if arr.dtype.kind == "b":
+            arr = arr.astype(np.uint8)
+        else:
+            arr, n_bad = _replace_non_finite(arr, 0)
+            if n_bad:
+                notes.append(
+                    f"{n_bad:,} label voxels ({100 * n_bad / arr.size:.2g}%) were NaN or "
+                    "infinite: set to 0 (background)"
+                )
+            if not np.all(np.mod(arr, 1) == 0):
+                frac = arr[np.mod(arr, 1) != 0]
+                raise CTReadError(
+                    f"{p}: holds non-integer values (e.g. {frac[0]:g}); a label map holds "
+                    "integer ids. Use the label map itself, not a probability or a resampled "
+                    "copy made with linear interpolation"
+                )
+            arr = arr.astype(np.int32)
+    vol = replace(vol, array=arr, warnings=tuple(notes))
     if like is not None and not vol.same_grid(like):
         raise CTReadError(
             f"{p}: the label map's grid does not match the CT "

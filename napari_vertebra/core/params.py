@@ -46,6 +46,15 @@ class PreprocessParams:
     crop_margin_lr_mm: float = 45.0
     crop_margin_anterior_mm: float = 55.0
     crop_margin_posterior_mm: float = 45.0
+    #: Strong evidence for the paper's crop (else a safe box, with a warning): the found
+    #: canal track is at least this long along z (mm; half the scan if it is shorter).
+    crop_min_track_mm: float = 40.0
+    #: Strong evidence for the paper's crop: the canal is found on at least this many
+    #: axial slices.
+    crop_min_found_slices: int = 10
+    #: Strong evidence for the paper's crop: the track lies at most this far (median, mm)
+    #: from the bony midline in x (left-right); farther, it is not the spine.
+    crop_max_midline_offset_mm: float = 30.0
     #: Random seed and number of starts of k-means (deterministic results).
     kmeans_seed: int = 0
     kmeans_n_init: int = 10
@@ -66,7 +75,14 @@ class PreprocessParams:
             )
         if self.n_clusters < 1:
             raise ValueError(f"n_clusters must be at least 1, got {self.n_clusters}")
-        for name in ("crop_margin_lr_mm", "crop_margin_anterior_mm", "crop_margin_posterior_mm"):
+        for name in (
+            "crop_margin_lr_mm",
+            "crop_margin_anterior_mm",
+            "crop_margin_posterior_mm",
+            "crop_min_track_mm",
+            "crop_min_found_slices",
+            "crop_max_midline_offset_mm",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
 
@@ -118,6 +134,13 @@ STEP_PARAMS: dict[str, tuple[str, ...]] = {
         "kmeans_seed",
         "kmeans_n_init",
     ),
-    "crop": ("crop_margin_lr_mm", "crop_margin_anterior_mm", "crop_margin_posterior_mm"),
+    "crop": (
+        "crop_margin_lr_mm",
+        "crop_margin_anterior_mm",
+        "crop_margin_posterior_mm",
+        "crop_min_track_mm",
+        "crop_min_found_slices",
+        "crop_max_midline_offset_mm",
+    ),
     "mip": (),
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -11,8 +12,9 @@ from .params import STEP_PARAMS, PreprocessParams
 from .preprocess import (
     CanalDetection,
     CropBox,
+    CropDecision,
     apply_crop,
-    crop_spine,
+    decide_crop,
     detect_canal_details,
     resample_isotropic,
     resample_labels,
@@ -39,6 +41,13 @@ class PipelineResult:
     neighbouring slices). ``mip`` (float32, HU) and ``mip_argmax_x`` (int32, x index in
     the cropped grid) are (z1 - z0, y1 - y0): row 0 superior, column 0 anterior.
     ``timings`` gives seconds per step (0 for a step re-used from ``previous``).
+
+    ``warnings`` lists in plain words what the user should know: the source CT's and
+    the label map's reading notes (``Volume.warnings``), then the pipeline's own (a
+    crop fallback and why, an orientation doubt); empty when all is normal.
+    ``decisions`` says what was decided: ``crop`` (a :data:`CROP_KINDS` value),
+    ``crop_reason``, ``orientation`` ("ok", "doubt" or "unknown") and ``crop_evidence``
+    (the measured figures); the attribute ``crop`` holds the whole :class:`CropDecision`.
     """
 
     source: Volume
@@ -56,6 +65,9 @@ class PipelineResult:
     labels_resampled: Volume | None = None
     labels_cropped: Volume | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    crop: CropDecision | None = None
+    warnings: tuple[str, ...] = ()
+    decisions: dict[str, Any] = field(default_factory=dict)
 
     @property
     def found_fraction(self) -> float:
@@ -162,17 +174,19 @@ def run_pipeline(
     timings["canal"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if reuse("crop"):
-        box = prev.crop_box
+    reuse_crop = reuse("crop") and prev.crop is not None
+    if reuse_crop:
+        decision = prev.crop
     else:
         report(progress, 0.9, "cropping the spine")
-        box = crop_spine(canal.centres, canal.found, windowed.shape, windowed.spacing, params)
-    cropped = prev.cropped if reuse("crop") else apply_crop(windowed, box)
+        decision = decide_crop(windowed, canal, params)
+    box = decision.box
+    cropped = prev.cropped if reuse_crop else apply_crop(windowed, box)
     labels_cropped = apply_crop(labels_resampled, box) if labels_resampled is not None else None
     timings["crop"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if reuse("mip"):
+    if reuse_crop and reuse("mip"):
         mip, argmax_x = prev.mip, prev.mip_argmax_x
     else:
         report(progress, 0.95, "sagittal MIP")
@@ -180,6 +194,17 @@ def run_pipeline(
     timings["mip"] = time.perf_counter() - t
     report(progress, 1.0, "done")
 
+    warnings = _unique(
+        volume.warnings
+        + (tuple(f"labels: {w}" for w in labels.warnings) if labels is not None else ())
+        + decision.warnings
+    )
+    decisions: dict[str, Any] = {
+        "crop": decision.kind,
+        "crop_reason": decision.reason,
+        "orientation": decision.orientation,
+        "crop_evidence": dict(decision.evidence),
+    }
     return PipelineResult(
         source=volume,
         params=params,
@@ -196,7 +221,15 @@ def run_pipeline(
         labels_resampled=labels_resampled,
         labels_cropped=labels_cropped,
         timings=timings,
+        crop=decision,
+        warnings=warnings,
+        decisions=decisions,
     )
+
+
+def _unique(items: tuple[str, ...]) -> tuple[str, ...]:
+    """The items in order, each once."""
+    return tuple(dict.fromkeys(items))
 
 
 def mip_labels_to_volume(mip_labels: np.ndarray, result: PipelineResult) -> np.ndarray:

@@ -15,20 +15,27 @@ class Volume:
     """A CT (or label map) on a regular grid.
 
     Axis order is (z, y, x) for ``array`` and ``spacing``, the numpy order of the
-    array. In the canonical orientation that :func:`napari_vertebra.core.read_ct`
-    returns (LPS, as DICOM and ITK), the index axes run x: right to left, y: anterior
-    to posterior, z: inferior to superior.
+    array. In the canonical orientation (LPS, as DICOM and ITK) the index axes run x:
+    right to left, y: anterior to posterior, z: inferior to superior.
+    :func:`napari_vertebra.core.read_ct` permutes and flips the axes to the closest of
+    it; :func:`napari_vertebra.core.resample_isotropic` gives it exactly (identity
+    direction) for any input, oblique ones included.
 
     ``origin`` and ``direction`` are physical-space quantities kept exactly as
     SimpleITK has them, in ITK's (x, y, z) order: ``origin`` is the LPS position in mm
     of voxel (0, 0, 0); ``direction`` is the 3x3 direction-cosine matrix whose column j
     is the physical direction of ITK index axis j (x, y, z).
+
+    ``warnings`` lists, in plain words, what reading had to correct or doubt (an HU
+    offset applied, NaN voxels replaced, a DICOM geometry rebuilt); empty when the file
+    was as expected. Every step that derives a new volume keeps them.
     """
 
     array: np.ndarray
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
     direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3:
@@ -36,6 +43,7 @@ class Volume:
         object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
         object.__setattr__(self, "origin", tuple(float(o) for o in self.origin))
         object.__setattr__(self, "direction", np.asarray(self.direction, float).reshape(3, 3))
+        object.__setattr__(self, "warnings", tuple(str(w) for w in self.warnings))
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -18,9 +18,10 @@ import numpy as np
 from napari_vertebra.core.io import (
     CTReadError,
     MultipleSeriesError,
+    check_ct,
     is_supported_path,
     list_dicom_series,
-    read_ct,
+    read_volume,
 )
 from napari_vertebra.core.volume import Volume
 
@@ -75,7 +76,7 @@ def is_label_volume(array: np.ndarray, path: str | os.PathLike | None = None) ->
 def _read_volume(path: Path) -> tuple[Volume, str]:
     """Read ``path``; a DICOM folder with several series loads the largest, with a note."""
     try:
-        return read_ct(path), ""
+        return read_volume(path), ""
     except MultipleSeriesError as e:
         series = e.series or list_dicom_series(path)
         best = series[0]
@@ -88,7 +89,7 @@ def _read_volume(path: Path) -> tuple[Volume, str]:
             f"({best.n_files} slices{', ' + best.description if best.description else ''}). "
             f"Series: {listing}"
         )
-        return read_ct(path, series=best.uid), note
+        return read_volume(path, series=best.uid), note
 
 
 def read_layer_data(path: str | os.PathLike) -> list[tuple]:
@@ -107,6 +108,9 @@ def read_layer_data(path: str | os.PathLike) -> list[tuple]:
             arr = arr.astype(np.int32)
         kwargs = layer_kwargs(volume.with_array(arr), name=name, metadata=meta)
         return [(arr, kwargs, "labels")]
+    volume = check_ct(volume, p)  # a CT: its values must be HU (corrections noted)
+    if volume.warnings:
+        notify(f"{name}: " + "; ".join(volume.warnings), "warning")
     arr = volume.array
     kwargs = layer_kwargs(
         volume,

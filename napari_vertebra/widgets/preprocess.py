@@ -255,6 +255,7 @@ class PreprocessWidget(VertebraWidget):
         self._ct_name = ""
         self._ct_layer_ref: Any = None
         self._planned: list[str] = []
+        self._warned: tuple[int, tuple[str, ...]] | None = None  # last warnings notified
 
         self.ct_layer = layer_combo(viewer, "Image", "CT image")
         self.labels_layer = layer_combo(viewer, "Labels", "labels (optional)", nullable=True)
@@ -420,10 +421,26 @@ class PreprocessWidget(VertebraWidget):
         found = 100 * result.found_fraction
         msg += f". Canal found on {found:.0f}% of slices, MIP {result.mip.shape[0]}x"
         msg += f"{result.mip.shape[1]} px"
-        self.status.set(msg, "ok" if found >= 20 else "warning")
+        level = "ok" if found >= 20 else "warning"
+        if result.warnings:
+            level = "warning"
+            msg += ". Warning: " + " ".join(result.warnings)
+            self._notify_warnings(result)
+        self.status.set(msg, level)
         if self._pending:
             self._pending = False
             self.run()
+
+    def _notify_warnings(self, result: PipelineResult) -> None:
+        """Show the result's warnings as napari notifications (once per input and list)."""
+        from napari.utils.notifications import show_warning
+
+        key = (id(result.source), result.warnings)
+        if key == self._warned:
+            return  # a re-run that changed nothing the user was not told already
+        self._warned = key
+        for w in result.warnings:
+            show_warning(f"Preprocess {self._ct_name}: {w}")
 
     def show_result(self, result: PipelineResult, ct_layer: Any = None) -> dict[str, Any]:
         """Show ``result`` as layers (updated in place) and keep it as ``self.result``.

@@ -73,12 +73,21 @@ def test_gzip_of_garbage(tmp_path):
         read_ct(p)
 
 
+def _ct_slice(value: int) -> sitk.Image:
+    """16 x 16 px: air, a soft-tissue body and a bone of ``value`` HU at its centre."""
+    yy, xx = np.mgrid[:16, :16]
+    r = np.hypot(yy - 8, xx - 8)
+    arr = np.where(r < 6, 40, -1000).astype(np.int16)
+    arr[r < 2] = value
+    return sitk.GetImageFromArray(arr)
+
+
 def _write_series(folder, uid: str, n: int, value: int, z0: float) -> None:
-    """``n`` axial CT slices of one DICOM series (16 x 16 px)."""
+    """``n`` axial CT slices of one DICOM series (16 x 16 px, bone of ``value`` HU)."""
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     for i in range(n):
-        img = sitk.Image(16, 16, sitk.sitkInt16) + value
+        img = _ct_slice(value)
         img.SetSpacing((1.0, 1.0))
         tags = {
             "0008|0060": "CT",
@@ -101,8 +110,8 @@ def _write_series(folder, uid: str, n: int, value: int, z0: float) -> None:
 def test_dicom_folder_with_two_series(tmp_path):
     uid_a = "1.2.826.0.1.3680043.2.1125.101"
     uid_b = "1.2.826.0.1.3680043.2.1125.202"
-    _write_series(tmp_path, uid_a, 4, 100, 0.0)
-    _write_series(tmp_path, uid_b, 6, 300, 50.0)
+    _write_series(tmp_path, uid_a, 4, 400, 0.0)
+    _write_series(tmp_path, uid_b, 6, 700, 50.0)
     with pytest.raises(MultipleSeriesError) as e:
         read_ct(tmp_path)
     assert {s.uid for s in e.value.series} == {uid_a, uid_b}
@@ -110,7 +119,8 @@ def test_dicom_folder_with_two_series(tmp_path):
     a = read_ct(tmp_path, series=uid_a)
     b = read_ct(tmp_path, series=uid_b)
     assert a.shape == (4, 16, 16) and b.shape == (6, 16, 16)
-    assert np.all(a.array == 100) and np.all(b.array == 300)
+    assert np.all(a.array[:, 8, 8] == 400) and np.all(b.array[:, 8, 8] == 700)
+    assert a.warnings == b.warnings == ()
     assert a.spacing[0] == pytest.approx(2.0)
     with pytest.raises(CTReadError, match="no DICOM series"):
         read_ct(tmp_path, series="1.2.3")

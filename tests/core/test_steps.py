@@ -133,6 +133,10 @@ def test_canal_on_phantom(phantoms, hips):
     assert x0 < mid_x - 40 and x1 > mid_x + 40
     for hx in truth["hip_x_mm"]:
         assert not x0 <= mid_x + hx <= x1
+    # strong evidence: the paper's box, anatomy as the header says, nothing to warn about
+    assert res.decisions["crop"] == "kmeans"
+    assert res.decisions["orientation"] == "ok"
+    assert res.warnings == ()
 
 
 def test_kmeans_groups(phantoms):
@@ -154,6 +158,7 @@ def test_detect_canal_without_bone():
     res = run_pipeline(Volume(np.full((6, 30, 40), -1000, np.int16)))
     assert res.crop_box == ((0, 6), (0, 30), (0, 40))
     assert res.mip.shape == (6, 30) and not res.mip.any()
+    assert res.decisions["crop"] == "fallback-none" and len(res.warnings) == 1
 
 
 def test_previous_reuses_unchanged_steps(phantoms):
@@ -209,3 +214,21 @@ def test_canal_behind_osteoporotic_bodies(synthetic_ct):
     err = np.hypot(res.canal_centres[:, 1] - truth["canal"][z_in, 0] * SPACING[1],
                    res.canal_centres[:, 2] - truth["canal"][z_in, 1] * SPACING[2])  # fmt: skip
     assert np.median(err) <= 2.0
+    # hollow bodies (marrow below the window) are still bodies: no orientation doubt
+    assert res.decisions["orientation"] == "ok"
+    assert res.warnings == ()
+
+
+def test_orientation_doubt_on_a_flipped_phantom(phantoms):
+    """Bodies behind the canal (anterior-posterior axis flipped, header kept): a warning."""
+    vol, _ = phantoms["both"]
+    res = run_pipeline(vol.with_array(np.ascontiguousarray(vol.array[:, ::-1])))
+    assert res.decisions["orientation"] == "doubt"
+    assert len(res.warnings) == 1 and "header" in res.warnings[0]
+    # the box takes the larger margin on both sides of the canal
+    p = PreprocessParams()
+    m = max(p.crop_margin_anterior_mm, p.crop_margin_posterior_mm)
+    (_, _), (y0, y1), _ = res.crop_box
+    ys = res.canal_centres[:, 1]  # voxels of the 1 mm grid
+    assert y0 <= max(0, ys.min() - m + 1)
+    assert y1 >= min(res.resampled.shape[1], ys.max() + m)

@@ -198,3 +198,36 @@ def test_pure_helpers():
     assert guess_convention(np.array([0, 1, 17])) == "class ids"
     assert guess_convention(np.array([0, 27, 31, 79])) == "totalsegmentator"
     assert guess_convention(np.array([0, 20, 21, 22])) == "verse"
+
+
+def test_warnings_become_a_notification_and_the_status_line(
+    sample_viewer, inline_workers, monkeypatch
+):
+    """A pelvis-only part of the sample: the crop falls back, and the user is told."""
+    import napari.utils.notifications as notifications
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_warning", lambda msg: shown.append(msg))
+    viewer = sample_viewer
+    ct = viewer.layers[CT_NAME]
+    pelvis = viewer.add_image(
+        np.asarray(ct.data)[:20], scale=ct.scale, translate=ct.translate, name="pelvis"
+    )
+    widget = PreprocessWidget(viewer)
+    widget.ct_layer.value = pelvis
+    widget.labels_layer.value = None
+    assert widget.run()
+    r = widget.result
+    assert r is not None, widget.status.value
+    assert r.warnings and r.decisions["crop"].startswith("fallback")
+    assert widget.status.level == "warning"
+    assert r.warnings[0] in widget.status.value
+    assert len(shown) == len(r.warnings)
+    assert all(msg.startswith("Preprocess pelvis: ") for msg in shown)
+    # a re-run with the same warnings does not repeat them; changed ones are shown
+    assert widget.run()
+    assert len(shown) == len(r.warnings)
+    widget.param_widgets["crop_margin_lr_mm"].value = 50.0
+    assert widget.run()
+    assert widget.result.warnings != r.warnings
+    assert len(shown) == len(r.warnings) + len(widget.result.warnings)
