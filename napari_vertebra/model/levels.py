@@ -1,0 +1,428 @@
+"""Level decoding: name the detected vertebrae of one image jointly, with a level confidence.
+
+Pure numpy (no torch). A detector scores each vertebra on its own; on a partial view
+without a landmark the whole sequence is easily off by one level. :func:`decode_levels`
+assigns the levels of a class set to N detections ordered top to bottom, jointly:
+
+- the levels are consecutive from top to bottom in one *spine variant*: the usual 12
+  thoracic + 5 lumbar, or 11 / 13 thoracic (T12 absent / T13 present) and 5 / 6 lumbar
+  (L6), each with a prior (:data:`VARIANT_PRIORS`, from the frequencies in
+  ``docs/levels.md``). A variant whose extra level is not a class of the set (T13, L6 in
+  the paper set) is not considered. One vertebra missed by the detector may be skipped
+  (``p_skip``), the spacing tells when;
+- the evidence is the class probabilities (raised to ``evidence_weight``), optionally
+  whether each vertebra bears a rib, and a prior on vertebral size in mm
+  (:data:`BODY_HEIGHT_MM`, :data:`DISC_HEIGHT_MM`): the centroid spacing of neighbours
+  and, if given, the body heights, compared with the level's typical adult size times a
+  patient scale (log-normal, sd 0.10) that is marginalised over a grid.
+
+Every hypothesis (variant, level of the top detection) gets a posterior; hypotheses that
+name the detections alike are merged. The best naming's posterior is the *level
+confidence*; the same naming shifted up or down by one or two levels gets its own
+posterior (``shifts``), e.g. ``"T9..L2, level confidence 0.72; one level up: 0.21"``.
+Normalisation is over every hypothesis considered (all starts of all variants), which
+includes the +-1 and +-2 shifts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from napari_vertebra.core.labels import LEVEL_IDS, ClassSet, get_class_set
+
+__all__ = [
+    "BODY_HEIGHT_MM",
+    "DISC_HEIGHT_MM",
+    "VARIANT_PRIORS",
+    "LevelDecoding",
+    "decode_levels",
+    "expected_spacing_mm",
+    "fit_evidence_weight",
+    "variant_levels",
+]
+
+#: Typical adult vertebral body height (mm, mid-sagittal, rounded), superior to inferior.
+#: Approximate, after Panjabi et al. (Spine 1991, thoracic; Spine 1992, lumbar): about
+#: 15 mm at T1 rising to 23 mm at T12 and 27 mm at L4/L5; C7 a little below T1; T13 and L6
+#: taken as their neighbours. S1 is the whole sacrum's outline: no height prior (None).
+BODY_HEIGHT_MM: dict[str, float | None] = {
+    "C7": 14.0, "T1": 15.0, "T2": 16.0, "T3": 16.5, "T4": 17.0, "T5": 17.5, "T6": 18.0,
+    "T7": 18.5, "T8": 19.0, "T9": 20.0, "T10": 21.0, "T11": 22.0, "T12": 23.0, "T13": 24.0,
+    "L1": 25.0, "L2": 26.0, "L3": 26.5, "L4": 27.0, "L5": 27.0, "L6": 27.0, "S1": None,
+}  # fmt: skip
+#: Typical height (mm) of the disc below each level; approximate: thoracic discs about
+#: 4..6 mm, the thoracolumbar one about 7 mm, lumbar discs 9..12 mm.
+DISC_HEIGHT_MM: dict[str, float] = {
+    "C7": 4.0, "T1": 4.0, "T2": 4.0, "T3": 4.0, "T4": 4.0, "T5": 4.5, "T6": 5.0, "T7": 5.0,
+    "T8": 5.0, "T9": 5.0, "T10": 5.5, "T11": 6.0, "T12": 7.0, "T13": 7.0,
+    "L1": 9.0, "L2": 10.0, "L3": 11.0, "L4": 12.0, "L5": 11.0, "L6": 11.0,
+}  # fmt: skip
+#: Centroid distance (mm) from the lowest lumbar vertebra to the sacrum outline's centroid.
+SACRUM_SPACING_MM = 55.0
+
+#: Prior of each spine variant: (thoracic count, lumbar count) -> probability. Thoracic
+#: and lumbar counts taken as independent: 11 thoracic 5 %, 13 thoracic 1 %, 6 lumbar
+#: 5 % (approximate; sources in docs/levels.md).
+_P_THORACIC = {11: 0.05, 12: 0.94, 13: 0.01}
+_P_LUMBAR = {5: 0.95, 6: 0.05}
+VARIANT_PRIORS: dict[tuple[int, int], float] = {
+    (t, lum): pt * pl for t, pt in _P_THORACIC.items() for lum, pl in _P_LUMBAR.items()
+}
+
+#: Log-normal sd of the patient scale, of one spacing and of one body height.
+SCALE_SD = 0.10
+SPACING_SD = 0.12
+HEIGHT_SD = 0.12
+_SCALE_GRID = np.exp(np.linspace(-3 * SCALE_SD, 3 * SCALE_SD, 13))
+_SHIFT_WORDS = {-2: "two levels up", -1: "one level up", 1: "one level down", 2: "two levels down"}
+
+
+def variant_levels(thoracic: int = 12, lumbar: int = 5) -> tuple[str, ...]:
+    """All levels C7..S1 of a spine with ``thoracic`` (11..13) and ``lumbar`` (5..6) vertebrae.
+
+    11 thoracic means T12 is absent (T11 is followed by L1), as VerSe labels it.
+    """
+    if thoracic not in (11, 12, 13) or lumbar not in (5, 6):
+        raise ValueError(f"no spine variant with {thoracic} thoracic and {lumbar} lumbar")
+    t = [f"T{i}" for i in range(1, thoracic + 1)]
+    lum = [f"L{i}" for i in range(1, lumbar + 1)]
+    return ("C7", *t, *lum, "S1")
+
+
+def expected_spacing_mm(upper: str, lower: str) -> float:
+    """Typical centroid distance (mm) of two adjacent levels (``lower`` just below ``upper``)."""
+    if lower == "S1":
+        return SACRUM_SPACING_MM
+    disc = DISC_HEIGHT_MM["T12"] if lower == "L1" else DISC_HEIGHT_MM[upper]
+    return (BODY_HEIGHT_MM[upper] + BODY_HEIGHT_MM[lower]) / 2 + disc
+
+
+@dataclass(frozen=True)
+class LevelDecoding:
+    """The decoded levels of one image's detections.
+
+    ``levels`` and ``class_ids`` are per detection in the input order; ``confidence`` is
+    the posterior of this naming; ``shifts`` maps -2, -1, +1, +2 (negative = the whole
+    naming one or two levels up, i.e. more superior) to the posterior of that naming (0
+    where it does not fit the spine); ``variant`` is (thoracic, lumbar) counts of the
+    most probable spine variant behind the naming; ``alternatives`` the next namings
+    with their posteriors, best first; ``namings`` every naming considered (input
+    order) with its posterior.
+    """
+
+    levels: tuple[str, ...]
+    class_ids: np.ndarray
+    confidence: float
+    shifts: dict[int, float] = field(default_factory=dict)
+    variant: tuple[int, int] = (12, 5)
+    alternatives: tuple[tuple[tuple[str, ...], float], ...] = ()
+    namings: dict[tuple[str, ...], float] = field(default_factory=dict, repr=False)
+
+    def probability_of(self, levels: tuple[str, ...] | list[str]) -> float:
+        """Posterior of a naming (level names in the input order); 0 if never considered."""
+        return float(self.namings.get(tuple(levels), 0.0))
+
+    def as_dict(self) -> dict:
+        """JSON-ready fields for a predictions file: levels, level_confidence, shifts, ..."""
+        return {
+            "levels": list(self.levels),
+            "level_confidence": round(self.confidence, 4),
+            "level_shifts": {f"{k:+d}": round(v, 4) for k, v in sorted(self.shifts.items())},
+            "spine_variant": {"thoracic": self.variant[0], "lumbar": self.variant[1]},
+            "level_summary": self.summary(),
+        }
+
+    def summary(self, min_share: float = 0.05) -> str:
+        """``"T9..L2, level confidence 0.72; one level up: 0.21"`` (shifts >= min_share)."""
+        if not self.levels:
+            return "no vertebrae"
+        ranked = sorted(self.levels, key=lambda lv: LEVEL_RANK.get(lv, 0))
+        first, last = ranked[0], ranked[-1]
+        span = first if first == last else f"{first}..{last}"
+        text = f"{span}, level confidence {self.confidence:.2f}"
+        extra = sorted(self.shifts, key=lambda k: -self.shifts[k])
+        extra = [k for k in extra if self.shifts[k] >= min_share][:2]
+        for k in extra:
+            text += f"; {_SHIFT_WORDS[k]}: {self.shifts[k]:.2f}"
+        if self.variant != (12, 5):
+            text += f" ({self.variant[0]} thoracic, {self.variant[1]} lumbar)"
+        return text
+
+
+#: Anatomical rank of every level (C7 first) across all variants, for ordering names.
+LEVEL_RANK: dict[str, int] = {
+    lv: i for i, lv in enumerate(("C7", *[f"T{i}" for i in range(1, 14)], "L1", "L2", "L3",
+                                   "L4", "L5", "L6", "S1"))
+}  # fmt: skip
+
+
+def _logsumexp(a: np.ndarray, axis: int | None = None) -> np.ndarray:
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True)) + m
+    return np.squeeze(out, axis=axis) if axis is not None else out.reshape(())
+
+
+def _norm_logpdf(x: np.ndarray, sd: float) -> np.ndarray:
+    return -0.5 * (x / sd) ** 2 - np.log(sd * np.sqrt(2 * np.pi))
+
+
+def decode_levels(
+    class_probs: np.ndarray,
+    class_set: str | ClassSet | None = None,
+    centroids_mm: np.ndarray | None = None,
+    heights_mm: np.ndarray | None = None,
+    rib_bearing: np.ndarray | None = None,
+    *,
+    variant_priors: dict[tuple[int, int], float] | None = None,
+    class_frequencies: np.ndarray | None = None,
+    p_skip: float = 0.03,
+    evidence_weight: float = 1.0,
+    eps: float = 1e-4,
+) -> LevelDecoding:
+    """Name N detections of one image jointly (see the module doc).
+
+    ``class_probs``: (N, K) probabilities (or positive scores) of the class set's K
+    classes, column j = class id j + 1 (the model's softmax without background); each
+    row is renormalised. Detections are taken top to bottom in the given order, unless
+    ``centroids_mm`` ((N, 2) row, col or (N,) rows, in mm: pixels times the MIP's
+    spacing, 1 mm for ours) is given: then they are sorted by row. ``heights_mm``: (N,)
+    vertebral *body* heights in mm (not the whole vertebra's extent), optional.
+    ``rib_bearing``: (N,) probability that each vertebra bears a rib, optional.
+    ``variant_priors`` replaces :data:`VARIANT_PRIORS`; ``p_skip`` is the probability
+    that the detector missed one vertebra between two neighbours.
+
+    ``class_frequencies``: (K,) share of each class among the training vertebrae. A
+    detector's class probability already holds the training rarity of T13 and L6; the
+    variant prior holds it too, so pass the frequencies to divide it out (likelihood =
+    probability / frequency). Without them (uniform), a lone T13 at the edge of a view
+    needs a probability about 90 times that of L1 to beat the 1 % prior.
+    """
+    cs = get_class_set(class_set)
+    p = np.asarray(class_probs, dtype=float)
+    n_cls = len(cs.ids)
+    if p.ndim != 2 or p.shape[1] != n_cls:
+        raise ValueError(
+            f"class_probs must be (N, {n_cls}) for the {cs.name} class set; got {p.shape}"
+        )
+    n = p.shape[0]
+    if n == 0:
+        return LevelDecoding((), np.zeros(0, int), 0.0, {k: 0.0 for k in _SHIFT_WORDS})
+    if not np.all(np.isfinite(p)) or (p < 0).any():
+        raise ValueError("class_probs must be finite and non-negative")
+    p = np.clip(p, eps, None)
+    if class_frequencies is not None:
+        f = np.asarray(class_frequencies, dtype=float).reshape(-1)
+        if f.shape != (n_cls,) or not np.all(np.isfinite(f)) or (f <= 0).any():
+            raise ValueError(f"class_frequencies must be {n_cls} positive numbers")
+        p = p / f[None, :]
+    p /= p.sum(1, keepdims=True)
+    order = np.arange(n)
+    cen = None
+    if centroids_mm is not None:
+        cen = np.asarray(centroids_mm, dtype=float)
+        if cen.shape[:1] != (n,) or cen.ndim > 2 or not np.all(np.isfinite(cen)):
+            raise ValueError(f"centroids_mm must be (N,) or (N, 2) finite mm for N = {n}")
+        cen = cen.reshape(n, -1)
+        order = np.argsort(cen[:, 0], kind="stable")
+        cen = cen[order]
+    p = p[order]
+    if not 0 <= p_skip < 1:
+        raise ValueError(f"p_skip must be in [0, 1), got {p_skip}")
+    heights = None if heights_mm is None else np.asarray(heights_mm, float).reshape(n)[order]
+    if heights is not None and not (np.all(np.isfinite(heights)) and (heights > 0).all()):
+        raise ValueError("heights_mm must be positive numbers (body heights in mm)")
+    ribs = None if rib_bearing is None else np.asarray(rib_bearing, float).reshape(n)[order]
+    if ribs is not None and not (np.all(np.isfinite(ribs)) and ((ribs >= 0) & (ribs <= 1)).all()):
+        raise ValueError("rib_bearing must be probabilities in 0..1")
+    gaps = None
+    if cen is not None and n > 1:
+        gaps = np.linalg.norm(np.diff(cen, axis=0), axis=1)
+        if (gaps <= 0).any():
+            raise ValueError("two detections share a centroid; suppress duplicates first")
+
+    priors = dict(VARIANT_PRIORS if variant_priors is None else variant_priors)
+    log_scale_prior = _norm_logpdf(np.log(_SCALE_GRID), SCALE_SD)
+    log_scale_prior -= _logsumexp(log_scale_prior)
+    hyps: list[tuple[float, tuple[str, ...], tuple[int, int], int, tuple[str, ...]]] = []
+    for (t_count, l_count), prior in priors.items():
+        if prior <= 0:
+            continue
+        seq = tuple(lv for lv in variant_levels(t_count, l_count) if lv in cs.levels)
+        if (t_count == 13 and "T13" not in seq) or (l_count == 6 and "L6" not in seq):
+            continue  # the set cannot name this variant's extra level
+        for score, start, labels in _score_variant(
+            seq, cs, p, gaps, heights, ribs, p_skip, evidence_weight, log_scale_prior
+        ):
+            hyps.append(
+                (score + np.log(prior) - np.log(len(seq)), labels, (t_count, l_count), start, seq)
+            )
+    if not hyps:
+        raise ValueError(
+            f"{n} detections cannot be named in order with the {cs.name} class set "
+            f"({len(cs.levels)} levels); suppress duplicates first"
+        )
+    scores = np.array([h[0] for h in hyps])
+    post = np.exp(scores - _logsumexp(scores))
+    by_labels: dict[tuple[str, ...], float] = {}
+    best_of: dict[tuple[str, ...], tuple[float, int]] = {}
+    for (_, labels, *_rest), w, k in zip(hyps, post, range(len(hyps)), strict=True):
+        by_labels[labels] = by_labels.get(labels, 0.0) + float(w)
+        if labels not in best_of or w > best_of[labels][0]:
+            best_of[labels] = (float(w), k)
+    ranked = sorted(by_labels.items(), key=lambda kv: -kv[1])
+    best_labels, conf = ranked[0]
+    _, _, variant, start, seq = hyps[best_of[best_labels][1]]
+    shifts = {}
+    for k in _SHIFT_WORDS:
+        shifted = _shift(best_labels, seq, k)
+        shifts[k] = by_labels.get(shifted, 0.0) if shifted is not None else 0.0
+
+    def in_input_order(labels: tuple[str, ...]) -> tuple[str, ...]:
+        out = [""] * n
+        for i, lv in zip(order, labels, strict=True):
+            out[int(i)] = lv
+        return tuple(out)
+
+    levels = in_input_order(best_labels)
+    return LevelDecoding(
+        levels=tuple(levels),
+        class_ids=np.array([cs.class_id(lv) for lv in levels], dtype=int),
+        confidence=float(conf),
+        shifts=shifts,
+        variant=variant,
+        alternatives=tuple((in_input_order(lab), float(w)) for lab, w in ranked[1:6]),
+        namings={in_input_order(lab): float(w) for lab, w in ranked},
+    )
+
+
+def fit_evidence_weight(
+    samples: list[dict],
+    class_set: str | ClassSet | None = None,
+    weights: tuple[float, ...] = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0),
+    **decode_kw,
+) -> tuple[float, dict[float, float]]:
+    """The ``evidence_weight`` that makes the level confidence honest on held-out views.
+
+    Detections of one image are not independent (one appearance, one bias), so their
+    summed evidence overstates certainty; like temperature scaling, the weight is
+    chosen to maximise the mean log posterior of the true naming. ``samples``: one dict
+    per validation image with ``class_probs``, ``truth`` (level names, input order) and
+    optionally ``centroids_mm``, ``heights_mm``, ``rib_bearing``. Returns (best weight,
+    {weight: mean log posterior of the truth}).
+    """
+    if not samples:
+        raise ValueError("fit_evidence_weight needs at least one validation image")
+    table: dict[float, float] = {}
+    for w in weights:
+        total = 0.0
+        for smp in samples:
+            d = decode_levels(
+                smp["class_probs"],
+                class_set,
+                smp.get("centroids_mm"),
+                smp.get("heights_mm"),
+                smp.get("rib_bearing"),
+                evidence_weight=w,
+                **decode_kw,
+            )
+            total += np.log(max(d.probability_of(smp["truth"]), 1e-6))
+        table[float(w)] = total / len(samples)
+    best = max(table, key=lambda k: table[k])
+    return best, table
+
+
+def _shift(labels: tuple[str, ...], seq: tuple[str, ...], k: int) -> tuple[str, ...] | None:
+    """``labels`` (levels of ``seq``) moved k positions along ``seq``; None past its ends."""
+    idx = [seq.index(lv) + k for lv in labels]
+    if min(idx) < 0 or max(idx) >= len(seq):
+        return None
+    return tuple(seq[i] for i in idx)
+
+
+def _score_variant(
+    seq: tuple[str, ...],
+    cs: ClassSet,
+    p: np.ndarray,
+    gaps: np.ndarray | None,
+    heights: np.ndarray | None,
+    ribs: np.ndarray | None,
+    p_skip: float,
+    weight: float,
+    log_scale_prior: np.ndarray,
+) -> list[tuple[float, int, tuple[str, ...]]]:
+    """(log evidence, start, Viterbi labels) for every feasible start along ``seq``.
+
+    Forward pass (sum over skip patterns and the patient-scale grid) for the evidence,
+    Viterbi (max) for the labels. Arrays are (scale G, start S, position P).
+    """
+    n, n_pos = p.shape[0], len(seq)
+    n_grid = len(_SCALE_GRID)
+    cols = np.array([LEVEL_IDS[lv] - 1 for lv in seq])  # column j = class id j + 1
+    emit = weight * np.log(p[:, cols])  # (N, P)
+    if ribs is not None:
+        r = np.clip(ribs, 0.02, 0.98)[:, None]
+        thor = np.array([lv.startswith("T") for lv in seq])[None, :]
+        emit = emit + np.where(thor, np.log(r), np.log(1 - r))
+    emit_g = np.broadcast_to(emit, (n_grid, n, n_pos)).copy()  # (G, N, P)
+    if heights is not None:
+        h_exp = np.array([BODY_HEIGHT_MM.get(lv) or np.nan for lv in seq])
+        ratio = np.log(
+            heights[None, :, None] / (_SCALE_GRID[:, None, None] * h_exp[None, None, :])
+        )
+        emit_g = emit_g + np.nan_to_num(_norm_logpdf(ratio, HEIGHT_SD), nan=0.0)
+    # spacing between positions a -> a+1 and a -> a+2
+    step1 = np.array([expected_spacing_mm(seq[a], seq[a + 1]) for a in range(n_pos - 1)])
+    step2 = step1[:-1] + step1[1:]
+    sd1 = np.array([0.35 if seq[a + 1] == "S1" else SPACING_SD for a in range(n_pos - 1)])
+    sd2 = np.maximum(sd1[:-1], sd1[1:])
+    log_stay = np.log1p(-p_skip)
+    log_skip = np.log(p_skip) if p_skip > 0 else -np.inf
+    starts = np.arange(n_pos)
+    neg = -np.inf
+    # alpha / delta: (G, S, P); detection 0 sits at position = start
+    alpha = np.full((n_grid, n_pos, n_pos), neg)
+    alpha[:, starts, starts] = emit_g[:, 0, :]
+    delta = alpha.copy()
+    back = np.zeros((n, n_grid, n_pos, n_pos), dtype=np.int8)  # 1 or 2 positions moved
+    for i in range(1, n):
+        if gaps is not None:
+            lg = np.log(gaps[i - 1])
+            sp1 = _norm_logpdf(lg - np.log(_SCALE_GRID[:, None] * step1[None, :]), sd1[None, :])
+            sp2 = _norm_logpdf(lg - np.log(_SCALE_GRID[:, None] * step2[None, :]), sd2[None, :])
+        else:
+            sp1 = np.zeros((n_grid, n_pos - 1))
+            sp2 = np.zeros((n_grid, max(n_pos - 2, 0)))
+        a1 = np.full_like(alpha, neg)
+        a2 = np.full_like(alpha, neg)
+        d1 = np.full_like(alpha, neg)
+        d2 = np.full_like(alpha, neg)
+        a1[:, :, 1:] = alpha[:, :, :-1] + log_stay + sp1[:, None, :]
+        d1[:, :, 1:] = delta[:, :, :-1] + log_stay + sp1[:, None, :]
+        if n_pos > 2:
+            a2[:, :, 2:] = alpha[:, :, :-2] + log_skip + sp2[:, None, :]
+            d2[:, :, 2:] = delta[:, :, :-2] + log_skip + sp2[:, None, :]
+        e = emit_g[:, i, :][:, None, :]
+        alpha = np.logaddexp(a1, a2) + e
+        back[i] = np.where(d2 > d1, 2, 1)
+        delta = np.maximum(d1, d2) + e
+    # evidence per start: sum over end positions, then over the scale grid
+    ev = _logsumexp(alpha, axis=2) + log_scale_prior[:, None]  # (G, S)
+    ev_s = _logsumexp(ev, axis=0)  # (S,)
+    vit = delta.max(axis=2) + log_scale_prior[:, None]  # (G, S)
+    out = []
+    for s in range(n_pos):
+        if not np.isfinite(ev_s[s]):
+            continue
+        g = int(np.argmax(vit[:, s]))
+        pos = int(np.argmax(delta[g, s]))
+        path = [pos]
+        for i in range(n - 1, 0, -1):
+            pos -= int(back[i, g, s, pos])
+            path.append(pos)
+        labels = tuple(seq[q] for q in reversed(path))
+        out.append((float(ev_s[s]), s, labels))
+    return out
