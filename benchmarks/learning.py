@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/learning.py [--epochs 16] [--threads 2] [--out DIR]
 
 Writes 40 train / 10 val / 10 test synthetic 256 x 128 MIPs (napari-vertebra synth),
-trains training/smoke.yaml (ResNet-18-FPN from scratch) and evaluates on the test split
+trains the shipped smoke configuration (ResNet-18-FPN from scratch) and evaluates on the test split
 (Dice per vertebra, identification rate, with and without the anatomical order fix),
 then trains with lr = 0 for the contrast (1 epoch by default: with lr = 0 the weights
 never move, only the BatchNorm statistics do). Prints one table.
@@ -28,7 +28,7 @@ def run(out: Path, epochs: int, lr: float | None, seed: int = 0, reuse: bool = F
     over = {"epochs": epochs, "seed": seed}
     if lr is not None:
         over["lr"] = lr
-    cfg = load_config(ROOT / "training" / "smoke.yaml", over)
+    cfg = load_config("smoke", over)
     run_dir = out / f"run_lr{cfg['lr']}"
     t0 = time.time()
     if reuse and (run_dir / "last.pt").is_file():  # evaluate an earlier run again

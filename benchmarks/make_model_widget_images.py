@@ -15,43 +15,12 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _gui import shoot, wait
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "images"
-
-
-def _wait(cond, timeout: float = 300.0) -> None:
-    from qtpy.QtWidgets import QApplication
-
-    t0 = time.time()
-    while not cond():
-        QApplication.processEvents()
-        time.sleep(0.02)
-        if time.time() - t0 > timeout:
-            raise TimeoutError("timed out")
-    for _ in range(20):
-        QApplication.processEvents()
-        time.sleep(0.01)
-
-
-def _shoot(viewer, title: str, path: Path) -> None:
-    from PIL import Image
-    from qtpy.QtWidgets import QApplication
-
-    dock = viewer.window._wrapped_dock_widgets.get(title)
-    if dock is not None:
-        dock.show()
-        dock.raise_()
-    for _ in range(30):
-        QApplication.processEvents()
-        time.sleep(0.02)
-    img = viewer.screenshot(canvas_only=False, flash=False)
-    pil = Image.fromarray(img[..., :3]).quantize(colors=256, method=Image.Quantize.MEDIANCUT)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pil.save(path, optimize=True)
-    print(f"{path}: {pil.size[0]}x{pil.size[1]}, {path.stat().st_size // 1024} KB")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,30 +53,30 @@ def main(argv: list[str] | None = None) -> int:
     pre.ct_layer.value = viewer.layers[CT_NAME]
     pre.labels_layer.value = viewer.layers[LABELS_NAME]
     pre.run()
-    _wait(lambda: not pre.runner.busy)
+    wait(lambda: not pre.runner.busy)
     mip = pre.mip_layer()
     ann.refresh_choices()
     ann.mip_layer.value = mip
     ann.labels_from_3d()
-    _wait(lambda: not ann.runner.busy)
+    wait(lambda: not ann.runner.busy)
 
     # Train model: the curves and checkpoints of a finished run
     train.load_run(args.run)
     train.plot.wait()
-    _wait(lambda: train.plot.n_draws >= 2, 30)
-    _shoot(viewer, "Train model", args.out / "widget_train.png")
+    wait(lambda: train.plot.n_draws >= 2, 30)
+    shoot(viewer, args.out / "widget_train.png", dock="Train model")
 
     # Predict vertebrae with the run's best checkpoint
     train.use_checkpoint()
     predict.set_image_layer(mip)
     predict.min_score.value = args.min_score
     predict.run()
-    _wait(lambda: not predict.busy)
+    wait(lambda: not predict.busy)
     for layer in viewer.layers:
         if layer.name.startswith(("MIP labels", "vertebrae MIP")):
             layer.visible = False  # the ground truth and the polygons: shown in Review
     viewer.layers.selection.active = predict.labels_layer
-    _shoot(viewer, "Predict vertebrae", args.out / "widget_predict.png")
+    shoot(viewer, args.out / "widget_predict.png", dock="Predict vertebrae")
 
     # Review predictions: Dice against the 3D labels' MIP, accept two, reject one
     review.refresh()
@@ -115,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     gt = next((la for la in viewer.layers if la.name.startswith("MIP labels")), None)
     if gt is not None:
         review.ground_truth.value = gt
-    # accept two that match the ground truth, reject the misplaced ones, leave the rest
+    # accept two that match the ground truth, reject the misplaced ones, leave the rest;
+    # "replace" is the answer to Review's question about the polygons from the 3D labels
+    review.ask = lambda *_: "replace"
     accepted = 0
     for i, d in enumerate(review.dice):
         if d is not None and d < 0.5:
@@ -129,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if shapes is not None:
         shapes.visible = True
         viewer.layers.selection.active = predict.labels_layer
-    _shoot(viewer, "Review predictions", args.out / "widget_review.png")
+    shoot(viewer, args.out / "widget_review.png", dock="Review predictions")
     viewer.close()
     return 0
 

@@ -55,13 +55,23 @@ def _quality(preds, truths, size: int) -> tuple[float, float]:
     return float(np.mean(dices)), float(np.mean(ids))
 
 
+def _sync() -> None:
+    """Wait for the queued CUDA work, so that a clock reading covers it (no-op on CPU)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _median_time(fn, images, repeats: int) -> tuple[float, list]:
     fn(images[0])  # warm-up
     times, out = [], []
     for _ in range(repeats):
         for im in images:
+            _sync()
             t = time.perf_counter()
             out.append(fn(im))
+            _sync()
             times.append(time.perf_counter() - t)
     return float(np.median(times)), out[: len(images)]
 
@@ -221,14 +231,23 @@ def main() -> None:
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
     times = []
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     for _ in range(args.train_steps + 1):
+        _sync()
         t = time.perf_counter()
         loss = sum(model([b[0] for b in batch], [b[1] for b in batch]).values())
         opt.zero_grad()
         loss.backward()
         opt.step()
+        _sync()
         times.append(time.perf_counter() - t)
     ips = 2 / float(np.median(times[1:]))
+    peak = (
+        f", peak memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB"
+        if dev.type == "cuda"
+        else ""
+    )
     print(
         f"\nbackbone {base['backbone']}  device {dev}  threads {torch.get_num_threads()}  "
         f"weights {'from ' + args.checkpoint if args.checkpoint else 'random'}"
@@ -250,7 +269,11 @@ def main() -> None:
         "Dice, id: ours against the synthetic truth (is the model trained?); tv Dice, tv id:\n"
         "the same for torchvision's path (where the detections differ, which one is right)"
     )
-    print(f"training (ours, batch 2, {train_size} px): {ips:.2f} images/s")
+    print(
+        f"training (ours, batch 2, fp32, {train_size} px): {ips:.2f} images/s{peak}\n"
+        "(timed regions end with torch.cuda.synchronize() on CUDA; AMP, channels_last, "
+        "batch 5 at 1024 px, memory and data-loader workers: benchmarks/gpu.py)"
+    )
 
 
 if __name__ == "__main__":

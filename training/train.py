@@ -1,6 +1,7 @@
-"""Thin wrapper: ``python training/train.py --config training/paper.yaml --data DIR -o RUN``.
+"""Thin wrapper: ``python training/train.py --config paper --data DIR -o RUN``.
 
-Same options as ``napari-vertebra train``; works under ``torchrun`` for several GPUs.
+Same options as ``napari-vertebra train`` (``--config`` takes a file or a shipped
+configuration's name: paper, smoke, synth-r50); works under ``torchrun`` for several GPUs.
 """
 
 import sys

@@ -132,7 +132,7 @@ def labels_to_annotations(
             continue
         polys = mask_to_polygons(in_crop[c], tolerance_px=tolerance_px, min_area_px=min_area_px)
         if polys:
-            annotations.append(VertebraAnnotation(c, polys))
+            annotations.append(VertebraAnnotation(c, polys, source="3D labels"))
         else:
             dropped.append(class_name(c))
     report(progress, 1.0, "done")

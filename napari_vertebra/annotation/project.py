@@ -8,13 +8,23 @@ Layout::
                                       "class_id": 13, "polygons": [[[row, col], ...]],
                                       "score": null}]}
 
+    folder/history/<key>/            undo / redo of the image's annotations: index.json
+                                     and one snapshot per step (see annotation.history)
+
 Every write goes to a temporary file in the same folder and is then renamed over the old
 one, so a crash mid-save leaves the previous version intact. Keys are safe file names
 (letters, digits, ``._-``; :func:`safe_key` makes one from any name).
+
+Every :meth:`AnnotationProject.save` is one step of the image's history, whoever calls
+it (drawing, import, labels from 3D, review), so that :meth:`~AnnotationProject.undo`
+takes it back, also after a restart. The last :data:`~.history.MAX_STEPS` steps per image
+are kept. With ``background=True`` the files are written on one background thread (in
+order; reads wait for pending writes; a failed write is raised by the next save or read).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -25,6 +35,7 @@ import numpy as np
 
 from ._atomic import atomic_write_bytes, atomic_write_text, png_bytes
 from .coco import HU_SCALE, _to_uint16, read_image, write_coco
+from .history import MAX_STEPS, History, Writer, background_writer
 from .types import AnnotatedImage, VertebraAnnotation
 
 __all__ = ["AnnotationProject", "safe_key"]
@@ -53,23 +64,67 @@ def _check_key(key: str) -> str:
     return key
 
 
+_EXTRA_FIELDS = ("source",)  # optional VertebraAnnotation fields kept when present
+
+
 def _ann_to_json(a: VertebraAnnotation) -> dict:
-    return {
+    out = {
         "class": a.name,
         "class_id": int(a.class_id),
         "polygons": [np.round(p, 3).tolist() for p in a.polygons],
         "score": None if a.score is None else float(a.score),
     }
+    for name in _EXTRA_FIELDS:
+        value = getattr(a, name, None)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _ann_from_json(d: dict) -> VertebraAnnotation:
+    names = {f.name for f in dataclasses.fields(VertebraAnnotation)}
+    extra = {k: d[k] for k in _EXTRA_FIELDS if k in names and d.get(k) is not None}
+    return VertebraAnnotation(int(d["class_id"]), d["polygons"], d.get("score"), **extra)
+
+
+#: Histories shared by every project object on the same folder in this process (so that
+#: the Annotate and Review widgets, each with a project, undo one history).
+_HISTORIES: dict[tuple[str, str], History] = {}
 
 
 class AnnotationProject:
     """Autosaved per-image annotations and their MIPs in ``folder`` (created if needed)."""
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(
+        self, folder: str | os.PathLike, background: bool = False, max_steps: int = MAX_STEPS
+    ):
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
             raise ValueError(f"{self.folder}: not a folder")
+        self.max_steps = int(max_steps)
+        self._writer = background_writer() if background else Writer()
+        self._flush()
         self._index = self._read_index()
+
+    def _flush(self) -> None:
+        """Wait for pending background writes (of any project in this process), so that
+        a read sees every save; a failed write is raised by the saver's next save/flush."""
+        from . import history
+
+        if history._BACKGROUND is not None:
+            history._BACKGROUND.wait()
+
+    def flush(self) -> None:
+        """Wait until every save so far is on disk (raises the error of a failed one)."""
+        self._flush()
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Flush, and forget this folder's histories (the next project reads the disk)."""
+        self.flush()
+        root = str(self.folder.resolve())
+        for k in [k for k in _HISTORIES if k[0] == root]:
+            del _HISTORIES[k]
 
     # -- index
     @property
@@ -153,28 +208,98 @@ class AnnotationProject:
             dict(self._index[key]["meta"], hu_scale=float(hu_scale)),
         )
 
-    def save(self, key: str, annotations: Sequence[VertebraAnnotation]) -> Path:
-        """Save the annotations of image ``key`` (atomic; replaces the previous save)."""
-        path = self._ann_path(key)
-        data = {"image": key, "annotations": [_ann_to_json(a) for a in annotations]}
-        return atomic_write_text(path, json.dumps(data, indent=1))
+    # -- annotations and their history
+    def history(self, key: str) -> History:
+        """The undo history of image ``key`` (shared by the project objects of a folder)."""
+        _check_key(key)
+        root = str(self.folder.resolve())
+        hist = _HISTORIES.get((root, key))
+        if hist is None:
+            self._flush()
+            hist = History(self.folder / "history" / key, self.max_steps, self._writer)
+            _HISTORIES[(root, key)] = hist
+        return hist
 
-    def load(self, key: str) -> list[VertebraAnnotation]:
-        """The saved annotations of image ``key`` ([] when none were saved)."""
+    def _write_payload(self, key: str, payload: list[dict]) -> Path:
+        path = self._ann_path(key)
+        data = {"image": key, "annotations": payload}  # encoded on the writer's thread
+        self._writer.submit(lambda: atomic_write_text(path, json.dumps(data, indent=1)))
+        return path
+
+    def save(
+        self,
+        key: str,
+        annotations: Sequence[VertebraAnnotation],
+        label: str = "edit",
+        record: bool = True,
+    ) -> Path:
+        """Save the annotations of image ``key`` (atomic; replaces the previous save).
+
+        The change is a step of the image's history named ``label`` (e.g. "draw L3"),
+        unless ``record`` is False. Returns the annotation file's path.
+        """
+        _check_key(key)
+        self._raise_failed()
+        payload = [_ann_to_json(a) for a in annotations]
+        if record:
+            hist = self.history(key)
+            base = None
+            if len(hist) == 0:  # the state saved before this history began
+                base = self._read_payload(key)
+            hist.record(payload, label, base=base)
+        return self._write_payload(key, payload)
+
+    def _raise_failed(self) -> None:
+        """Raise the error of a failed background write, without waiting."""
+        errors = self._writer._errors
+        if errors:
+            err = errors.pop(0)
+            raise err
+
+    def _read_payload(self, key: str) -> list[dict]:
+        self._flush()
         path = self._ann_path(key)
         if not path.is_file():
             return []
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            return [
-                VertebraAnnotation(int(a["class_id"]), a["polygons"], a.get("score"))
-                for a in data["annotations"]
-            ]
+            payload = data["annotations"]
+            for a in payload:
+                _ann_from_json(a)  # validates
+            return payload
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: not a valid annotation file ({e})") from e
 
+    def load(self, key: str) -> list[VertebraAnnotation]:
+        """The saved annotations of image ``key`` ([] when none were saved)."""
+        return [_ann_from_json(a) for a in self._read_payload(key)]
+
+    def can_undo(self, key: str) -> bool:
+        """Whether image ``key`` has a change to undo."""
+        return self.history(key).can_undo
+
+    def can_redo(self, key: str) -> bool:
+        """Whether image ``key`` has an undone change to redo."""
+        return self.history(key).can_redo
+
+    def undo(self, key: str) -> list[VertebraAnnotation] | None:
+        """Take back the last change of image ``key``: saves and returns the annotations
+        before it, or None when there is nothing to undo."""
+        return self._step(key, self.history(key).undo())
+
+    def redo(self, key: str) -> list[VertebraAnnotation] | None:
+        """Bring back the last undone change of image ``key`` (None when none)."""
+        return self._step(key, self.history(key).redo())
+
+    def _step(self, key: str, payload: list[dict] | None) -> list[VertebraAnnotation] | None:
+        if payload is None:
+            return None
+        self._write_payload(key, payload)
+        return [_ann_from_json(a) for a in payload]
+
     def image(self, key: str, load_pixels: bool = True) -> AnnotatedImage:
         """Image ``key`` with its saved annotations (and pixels in float HU if asked)."""
+        self._flush()
         if key not in self._index:
             raise KeyError(f"{self.folder}: no image {key!r}")
         e = self._index[key]

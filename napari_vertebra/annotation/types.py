@@ -21,11 +21,14 @@ class VertebraAnnotation:
 
     ``polygons`` holds one (N, 2) float array of (row, col) vertices per part (usually
     one; a mask in several pieces gives several). ``score`` is set for predictions.
+    ``source`` says where the outline came from: ``"hand"`` (drawn), ``"model"`` (an
+    accepted or fixed prediction, with its ``score``) or ``"3D labels"``.
     """
 
     class_id: int
     polygons: list[np.ndarray]
     score: float | None = None
+    source: str = "hand"
 
     def __post_init__(self) -> None:
         level_name(self.class_id)  # validates a level id (1..17 T1..L5; 18..21 extended)

@@ -19,9 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train Mask R-CNN on COCO splits (DIR/train, DIR/val)",
-        description="Train Mask R-CNN. RUN gets last.pt (every epoch), best.pt (best val "
-        "mask mAP), log.csv, config.yaml (and TensorBoard events if installed). Several "
-        "GPUs: start with torchrun (see training/torchrun.sh).",
+        description="Train Mask R-CNN. --config takes a YAML file or a shipped "
+        "configuration by name (paper, smoke, synth-r50). RUN gets last.pt (every epoch and "
+        "when stopped), best.pt (best validation best_metric, default the identification "
+        "rate), log.csv, config.yaml (and TensorBoard events if installed). --resume "
+        "continues exactly where last.pt stopped; changes other than epochs, lr and a few "
+        "inference keys are refused. Several GPUs: start with torchrun (see "
+        "training/torchrun.sh); lr is for one process's batch and scales linearly with the "
+        "number of processes (lr_scaling). See docs/training.md.",
     )
     from napari_vertebra.model.config import add_train_arguments  # no torch
 
@@ -34,12 +39,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Predict vertebrae. An input is a MIP (16-bit PNG written by the "
         "annotation tools, or .npy of windowed HU) or a CT (any format read_ct reads; the "
         "preprocessing pipeline runs first). Writes OUT/predictions.json (COCO results), "
-        "OUT/<name>_labels.png (class ids 0..17) and OUT/<name>_overlay.png.",
+        "OUT/<name>_labels.png (class ids 0..17) and OUT/<name>_overlay.png. A "
+        "prediction's score is the probability of its class (vertebra_score: 1 - "
+        "p(background), for review).",
     )
     p.add_argument("checkpoint", help="a checkpoint from napari-vertebra train (best.pt)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="MIP (.png, .npy) or CT")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--min-score", type=float, help="minimum confidence (default: config's)")
+    p.add_argument(
+        "--min-score",
+        type=float,
+        help="minimum class probability of a detection (default: the config's, the paper's "
+        "0.9; see docs/model.md)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument(
         "--hu-scale",
@@ -52,17 +64,40 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "evaluate",
-        help="COCO mAP, Dice per vertebra and identification rate on a test split",
-        description="Evaluate a checkpoint on a COCO split; writes OUT/metrics.json and "
-        "OUT/dice_per_class.png and prints a table.",
+        help="identification rate, Dice per vertebra and COCO mAP on a test split",
+        description="Evaluate a checkpoint, or a COCO results file of any tool "
+        "(--predictions), on a COCO split (a folder with annotations.json, as 'dataset "
+        "build' writes it). Writes OUT/metrics.json (id_rate: VerSe identification rate, "
+        "the prediction with the vertebra's label within --max-dist mm and that vertebra "
+        "the closest true one, averaged over images; id_rate_per_image, id_rate_pooled, "
+        "localisation_mm, dice_per_class, mean_dice, box_mAP/mask_mAP of the raw "
+        "detections and *_at_threshold at --min-score) and OUT/dice_per_class.png, and "
+        "prints a table. Distances use each image's pixel spacing (1 mm when the split "
+        "does not give one).",
     )
-    p.add_argument("checkpoint", help="a checkpoint from napari-vertebra train")
+    p.add_argument(
+        "checkpoint", nargs="?", help="a checkpoint from napari-vertebra train (or --predictions)"
+    )
+    p.add_argument(
+        "--predictions",
+        metavar="RESULTS.json",
+        help="COCO results (list of {image_id, category_id, segmentation (RLE or polygons), "
+        "score}) to evaluate instead of a checkpoint",
+    )
     p.add_argument("--data", required=True, help="COCO split folder (e.g. DIR/test)")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--min-score", type=float, help="minimum confidence (default: config's)")
+    p.add_argument(
+        "--min-score",
+        type=float,
+        help="minimum class probability of a prediction (checkpoint: default the config's, "
+        "0.9; --predictions: default none, every entry counts)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument(
-        "--max-dist", type=float, default=20.0, help="identification distance, px (default 20)"
+        "--max-dist",
+        type=float,
+        default=20.0,
+        help="identification distance, mm (default 20, VerSe)",
     )
     p.set_defaults(func=run_evaluate)
 
@@ -165,11 +200,26 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``napari-vertebra evaluate``."""
-    from napari_vertebra.model.evaluate import format_table, run_evaluation
+    if (args.checkpoint is None) == (args.predictions is None):
+        raise ValueError(
+            "evaluate needs a CHECKPOINT or --predictions RESULTS.json (exactly one of them)"
+        )
+    if args.max_dist <= 0:
+        raise ValueError(f"--max-dist must be a positive distance in mm, not {args.max_dist}")
+    if args.predictions is not None:
+        from napari_vertebra.model.evaluate import format_table, run_results_evaluation
 
-    metrics = run_evaluation(
-        args.checkpoint, args.data, args.output, args.device, args.min_score, args.max_dist
-    )
+        metrics = run_results_evaluation(
+            args.predictions, args.data, args.output, args.min_score, args.max_dist
+        )
+        for w in metrics.get("warnings", []):
+            print(f"warning: {w}", file=sys.stderr)
+    else:
+        from napari_vertebra.model.evaluate import format_table, run_evaluation
+
+        metrics = run_evaluation(
+            args.checkpoint, args.data, args.output, args.device, args.min_score, args.max_dist
+        )
     print(format_table(metrics))
     print(f"wrote {Path(args.output) / 'metrics.json'}")
     return 0

@@ -472,7 +472,8 @@ def _check_ct_values(
                 notes.append(
                     f"values look like HU + {_UNSIGNED_OFFSET} stored without a rescale "
                     f"intercept (none below -50, soft tissue near {_UNSIGNED_OFFSET}): "
-                    f"subtracted {_UNSIGNED_OFFSET} to get HU (hu_offset=0, --hu-offset 0 on the command line, reads them as stored)"
+                    f"subtracted {_UNSIGNED_OFFSET} to get HU (hu_offset=0, on the command line "
+                    "--hu-offset 0, reads them as stored)"
                 )
     fr = _hu_fractions(v, offset)
     if not _looks_like_hu(fr):

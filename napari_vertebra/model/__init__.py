@@ -4,7 +4,7 @@ Importing this package does not import torch; the names below load their module 
 first use::
 
     from napari_vertebra.model import Predictor, train, load_config
-    cfg = load_config("training/smoke.yaml", {"epochs": 4})
+    cfg = load_config("smoke", {"epochs": 4})  # a shipped name or a YAML file
     train(cfg, "DATA", "RUN", progress=callback, stop=threading.Event())
     Predictor("RUN/best.pt").predict(mip).annotations()
 """
@@ -15,6 +15,8 @@ import importlib
 
 _LAZY = {
     "DEFAULTS": "config",
+    "TrainConfig": "config",
+    "shipped_configs": "config",
     "load_config": "config",
     "parse_overrides": "config",
     "order_classes": "anatomy",
@@ -25,7 +27,7 @@ _LAZY = {
     "CheckpointError": "build",
     "VertebraDataset": "data",
     "train": "train",
-    "resolve_device": "train",
+    "resolve_device": "device",
     "Predictor": "predict",
     "Prediction": "predict",
     "predict": "predict",

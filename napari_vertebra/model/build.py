@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,15 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from napari_vertebra.core.labels import NUM_CLASSES
 
-from .config import DEFAULTS
+from .config import TrainConfig, as_config
+from .weights import load_starting_weights, set_stride_in_1x1  # load_...: re-exported
 
 __all__ = [
     "BACKBONES",
     "CHECKPOINT_FORMAT",
     "CheckpointError",
     "build_model",
+    "config_from_checkpoint",
     "load_checkpoint",
     "load_starting_weights",
     "model_from_checkpoint",
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 #: Key and version that mark a file as one of our checkpoints.
 CHECKPOINT_FORMAT = ("napari_vertebra_checkpoint", 1)
-_CLASS_HEADS = ("cls_score", "bbox_pred", "mask_fcn_logits")
 
 
 class CheckpointError(ValueError):
@@ -73,7 +73,11 @@ def _min_size(value: Any) -> int | tuple[int, ...]:
     return int(value)
 
 
-def build_model(config: dict[str, Any] | None = None, settings: str = "task") -> MaskRCNN:
+def build_model(
+    config: TrainConfig | dict[str, Any] | None = None,
+    settings: str = "task",
+    load_weights: bool = True,
+) -> MaskRCNN:
     """A torchvision Mask R-CNN with 18 classes (background + T1..L5) from ``config``.
 
     ``settings="torchvision"`` keeps the architecture but uses torchvision's default
@@ -81,34 +85,37 @@ def build_model(config: dict[str, Any] | None = None, settings: str = "task") ->
     ``weights``) are loaded when given; the skipped keys are in ``model.skipped_keys``.
     Without starting weights the backbone uses trainable BatchNorm (FrozenBatchNorm from
     random weights diverges), with weights FrozenBatchNorm.
+
+    The architecture depends on the config only: frozen stages and norm layers follow
+    ``weights`` being set even with ``load_weights=False`` (a resumed run or a
+    checkpoint rebuilds the model it was trained as, then loads its own weights).
     """
-    cfg = dict(DEFAULTS)
-    cfg.update(config or {})
-    name = str(cfg["backbone"]).lower()
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {cfg['backbone']!r}; use one of {BACKBONES}")
-    weights = cfg.get("weights")
-    pretrained = weights is not None
-    frozen_bn = pretrained if cfg.get("frozen_bn") is None else bool(cfg["frozen_bn"])
+    try:
+        cfg = as_config(config)
+    except ValueError as e:
+        if "backbone" in str(e):
+            raise ValueError(f"unknown backbone: {e}") from None
+        raise
+    name = cfg.backbone
+    weights = cfg.weights
+    pretrained = cfg.pretrained
+    frozen_bn = cfg.use_frozen_bn
     norm = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
-    n_levels = len(cfg["anchor_sizes"])
+    n_levels = len(cfg.anchor_sizes)
     anchors = AnchorGenerator(
-        sizes=tuple((int(s),) for s in cfg["anchor_sizes"]),
-        aspect_ratios=(tuple(float(a) for a in cfg["aspect_ratios"]),) * n_levels,
+        sizes=tuple((s,) for s in cfg.anchor_sizes),
+        aspect_ratios=(cfg.aspect_ratios,) * n_levels,
     )
-    if n_levels != 5:
-        raise ValueError(f"anchor_sizes needs 5 values (one per FPN level); got {n_levels}")
-    kw = {k: int(cfg[k]) for k in TORCHVISION_SETTINGS if k != "box_score_thresh"}
-    kw["box_score_thresh"] = float(cfg["box_score_thresh"])
-    kw["box_positive_fraction"] = float(cfg["box_positive_fraction"])
+    kw = {k: getattr(cfg, k) for k in TORCHVISION_SETTINGS}
+    kw["box_positive_fraction"] = cfg.box_positive_fraction
     if settings == "torchvision":
         kw.update(TORCHVISION_SETTINGS)
     elif settings != "task":
         raise ValueError(f"settings must be 'task' or 'torchvision'; got {settings!r}")
     common = dict(
         num_classes=NUM_CLASSES,
-        min_size=_min_size(cfg["min_size"]),
-        max_size=int(cfg["max_size"]),
+        min_size=_min_size(cfg.min_size),
+        max_size=cfg.max_size,
         rpn_anchor_generator=anchors,
         **kw,
     )
@@ -126,13 +133,17 @@ def build_model(config: dict[str, Any] | None = None, settings: str = "task") ->
         if frozen_bn:  # the v2 builder picks trainable BN for random weights
             _freeze_bn(model.backbone.body)
         if pretrained:
-            _freeze_stages(model.backbone.body, int(cfg["trainable_layers"]))
+            _freeze_stages(model.backbone.body, cfg.trainable_layers)
+        if cfg.stride_in_1x1:
+            set_stride_in_1x1(model.backbone.body)
     else:
         body = getattr(torchvision.models, name)(weights=None, norm_layer=norm)
+        if cfg.stride_in_1x1:
+            set_stride_in_1x1(body)
         if pretrained:
-            _freeze_stages(body, int(cfg["trainable_layers"]))
+            _freeze_stages(body, cfg.trainable_layers)
         c = 512 if name in ("resnet18", "resnet34") else 2048
-        fpn_ch = int(cfg["fpn_channels"])
+        fpn_ch = cfg.fpn_channels
         backbone = BackboneWithFPN(
             body,
             return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
@@ -140,8 +151,8 @@ def build_model(config: dict[str, Any] | None = None, settings: str = "task") ->
             out_channels=fpn_ch,
             extra_blocks=LastLevelMaxPool(),
         )
-        rep = int(cfg["box_head_dim"])
-        layers = tuple(int(x) for x in cfg["mask_head_layers"])
+        rep = cfg.box_head_dim
+        layers = cfg.mask_head_layers
         model = MaskRCNN(
             backbone,
             box_head=TwoMLPHead(fpn_ch * 7 * 7, rep),
@@ -155,7 +166,7 @@ def build_model(config: dict[str, Any] | None = None, settings: str = "task") ->
             **{k: v for k, v in common.items() if k != "num_classes"},
         )
     model.skipped_keys = []
-    if pretrained:
+    if pretrained and load_weights:
         model.skipped_keys = load_starting_weights(model, weights)
     return model
 
@@ -183,76 +194,51 @@ def _freeze_bn(module: nn.Module) -> None:
             _freeze_bn(child)
 
 
-def _read_state(path: str | os.PathLike) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: weights file not found")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle / zip errors: not a torch file we can read safely
-        raise CheckpointError(f"{p}: not a readable PyTorch weights file ({e})") from e
-    if isinstance(obj, dict) and obj.get(CHECKPOINT_FORMAT[0]):
-        obj = obj["model"]
-    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]  # torchvision reference-script checkpoints
-    elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise CheckpointError(f"{p}: not a state dict of tensors")
-    return obj
-
-
-def load_starting_weights(model: MaskRCNN, path: str | os.PathLike) -> list[str]:
-    """Load a COCO Mask R-CNN or ImageNet ResNet state dict into ``model``.
-
-    Keys are mapped (``module.`` prefixes removed; bare ResNet keys go under
-    ``backbone.body.``); class-specific heads and tensors whose shape differs are
-    skipped. Returns the skipped keys ("key (reason)"); raises CheckpointError when
-    nothing matches.
-    """
-    state = _read_state(path)
-    own = model.state_dict()
-    mapped: dict[str, torch.Tensor] = OrderedDict()
-    skipped: list[str] = []
-    for k, v in state.items():
-        key = k[7:] if k.startswith("module.") else k
-        if key not in own and ("backbone.body." + key) in own:
-            key = "backbone.body." + key
-        if any(h in key for h in _CLASS_HEADS):
-            skipped.append(f"{k} (class-specific head)")
-        elif key not in own:
-            skipped.append(f"{k} (not in this model)")
-        elif own[key].shape != v.shape:
-            skipped.append(f"{k} (shape {tuple(v.shape)} != {tuple(own[key].shape)})")
-        else:
-            mapped[key] = v
-    if not mapped:
-        raise CheckpointError(
-            f"{path}: no weight matches a {type(model).__name__} with this backbone"
-        )
-    model.load_state_dict(mapped, strict=False)
-    log.info("loaded %d tensors from %s; skipped %d", len(mapped), path, len(skipped))
-    for s in skipped:
-        log.info("skipped %s", s)
-    return skipped
-
-
 def save_checkpoint(path: str | os.PathLike, **fields: Any) -> Path:
     """Write our checkpoint dict atomically (temporary file, then ``os.replace``).
 
     ``fields`` usually hold model, optimizer, scheduler (state dicts), epoch, config,
-    metrics, rng; the format marker is added.
+    metrics, rng; the format marker is added. A :class:`TrainConfig` is stored as its plain
+    dict, so that ``torch.load(weights_only=True)`` reads the file back.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    if isinstance(fields.get("config"), TrainConfig):
+        fields["config"] = fields["config"].to_dict()
     data = {CHECKPOINT_FORMAT[0]: CHECKPOINT_FORMAT[1], **fields}
     try:
-        torch.save(data, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(data, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it visible
         os.replace(tmp, p)
+        _fsync_dir(p.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return p
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def config_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint"):
+    """The :class:`TrainConfig` stored in one of our checkpoints (CheckpointError if invalid)."""
+    try:
+        return as_config(ckpt["config"])
+    except ValueError as e:
+        raise CheckpointError(f"{path}: the checkpoint's configuration is not valid ({e})") from e
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
@@ -282,11 +268,8 @@ def model_from_checkpoint(
 ) -> tuple[MaskRCNN, dict[str, Any]]:
     """(model in eval mode, checkpoint dict) from one of our checkpoints."""
     ckpt = load_checkpoint(path, map_location)
-    cfg = dict(ckpt["config"])
-    if cfg.get("frozen_bn") is None:
-        cfg["frozen_bn"] = cfg.get("weights") is not None
-    cfg["weights"] = None  # the checkpoint holds every weight
-    model = build_model(cfg)
+    cfg = config_from_checkpoint(ckpt, path)
+    model = build_model(cfg, load_weights=False)  # the checkpoint holds every weight
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

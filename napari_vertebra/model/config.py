@@ -1,84 +1,384 @@
-"""Model and training configuration: defaults, YAML loading, overrides (no torch).
+"""Model and training configuration: :class:`TrainConfig`, YAML loading, overrides (no torch).
 
-A configuration is a flat dict; YAML files give a subset of the keys, the rest come
-from :data:`DEFAULTS`. Unknown keys are an error (a typo should not silently train the
+A configuration is a frozen :class:`TrainConfig`; YAML files give a subset of its keys
+and the rest keep their defaults (the paper's setup). Unknown keys and values out of
+range are errors naming the file and the key (a typo should not silently train the
 wrong model). Command-line overrides use ``key=value`` with YAML-parsed values.
+
+The shipped configurations (``paper``, ``smoke``, ``synth-r50``) are package data
+(``napari_vertebra/configs/*.yaml``) and can be named instead of a path:
+``napari-vertebra train --config paper``. See docs/training.md for every key.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULTS", "add_train_arguments", "load_config", "parse_overrides"]
+__all__ = [
+    "BACKBONES",
+    "BEST_METRICS",
+    "DEFAULTS",
+    "RESUME_MUTABLE",
+    "TrainConfig",
+    "add_train_arguments",
+    "as_config",
+    "config_path",
+    "load_config",
+    "parse_overrides",
+    "read_yaml_keys",
+    "shipped_configs",
+]
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+#: Validation metrics ``best_metric`` can name (all: higher is better).
+BEST_METRICS = ("id_rate", "mask_mAP", "box_mAP", "mask_mAP50", "box_mAP50")
+
+#: Keys that may change when a run is resumed (the rest define the model, the data
+#: order or the optimisation and must match the checkpoint's).
+RESUME_MUTABLE = frozenset(
+    {
+        "epochs",
+        "lr",
+        "workers",
+        "grad_clip",
+        "amp",
+        "val_max_images",
+        "best_metric",
+        # inference only
+        "min_score",
+        "dedup_box_iou",
+        "box_score_thresh",
+        "rpn_pre_nms_top_n_test",
+        "rpn_post_nms_top_n_test",
+        "box_detections_per_img",
+    }
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig(Mapping):
+    """Every setting of the model, its training and its inference (the paper's defaults).
+
+    Frozen; build variants with :meth:`replace`. For code written against the former
+    dict, it also reads like a mapping (``cfg["lr"]``, ``cfg.get``, ``dict(cfg)``);
+    new code uses attributes. List values are stored as tuples.
+    """
+
+    # ----- model
+    #: resnet18 | resnet34 | resnet50 (torchvision's Mask R-CNN v2) | resnet101
+    backbone: str = "resnet101"
+    #: local starting-weights file (COCO Mask R-CNN or ImageNet ResNet state dict)
+    weights: str | None = None
+    #: FrozenBatchNorm in the backbone; None: frozen with starting weights, trainable without
+    frozen_bn: bool | None = None
+    #: backbone stages trained when starting from weights (0..5, torchvision's convention)
+    trainable_layers: int = 3
+    #: stride 2 in each ResNet stage's first 1x1 conv (detectron2 / MSRA weights) instead of
+    #: its 3x3 conv (torchvision); set it when starting from detectron2's COCO R101 file
+    stride_in_1x1: bool = False
+    #: GeneralizedRCNNTransform min_size (px); a list trains multi-scale (inference: the last)
+    min_size: int | tuple[int, ...] = 1024
+    max_size: int = 1024
+    #: anchor size per FPN level (px at the input scale), 5 values
+    anchor_sizes: tuple[int, ...] = (24, 48, 96, 192, 384)
+    #: anchor height / width
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    fpn_channels: int = 256
+    box_head_dim: int = 1024
+    mask_head_layers: tuple[int, ...] = (256, 256, 256, 256)
+    rpn_pre_nms_top_n_train: int = 600
+    rpn_post_nms_top_n_train: int = 300
+    rpn_pre_nms_top_n_test: int = 300
+    rpn_post_nms_top_n_test: int = 100
+    rpn_batch_size_per_image: int = 128
+    box_batch_size_per_image: int = 128
+    box_positive_fraction: float = 0.25
+    #: detections kept by the box stage (a vertebra comes once per likely class)
+    box_detections_per_img: int = 100
+    box_score_thresh: float = 0.05
+    #: the paper's minimum confidence of a prediction
+    min_score: float = 0.9
+    #: class-agnostic box IoU above which a lower-scored detection is a duplicate (None:
+    #: mask overlap only)
+    dedup_box_iou: float | None = 0.5
+    #: the model sees clip(HU / hu_max, 0, 1) replicated to 3 channels
+    hu_max: float = 1500.0
+    #: SyncBatchNorm across GPUs for trainable BatchNorm layers (DDP on CUDA only)
+    sync_bn: bool = False
+    # ----- training
+    epochs: int = 24
+    #: images per GPU (per process); the global batch is batch_size x number of processes
+    batch_size: int = 5
+    optimizer: str = "sgd"  # sgd | adamw
+    #: learning rate for a global batch of ``batch_size`` images (one process); see lr_scaling
+    lr: float = 0.001
+    #: "linear": lr x number of processes (the global batch grows with them); "none": as given
+    lr_scaling: str = "linear"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    #: weight decay of normalisation layers and of every bias (torchvision's
+    #: norm_weight_decay); None: weight_decay
+    norm_weight_decay: float | None = 0.0
+    lr_schedule: str = "multistep"  # multistep | cosine | constant
+    lr_steps: tuple[int, ...] = (16, 22)  # epochs (multistep)
+    lr_gamma: float = 0.1
+    warmup_iters: int = 100
+    grad_clip: float | None = 10.0
+    workers: int = 2
+    seed: int = 0
+    #: mixed precision (CUDA only)
+    amp: bool = True
+    #: cap on optimizer steps per epoch (smoke runs)
+    max_steps_per_epoch: int | None = None
+    val_max_images: int | None = None
+    #: validation metric that chooses best.pt (higher is better)
+    best_metric: str = "id_rate"
+    #: batches hold images of similar height/width (torchvision's aspect-ratio grouping);
+    #: bins per doubling of the ratio, -1: off
+    aspect_ratio_group_factor: int = 2
+    # ----- augmentation (anatomy-respecting: never flipped)
+    aug_intensity: float = 0.15
+    aug_contrast: float = 0.2
+    aug_noise: float = 0.02
+    aug_rotate_deg: float = 5.0
+    aug_scale: float = 0.1
+    aug_partial_prob: float = 0.3
+    aug_min_rows: float = 0.4
+    aug_min_visible: float = 0.5
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = _check(f.name, getattr(self, f.name))
+            object.__setattr__(self, f.name, value)
+        if len(self.anchor_sizes) != 5:
+            raise ValueError(
+                f"anchor_sizes needs 5 values (one per FPN level); got {len(self.anchor_sizes)}"
+            )
+        if self.warmup_iters < 0:
+            raise ValueError(f"warmup_iters must not be negative; got {self.warmup_iters}")
+        if self.stride_in_1x1 and self.backbone not in ("resnet50", "resnet101"):
+            raise ValueError(
+                f"stride_in_1x1 needs a bottleneck ResNet (resnet50, resnet101); "
+                f"backbone is {self.backbone}"
+            )
+
+    # ----- construction and output
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "configuration") -> TrainConfig:
+        """Build from a mapping; unknown keys and bad values raise ValueError naming ``where``."""
+        data = dict(data)
+        unknown = sorted(set(data) - set(DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown configuration keys {unknown} (see docs/training.md)"
+            )
+        try:
+            return cls(**data)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}: {e}") from None
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (validated)."""
+        unknown = sorted(set(changes) - set(DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown configuration keys {unknown}")
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-ready dict (tuples as lists)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    def to_yaml(self) -> str:
+        """The configuration as YAML text (every key)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def pretrained(self) -> bool:
+        """True when the model starts from a weights file (frozen stages apply)."""
+        return self.weights is not None
+
+    @property
+    def use_frozen_bn(self) -> bool:
+        """The resolved ``frozen_bn`` (None: frozen exactly when starting from weights)."""
+        return self.pretrained if self.frozen_bn is None else bool(self.frozen_bn)
+
+    # ----- transitional mapping API (read-only)
+    def __getitem__(self, key: str) -> Any:
+        if key not in DEFAULTS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(DEFAULTS)
+
+    def __len__(self) -> int:
+        return len(DEFAULTS)
+
+
+# key -> (kind, low, high); kind: int, float, bool, str, ints (list of int), floats
+_SPEC: dict[str, tuple[str, float | None, float | None]] = {
+    "trainable_layers": ("int", 0, 5),
+    "min_size": ("int_or_ints", 16, None),
+    "max_size": ("int", 16, None),
+    "anchor_sizes": ("ints", 1, None),
+    "aspect_ratios": ("floats", 1e-6, None),
+    "fpn_channels": ("int", 1, None),
+    "box_head_dim": ("int", 1, None),
+    "mask_head_layers": ("ints", 1, None),
+    "rpn_pre_nms_top_n_train": ("int", 1, None),
+    "rpn_post_nms_top_n_train": ("int", 1, None),
+    "rpn_pre_nms_top_n_test": ("int", 1, None),
+    "rpn_post_nms_top_n_test": ("int", 1, None),
+    "rpn_batch_size_per_image": ("int", 1, None),
+    "box_batch_size_per_image": ("int", 1, None),
+    "box_positive_fraction": ("float", 1e-6, 1),
+    "box_detections_per_img": ("int", 1, None),
+    "box_score_thresh": ("float", 0, 1),
+    "min_score": ("float", 0, 1),
+    "dedup_box_iou": ("float?", 0, 1),
+    "hu_max": ("float", 1e-6, None),
+    "sync_bn": ("bool", None, None),
+    "stride_in_1x1": ("bool", None, None),
+    "epochs": ("int", 0, None),
+    "batch_size": ("int", 1, None),
+    "lr": ("float", 0, None),
+    "momentum": ("float", 0, 1),
+    "weight_decay": ("float", 0, None),
+    "norm_weight_decay": ("float?", 0, None),
+    "lr_steps": ("ints", 0, None),
+    "lr_gamma": ("float", 0, None),
+    "warmup_iters": ("int", 0, None),
+    "grad_clip": ("float?", 0, None),
+    "workers": ("int", 0, None),
+    "seed": ("int", 0, None),
+    "amp": ("bool", None, None),
+    "max_steps_per_epoch": ("int?", 1, None),
+    "val_max_images": ("int?", 1, None),
+    "aspect_ratio_group_factor": ("int", -1, 8),
+    "aug_intensity": ("float", 0, 1),
+    "aug_contrast": ("float", 0, 0.99),
+    "aug_noise": ("float", 0, 1),
+    "aug_rotate_deg": ("float", 0, 180),
+    "aug_scale": ("float", 0, 0.9),
+    "aug_partial_prob": ("float", 0, 1),
+    "aug_min_rows": ("float", 1e-6, 1),
+    "aug_min_visible": ("float", 0, 1),
+}
+_CHOICES = {
+    "backbone": BACKBONES,
+    "optimizer": ("sgd", "adamw"),
+    "lr_schedule": ("multistep", "cosine", "constant"),
+    "lr_scaling": ("linear", "none"),
+    "best_metric": BEST_METRICS,
+}
+
+
+def _number(key: str, v: Any, integer: bool, lo, hi) -> int | float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{key} must be a number; got {v!r}")
+    if integer:
+        if isinstance(v, float) and not v.is_integer():
+            raise ValueError(f"{key} must be a whole number; got {v!r}")
+        v = int(v)
+    else:
+        v = float(v)
+        if not math.isfinite(v):
+            raise ValueError(f"{key} must be finite; got {v!r}")
+    if lo is not None and v < lo:
+        raise ValueError(f"{key} must be at least {lo}; got {v!r}")
+    if hi is not None and v > hi:
+        raise ValueError(f"{key} must be at most {hi}; got {v!r}")
+    return v
+
+
+def _check(key: str, v: Any) -> Any:
+    """The validated (and normalised: tuples, ints, floats) value of ``key``."""
+    if key in _CHOICES:
+        if not isinstance(v, str) or v.lower() not in _CHOICES[key]:
+            raise ValueError(f"{key} must be one of {list(_CHOICES[key])}; got {v!r}")
+        return v.lower()
+    if key == "weights":
+        if v is None or v == "":
+            return None
+        if not isinstance(v, (str, os.PathLike)):
+            raise ValueError(f"weights must be a file path or null; got {v!r}")
+        return str(v)
+    if key == "frozen_bn":
+        if v is not None and not isinstance(v, bool):
+            raise ValueError(f"frozen_bn must be true, false or null; got {v!r}")
+        return v
+    kind, lo, hi = _SPEC[key]
+    if kind.endswith("?"):
+        if v is None:
+            return None
+        kind = kind[:-1]
+    if kind == "bool":
+        if not isinstance(v, bool):
+            raise ValueError(f"{key} must be true or false; got {v!r}")
+        return v
+    if kind in ("int", "float"):
+        return _number(key, v, kind == "int", lo, hi)
+    if kind == "int_or_ints" and not isinstance(v, (list, tuple)):
+        return _number(key, v, True, lo, hi)
+    if not isinstance(v, (list, tuple)) or (not v and key != "lr_steps"):
+        raise ValueError(f"{key} must be a non-empty list of numbers; got {v!r}")
+    integer = kind in ("ints", "int_or_ints")
+    return tuple(_number(key, x, integer, lo, hi) for x in v)
+
 
 #: Every configuration key with its default (the paper's setup: ResNet-101-FPN, 1024 px).
-DEFAULTS: dict[str, Any] = {
-    # model
-    "backbone": "resnet101",  # resnet18 | resnet34 | resnet50 (v2) | resnet101
-    "weights": None,  # local file: COCO Mask R-CNN state dict or ImageNet resnet state dict
-    "frozen_bn": None,  # None: FrozenBatchNorm with starting weights, BatchNorm without
-    "trainable_layers": 3,  # backbone stages trained when starting from weights (0..5)
-    # px: GeneralizedRCNNTransform min_size/max_size (longest side <= max); a list of
-    # min_size values trains multi-scale (one per batch; inference uses the last)
-    "min_size": 1024,
-    "max_size": 1024,
-    "anchor_sizes": [24, 48, 96, 192, 384],  # px at the input scale, one per FPN level
-    "aspect_ratios": [0.5, 1.0, 2.0],  # height / width
-    "fpn_channels": 256,
-    "box_head_dim": 1024,
-    "mask_head_layers": [256, 256, 256, 256],
-    "rpn_pre_nms_top_n_train": 600,
-    "rpn_post_nms_top_n_train": 300,
-    "rpn_pre_nms_top_n_test": 300,
-    "rpn_post_nms_top_n_test": 100,
-    "rpn_batch_size_per_image": 128,
-    "box_batch_size_per_image": 128,
-    "box_positive_fraction": 0.25,
-    # detections kept by the box stage, ranked by class score: a vertebra comes once per
-    # likely class, and a weakly trained model spreads its classes (60 lost vertebrae)
-    "box_detections_per_img": 100,
-    "box_score_thresh": 0.05,
-    "min_score": 0.9,  # the paper's minimum confidence for predictions
-    # duplicates: a detection whose box has IoU above this with a higher-scored one is
-    # dropped before its mask is computed (null: mask overlap only)
-    "dedup_box_iou": 0.5,
-    # input scale: MIPs are windowed HU (read_coco undoes the PNG's hu_scale); the model
-    # sees clip(HU / hu_max, 0, 1) replicated to 3 channels
-    "hu_max": 1500.0,
-    # training
-    "epochs": 24,
-    "batch_size": 5,
-    "optimizer": "sgd",  # sgd | adamw
-    "lr": 0.001,
-    "momentum": 0.9,
-    "weight_decay": 1e-4,
-    "lr_schedule": "multistep",  # multistep | cosine | constant
-    "lr_steps": [16, 22],  # epochs (multistep)
-    "lr_gamma": 0.1,
-    "warmup_iters": 100,
-    "grad_clip": 10.0,
-    "workers": 2,
-    "seed": 0,
-    "amp": True,  # mixed precision, used only on CUDA
-    "max_steps_per_epoch": None,  # cap (for smoke runs)
-    "val_max_images": None,
-    # augmentation (anatomy-respecting: never flipped)
-    "aug_intensity": 0.15,  # +- fraction brightness
-    "aug_contrast": 0.2,  # +- fraction contrast (gamma)
-    "aug_noise": 0.02,  # std of added noise (0..1 scale)
-    "aug_rotate_deg": 5.0,
-    "aug_scale": 0.1,  # +- fraction
-    "aug_partial_prob": 0.3,  # probability of a random run of rows
-    "aug_min_rows": 0.4,  # the partial view keeps at least this fraction of the rows
-    "aug_min_visible": 0.5,  # drop vertebrae with less of their area left
-}
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig)}
+
+
+# ----------------------------------------------------------------- shipped configurations
+def shipped_configs() -> dict[str, Path]:
+    """{name: path} of the configurations shipped in the package (``paper``, ``smoke``, ...)."""
+    from importlib.resources import files
+
+    folder = files("napari_vertebra") / "configs"
+    out = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            out[entry.name[: -len(".yaml")]] = Path(str(entry))
+    return out
+
+
+def config_path(name_or_path: str | os.PathLike) -> Path:
+    """The YAML file of ``name_or_path``: an existing file, or a shipped configuration's
+    name (``paper``, ``smoke``, ``synth-r50``, with or without ``.yaml``)."""
+    p = Path(name_or_path).expanduser()
+    if p.is_file():
+        return p
+    shipped = shipped_configs()
+    name = p.name[: -len(".yaml")] if p.name.endswith(".yaml") else p.name
+    if str(name_or_path) in (name, f"{name}.yaml") and name in shipped:
+        return shipped[name]
+    raise ValueError(
+        f"{name_or_path}: no such configuration file, and no shipped configuration of that "
+        f"name (shipped: {', '.join(shipped)})"
+    )
+
+
+def read_yaml_keys(path: str | os.PathLike) -> dict[str, Any]:
+    """The keys a YAML configuration file (or shipped name) sets, unvalidated."""
+    p = config_path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p}: not valid YAML ({e})") from e
+    except OSError as e:
+        raise ValueError(f"{p}: cannot read the configuration ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: expected a mapping of configuration keys")
+    return data
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -86,44 +386,61 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
+            raise ValueError(f"override {item!r} is not key=value (e.g. lr=0.002)")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({e})") from e
     return out
 
 
 def load_config(
     path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """Defaults updated with the YAML file at ``path`` and then with ``overrides``."""
-    cfg = copy.deepcopy(DEFAULTS)
+) -> TrainConfig:
+    """Defaults updated with the YAML file (or shipped name) ``path``, then ``overrides``."""
+    data: dict[str, Any] = {}
+    where = "defaults"
     if path is not None:
-        p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{p}: not valid YAML ({e})") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"{p}: expected a mapping of configuration keys")
-        _update(cfg, data, str(p))
+        p = config_path(path)
+        where = str(p)
+        data = read_yaml_keys(p)
+        TrainConfig.from_dict(data, where)  # errors name the file
     if overrides:
-        _update(cfg, dict(overrides), "overrides")
-    return cfg
+        data.update(overrides)
+        where = f"{where} with overrides {sorted(overrides)}"
+    return TrainConfig.from_dict(data, where)
 
 
-def _update(cfg: dict, data: Mapping, where: str) -> None:
-    unknown = sorted(set(data) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"{where}: unknown configuration keys {unknown}")
-    cfg.update(copy.deepcopy(dict(data)))
+def as_config(config: TrainConfig | Mapping[str, Any] | None) -> TrainConfig:
+    """A :class:`TrainConfig` from one, a (partial) mapping of keys, or None (defaults)."""
+    if isinstance(config, TrainConfig):
+        return config
+    return TrainConfig.from_dict(config or {})
+
+
+def _represent(dumper: yaml.SafeDumper, cfg: TrainConfig) -> yaml.Node:
+    return dumper.represent_dict(cfg.to_dict())
+
+
+yaml.SafeDumper.add_representer(TrainConfig, _represent)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The training options (shared by ``napari-vertebra train`` and training/train.py)."""
-    parser.add_argument("--config", help="YAML configuration (e.g. training/paper.yaml)")
+    parser.add_argument(
+        "--config",
+        help="YAML configuration: a file, or a shipped name (paper, smoke, synth-r50)",
+    )
     parser.add_argument("--data", required=True, help="folder with train/ and val/ COCO splits")
     parser.add_argument("-o", "--output", required=True, help="run folder")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from RUN/last.pt with its configuration; --config and KEY=VALUE "
+        "may change only epochs, lr and a few others (see docs/training.md), else it stops "
+        "with an error",
+    )
     parser.add_argument("--epochs", type=int, help="number of epochs (overrides the config)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--seed", type=int, help="random seed (overrides the config)")

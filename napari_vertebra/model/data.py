@@ -10,6 +10,7 @@ L5 into T1 and a left-right flip puts anterior on the wrong side.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,18 @@ from napari_vertebra.annotation.coco import read_coco
 from napari_vertebra.annotation.polygons import rasterize
 from napari_vertebra.annotation.types import AnnotatedImage
 
-from .config import DEFAULTS
+from .config import TrainConfig, as_config
 
-__all__ = ["VertebraDataset", "coco_ground_truth", "collate", "image_to_tensor", "split_json"]
+__all__ = [
+    "EpochBatchSampler",
+    "VertebraDataset",
+    "aspect_group",
+    "coco_ground_truth",
+    "collate",
+    "epoch_steps",
+    "image_to_tensor",
+    "split_json",
+]
 
 
 def split_json(split_dir: str | os.PathLike) -> Path:
@@ -48,22 +58,28 @@ def image_to_tensor(image: np.ndarray, hu_max: float = 1500.0) -> torch.Tensor:
     return x.unsqueeze(0).expand(3, -1, -1).contiguous()
 
 
+#: A mask stored cropped to its bounding box: (row0, col0, bool crop).
+_CroppedMask = tuple[int, int, np.ndarray]
+
+
 class VertebraDataset(torch.utils.data.Dataset):
     """Images and Mask R-CNN targets (boxes, labels 1..17, masks) of one COCO split.
 
-    ``train=True`` turns augmentation on; its random numbers depend on (seed, epoch,
-    index) only, so runs and resumed runs see the same samples (call :meth:`set_epoch`).
+    Masks are rasterised once, when the dataset is made, and kept cropped to their
+    boxes. ``train=True`` turns augmentation on; its random numbers depend on (seed,
+    epoch, index) only, so runs and resumed runs see the same samples. The epoch comes
+    with the index (``dataset[(index, epoch)]``, as :class:`EpochBatchSampler` yields
+    them, so persistent loader workers follow it) or from :meth:`set_epoch`.
     """
 
     def __init__(
         self,
         split_dir: str | os.PathLike,
-        config: dict[str, Any] | None = None,
+        config: TrainConfig | dict[str, Any] | None = None,
         train: bool = False,
         max_images: int | None = None,
     ):
-        self.cfg = dict(DEFAULTS)
-        self.cfg.update(config or {})
+        self.cfg = as_config(config)
         self.path = split_json(split_dir)
         images = read_coco(self.path, load_images=True)
         if max_images:
@@ -75,9 +91,10 @@ class VertebraDataset(torch.utils.data.Dataset):
         self.images: list[AnnotatedImage] = images
         self.train = train
         self.epoch = 0
+        self._masks: list[list[_CroppedMask]] = [_rasterize_cropped(im) for im in images]
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation random numbers of ``epoch``."""
+        """Select the augmentation random numbers of ``epoch`` (for integer indices)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -88,20 +105,68 @@ class VertebraDataset(torch.utils.data.Dataset):
         im = self.images[index]
         shape = (im.height, im.width)
         cls = np.array([a.class_id for a in im.annotations], dtype=np.int64)
-        if cls.size == 0:
-            return cls, np.zeros((0, *shape), bool)
-        return cls, np.stack([rasterize(a.polygons, shape) for a in im.annotations])
+        out = np.zeros((len(cls), *shape), bool)
+        for k, (r0, c0, crop) in enumerate(self._masks[index]):
+            out[k, r0 : r0 + crop.shape[0], c0 : c0 + crop.shape[1]] = crop
+        return cls, out
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _rngs(self, index: int, epoch: int) -> tuple[np.random.Generator, np.random.Generator]:
+        seed = [self.cfg.seed, int(epoch), int(index)]
+        return np.random.default_rng(seed), np.random.default_rng([*seed, 1])
+
+    def output_shape(self, index: int, epoch: int | None = None) -> tuple[int, int]:
+        """(rows, cols) of sample ``index`` in ``epoch`` after augmentation (a partial view
+        keeps a run of rows), computed without loading it: for aspect-ratio grouping."""
+        im = self.images[index]
+        if not self.train:
+            return im.height, im.width
+        rows = _partial_rows(
+            im.height, bool(im.annotations), self.cfg, self._rngs(index, self._ep(epoch))[1]
+        )
+        return (rows[1] - rows[0] if rows else im.height), im.width
+
+    def _ep(self, epoch: int | None) -> int:
+        return self.epoch if epoch is None else int(epoch)
+
+    def __getitem__(self, index) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        epoch = None
+        if isinstance(index, tuple):
+            index, epoch = index
         im = self.images[index]
         if im.image is None:
             raise ValueError(f"{self.path}: image {im.file_name} has no pixels")
-        image = np.asarray(im.image, np.float32) / float(self.cfg["hu_max"])
+        image = np.asarray(im.image, np.float32) / self.cfg.hu_max
         cls, masks = self.masks(index)
         if self.train:
-            rng = np.random.default_rng([int(self.cfg["seed"]), self.epoch, index])
-            image, cls, masks = augment(image, cls, masks, self.cfg, rng)
+            rng, rng_rows = self._rngs(index, self._ep(epoch))
+            rows = _partial_rows(im.height, len(masks) > 0, self.cfg, rng_rows)
+            image, cls, masks = augment(image, cls, masks, self.cfg, rng, rows)
         return _to_sample(image, cls, masks, index)
+
+
+def _rasterize_cropped(im: AnnotatedImage) -> list[_CroppedMask]:
+    out: list[_CroppedMask] = []
+    shape = (im.height, im.width)
+    for a in im.annotations:
+        m = rasterize(a.polygons, shape)
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        if rows.size == 0:
+            out.append((0, 0, np.zeros((0, 0), bool)))
+            continue
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        out.append((int(r0), int(c0), m[r0:r1, c0:c1].copy()))
+    return out
+
+
+def _partial_rows(
+    height: int, has_masks: bool, cfg: TrainConfig, rng: np.random.Generator
+) -> tuple[int, int] | None:
+    """(first, end) rows of a random partial view, or None (the whole image)."""
+    if not has_masks or rng.random() >= cfg.aug_partial_prob:
+        return None
+    keep_h = max(1, int(height * rng.uniform(cfg.aug_min_rows, 1.0)))
+    r0 = int(rng.integers(0, height - keep_h + 1))
+    return r0, r0 + keep_h
 
 
 def _to_sample(image, cls, masks, index):
@@ -126,25 +191,28 @@ def augment(
     image: np.ndarray,
     cls: np.ndarray,
     masks: np.ndarray,
-    cfg: dict[str, Any],
+    cfg: TrainConfig,
     rng: np.random.Generator,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Anatomy-respecting augmentation of a 0..1 image and its (N, H, W) masks (no flips)."""
+    """Anatomy-respecting augmentation of a 0..1 image and its (N, H, W) masks (no flips).
+
+    ``rows`` (first, end) keeps a partial view: vertebrae cut below
+    ``aug_min_visible`` of their area are dropped.
+    """
     h, w = image.shape
-    # partial view: keep a run of rows, drop vertebrae cut below the visibility threshold
-    if rng.random() < float(cfg["aug_partial_prob"]) and len(masks):
-        keep_h = int(h * rng.uniform(float(cfg["aug_min_rows"]), 1.0))
-        r0 = int(rng.integers(0, h - keep_h + 1))
+    if rows is not None and len(masks):
+        r0, r1 = rows
         area = masks.reshape(len(masks), -1).sum(1)
-        image = image[r0 : r0 + keep_h]
-        masks = masks[:, r0 : r0 + keep_h]
+        image = image[r0:r1]
+        masks = masks[:, r0:r1]
         vis = masks.reshape(len(masks), -1).sum(1) / np.maximum(area, 1)
-        ok = vis >= float(cfg["aug_min_visible"])
+        ok = vis >= cfg.aug_min_visible
         cls, masks = cls[ok], masks[ok]
-        h = keep_h
+        h = r1 - r0
     # small rotation and scale about the centre (same output size)
-    deg = float(cfg["aug_rotate_deg"])
-    sc = float(cfg["aug_scale"])
+    deg = cfg.aug_rotate_deg
+    sc = cfg.aug_scale
     if deg > 0 or sc > 0:
         a = np.deg2rad(rng.uniform(-deg, deg))
         s = rng.uniform(1 - sc, 1 + sc)
@@ -157,12 +225,93 @@ def augment(
                 [ndi.affine_transform(mk.astype(np.uint8), m, off, order=0) > 0 for mk in masks]
             )
     # intensity: contrast (gamma), brightness, noise
-    g = float(cfg["aug_contrast"])
+    g = cfg.aug_contrast
     image = np.clip(image, 0, 1) ** rng.uniform(1 - g, 1 + g)
-    image = image * rng.uniform(1 - float(cfg["aug_intensity"]), 1 + float(cfg["aug_intensity"]))
-    if float(cfg["aug_noise"]) > 0:
-        image = image + rng.normal(0, float(cfg["aug_noise"]), image.shape) * (image > 0)
+    image = image * rng.uniform(1 - cfg.aug_intensity, 1 + cfg.aug_intensity)
+    if cfg.aug_noise > 0:
+        image = image + rng.normal(0, cfg.aug_noise, image.shape) * (image > 0)
     return np.clip(image, 0, 1).astype(np.float32), cls, masks
+
+
+def epoch_steps(n_images: int, batch_size: int, world: int = 1) -> tuple[int, bool]:
+    """(batches per epoch, drop_last) for each of ``world`` ranks: a rank sees its share of
+    the images, and a last partial batch is dropped unless it would be the only one."""
+    per_rank = math.ceil(n_images / world)
+    drop_last = per_rank > batch_size
+    return (per_rank // batch_size if drop_last else 1), drop_last
+
+
+def aspect_group(rows: int, cols: int, factor: int) -> int:
+    """Group of an image by its aspect ratio: ``factor`` bins per doubling of rows / cols
+    (torchvision's references group by aspect ratio so that a batch pads little)."""
+    if factor <= 0:
+        return 0
+    return int(np.floor(np.log2(max(rows, 1) / max(cols, 1)) * factor))
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Batches of ``(index, epoch)`` for one rank: a shuffled order per (seed, epoch),
+    shared by every rank and split between them (as DistributedSampler does), grouped by
+    aspect ratio of the augmented samples (as torchvision's GroupedBatchSampler does),
+    deterministic, and able to start an epoch after ``skip`` batches (resuming mid-epoch).
+
+    The number of batches is :func:`epoch_steps`; :meth:`set_epoch` chooses the epoch
+    (read when the loader starts iterating, so the loader can be built once).
+    """
+
+    def __init__(
+        self,
+        dataset: VertebraDataset,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        group_factor: int = 2,
+    ):
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.rank, self.world = int(rank), int(world)
+        self.group_factor = int(group_factor)
+        self.n_batches, self.drop_last = epoch_steps(len(dataset), self.batch_size, self.world)
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Iterate over ``epoch``, leaving out its first ``skip`` batches."""
+        self.epoch, self.skip = int(epoch), int(skip)
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """Every batch of this rank in ``epoch`` (image indices)."""
+        n = len(self.dataset)
+        g = torch.Generator().manual_seed(self.seed * 1000 + int(epoch))
+        order = torch.randperm(n, generator=g).tolist()
+        per_rank = math.ceil(n / self.world)
+        order += order[: per_rank * self.world - n]  # pad as DistributedSampler does
+        mine = order[self.rank :: self.world]
+        if not self.drop_last:
+            return [mine]
+        bs = self.batch_size
+        buffers: dict[int, list[int]] = {}
+        out: list[list[int]] = []
+        for i in mine:
+            key = aspect_group(*self.dataset.output_shape(i, epoch), self.group_factor)
+            buf = buffers.setdefault(key, [])
+            buf.append(i)
+            if len(buf) == bs:
+                out.append(buf.copy())
+                buf.clear()
+        pos = {i: k for k, i in enumerate(mine)}
+        rest = sorted((i for b in buffers.values() for i in b), key=pos.__getitem__)
+        out += [rest[k : k + bs] for k in range(0, len(rest) - bs + 1, bs)]
+        return out
+
+    def __iter__(self):
+        for batch in self.batches(self.epoch)[self.skip :]:
+            yield [(i, self.epoch) for i in batch]
+
+    def __len__(self) -> int:
+        return max(0, self.n_batches - self.skip)
 
 
 def collate(batch):

@@ -1,11 +1,20 @@
 """Prediction: vertebra masks, boxes, classes and scores on sagittal MIPs.
 
 :class:`Predictor` loads one of our checkpoints once and predicts on 2D windowed-HU
-MIPs (row 0 superior, col 0 anterior). Detections below ``min_score`` are dropped,
-overlapping duplicates suppressed (class-agnostic: by box IoU, then by mask overlap),
-and the classes made anatomically
-consistent with :func:`napari_vertebra.model.anatomy.order_classes` (T1..L5 from top to
-bottom, no repeats or inversions) using each detection's class probabilities.
+MIPs (row 0 superior, col 0 anterior). Detections whose class probability is below
+``min_score`` are dropped, overlapping duplicates suppressed (class-agnostic: by box IoU,
+then by mask overlap), and the classes made anatomically consistent with
+:func:`napari_vertebra.model.anatomy.order_classes` (T1..L5 from top to bottom, no
+repeats or inversions) using each detection's class probabilities.
+
+Confidence. A detection's ``score`` is the probability of its class, softmax of the box
+head on its proposal at the detector's class (torchvision's detection score; the number
+matterport's DETECTION_MIN_CONFIDENCE, the paper's 0.9, applies to). ``min_score`` and the
+Predict widget's slider filter on it. An untrained classifier spreads its probability
+over the 18 classes (about 1/18 each), so it predicts nothing at 0.9. The probability
+that a box is *some* vertebra, 1 - p(background) of the box head on the final box, is
+kept as ``vertebra_scores`` for review only (it is near 1 for an untrained model too);
+it never lets a detection through.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from napari_vertebra.core.labels import VERTEBRAE
 from .anatomy import MaskSuppressor, box_suppression, mask_overlap_suppression, order_classes
 from .build import model_from_checkpoint
 from .data import image_to_tensor
-from .train import resolve_device
+from .device import resolve_device
 
 __all__ = [
     "DEDUP_BOX_IOU",
@@ -33,6 +42,7 @@ __all__ = [
     "Prediction",
     "Predictor",
     "apply_test_settings",
+    "detection_scores",
     "full_detections",
     "postprocess",
     "predict",
@@ -47,7 +57,10 @@ class Prediction:
 
     ``masks`` (N, H, W) bool; ``boxes`` (N, 4) (x0, y0, x1, y1) px; ``classes`` (N,)
     1..17 after the anatomical ordering; ``raw_classes`` the detector's own; ``scores``
-    (N,) vertebra confidence (1 - p(background)); ``class_probs`` (N, 17) probabilities of T1..L5.
+    (N,) confidence: the probability of the detector's class (``raw_classes``), the number
+    ``min_score`` filters on; ``class_probs`` (N, 17) probabilities of T1..L5 on the final
+    box; ``vertebra_scores`` (N,) 1 - p(background) on the final box (is it a vertebra at
+    all; for review, never a filter).
     """
 
     masks: np.ndarray
@@ -58,6 +71,7 @@ class Prediction:
     class_probs: np.ndarray
     shape: tuple[int, int] = (0, 0)
     meta: dict[str, Any] = field(default_factory=dict)
+    vertebra_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -145,12 +159,20 @@ def _mask_probs(model, features, image_sizes, i, boxes, labels, original) -> tor
     return out[0]["masks"]
 
 
+def detection_scores(det: dict[str, torch.Tensor]) -> np.ndarray:
+    """(N,) confidence of detections: the probability of each detection's class
+    (torchvision's ``scores``, softmax of the box head on the proposal). ``min_score``
+    applies to this number (matterport's DETECTION_MIN_CONFIDENCE)."""
+    return det["scores"].detach().cpu().numpy()
+
+
 def vertebra_scores(det: dict[str, torch.Tensor]) -> np.ndarray:
-    """(N,) vertebra confidence of detections: 1 - p(background), or the detector's
-    class score without ``class_probs``."""
+    """(N,) probability that each detection is some vertebra, 1 - p(background) of the
+    box head on the final box (NaN without ``class_probs``). For review only: an
+    untrained model gives about 17/18 everywhere, so it never filters detections."""
     if "class_probs" in det and len(det["class_probs"]) == len(det["scores"]):
-        return 1.0 - det["class_probs"][:, 0].cpu().numpy()
-    return det["scores"].cpu().numpy()
+        return 1.0 - det["class_probs"][:, 0].detach().cpu().numpy()
+    return np.full(len(det["scores"]), np.nan)
 
 
 #: Masks computed per round beyond those still needed (some turn out duplicates).
@@ -164,7 +186,11 @@ def _iou_tag(box_iou: float | None) -> float:
 
 
 def _candidates(scores: np.ndarray, boxes: np.ndarray, min_score: float, box_iou) -> np.ndarray:
-    """Indices with score >= ``min_score``, by decreasing score, after box suppression."""
+    """Indices with score >= ``min_score``, by decreasing score, after box suppression.
+
+    ``scores`` are class probabilities: of the copies of one vertebra under several
+    classes (Mask R-CNN boxes each ROI once per class), the most probable class's comes
+    first and is kept, with its class-specific box and mask."""
     cand = np.nonzero(scores >= min_score)[0]
     order = cand[np.argsort(-scores[cand].astype(float), kind="stable")]
     return order[box_suppression(boxes[order], box_iou)]
@@ -180,9 +206,10 @@ def raw_detections(
     """Box detections of Mask R-CNN, plus masks of those :func:`postprocess` can keep.
 
     ``boxes``, ``labels``, ``scores`` (N, up to ``box_detections_per_img``) are those of
-    ``model(images)`` in eval mode; ``class_probs`` (N, 18) come from the box head run
-    once more on the final boxes. The mask head runs only on the detections that pass
-    the score threshold ``min_score`` and the duplicate suppression (class-agnostic box
+    ``model(images)`` in eval mode (``scores``: the probability of the detection's class);
+    ``class_probs`` (N, 18) come from the box head run once more on the final boxes. The
+    mask head runs only on the detections whose class probability passes ``min_score``
+    and the duplicate suppression (class-agnostic box
     IoU above ``box_iou``, then mask overlap), at most 17, found in order of decreasing
     score a few at a time (the others cannot be in the output of :func:`postprocess` at
     any threshold >= ``min_score``). ``keep`` (K,) indexes them (by decreasing score),
@@ -193,7 +220,7 @@ def raw_detections(
     batch, features, original, dets = _box_stage(model, images)
     out = []
     for i, d in enumerate(dets):
-        scores = vertebra_scores(d)
+        scores = detection_scores(d)
         boxes = model.transform.postprocess(
             [{"boxes": d["boxes"]}], [batch.image_sizes[i]], [original[i]]
         )[0]["boxes"]
@@ -305,11 +332,11 @@ class Predictor:
     """Loads a checkpoint once and predicts vertebrae on MIPs.
 
     ``checkpoint`` is a path to one of our checkpoints (or an already built model with
-    ``config``); ``min_score`` defaults to the config's (the paper's 0.9); ``order``
-    applies the anatomical ordering; ``settings`` overrides inference numbers of the
-    checkpoint's config (see :data:`TEST_SETTINGS`). ``box_iou`` is the class-agnostic
-    box IoU above which a lower-scored detection is a duplicate (default: the config's
-    ``dedup_box_iou``; None: mask overlap only).
+    ``config``); ``min_score`` (on the class probability) defaults to the config's (the
+    paper's 0.9); ``order`` applies the anatomical ordering; ``settings`` overrides
+    inference numbers of the checkpoint's config (see :data:`TEST_SETTINGS`). ``box_iou``
+    is the class-agnostic box IoU above which a lower-scored detection is a duplicate
+    (default: the config's ``dedup_box_iou``; None: mask overlap only).
     """
 
     def __init__(
@@ -370,10 +397,11 @@ def postprocess(
 ) -> Prediction:
     """Score filter, duplicate suppression, at most 17 instances, anatomical order.
 
-    The score of a detection is its vertebra confidence, 1 - p(background) of the box
-    head on the final box (the class is decided afterwards by the anatomical order, so
-    a vertebra whose probability is split between two neighbouring classes is kept).
-    Without ``class_probs`` the detector's class score is used. Duplicates: by decreasing
+    The score of a detection is the probability of its class (:func:`detection_scores`);
+    ``min_score`` applies to it, never to the vertebra probability 1 - p(background)
+    (kept as ``vertebra_scores``). The anatomical order may then move a detection to a
+    neighbouring class; its score stays the probability that let it through. The final
+    box's class probabilities (``class_probs``) drive that order. Duplicates: by decreasing
     score, a detection whose box has IoU above ``box_iou`` (None: no box step; "auto":
     the one ``det`` was computed with, else :data:`DEDUP_BOX_IOU`) with a kept one is
     dropped, then one whose mask overlaps a kept mask by more than half of the smaller.
@@ -381,7 +409,8 @@ def postprocess(
     must be at least, and ``box_iou`` the same as, the ones it was given) or
     :func:`full_detections` (masks of every detection).
     """
-    scores = vertebra_scores(det)
+    scores = detection_scores(det)
+    vscores = vertebra_scores(det)
     if "keep" in det:  # from raw_detections: masks of the survivors only
         floor = float(det["mask_min_score"])
         if min_score < floor:
@@ -401,7 +430,7 @@ def postprocess(
         boxes = det["boxes"].cpu().numpy()[sel]
         labels = det["labels"].cpu().numpy()[sel]
         probs = det["class_probs"].cpu().numpy()[sel][:, 1:]
-        scores = scores[sel]
+        scores, vscores = scores[sel], vscores[sel]
     else:  # masks of every detection (full_detections)
         if box_iou == "auto":
             box_iou = DEDUP_BOX_IOU
@@ -410,10 +439,10 @@ def postprocess(
         boxes = det["boxes"].cpu().numpy()[keep]
         labels = det["labels"].cpu().numpy()[keep]
         probs = det["class_probs"].cpu().numpy()[keep][:, 1:]
-        scores = scores[keep]
+        scores, vscores = scores[keep], vscores[keep]
         sel = mask_overlap_suppression(masks, scores)[: len(VERTEBRAE)]
-        masks, boxes, labels, probs, scores = (
-            a[sel] for a in (masks, boxes, labels, probs, scores)
+        masks, boxes, labels, probs, scores, vscores = (
+            a[sel] for a in (masks, boxes, labels, probs, scores, vscores)
         )
     rows = np.array([np.nonzero(m)[0].mean() for m in masks]) if len(masks) else np.zeros(0)
     if order and len(masks):
@@ -429,6 +458,7 @@ def postprocess(
         raw_classes=labels[top].astype(int),
         class_probs=probs[top].reshape(-1, len(VERTEBRAE)),
         shape=tuple(shape),
+        vertebra_scores=vscores[top],
     )
 
 

@@ -1,16 +1,22 @@
-"""Prediction outputs: COCO result entries, label PNGs and coloured overlays."""
+"""Prediction outputs: COCO result entries, label PNGs and coloured overlays.
+
+No torch at import (the :class:`~napari_vertebra.model.predict.Prediction` type is only
+named), so training and evaluation can use :func:`coco_results` without an import circle.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from napari_vertebra.core.labels import class_colours_rgba, class_name
 
-from .predict import Prediction
+if TYPE_CHECKING:
+    from .predict import Prediction
 
 __all__ = ["coco_results", "overlay_rgb", "prediction_results", "save_png"]
 
@@ -22,7 +28,10 @@ def coco_results(
     classes: np.ndarray,
     scores: np.ndarray,
 ) -> list[dict]:
-    """COCO results entries (RLE segmentation, bbox x,y,w,h from x0,y0,x1,y1, score)."""
+    """COCO results entries (RLE segmentation, bbox x,y,w,h from x0,y0,x1,y1, score).
+
+    ``masks`` (N, H, W) bool, ``boxes`` (N, 4) (x0, y0, x1, y1) px, ``classes`` (N,)
+    1..17, ``scores`` (N,) the detections' class probabilities."""
     from pycocotools import mask as mask_utils
 
     out = []
@@ -42,10 +51,14 @@ def coco_results(
 
 
 def prediction_results(pred: Prediction, image_id: int, file_name: str) -> list[dict]:
-    """COCO results entries of one image, with its file name and the vertebra names."""
+    """COCO results entries of one image, with its file name, the vertebra names and
+    ``vertebra_score`` (1 - p(background), for review; ``score`` is the class probability)."""
     out = coco_results(image_id, pred.masks, pred.boxes, pred.classes, pred.scores)
-    for entry in out:
+    vs = np.asarray(pred.vertebra_scores, float)
+    for k, entry in enumerate(out):
         entry.update(file_name=file_name, name=class_name(entry["category_id"]))
+        if vs.shape == (len(out),) and np.isfinite(vs[k]):
+            entry["vertebra_score"] = float(vs[k])
     return out
 
 

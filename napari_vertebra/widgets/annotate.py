@@ -3,14 +3,19 @@
 Each MIP Image layer gets a Shapes layer "vertebrae <mip>" whose shapes carry the
 features ``class_id`` (1..17), ``vertebra`` ("T1".."L5") and ``instance`` (shapes that
 share it are parts of one vertebra). A newly drawn polygon takes the class of the picker,
-which then moves to the next vertebra. Every change is checked (warnings list) and saved
-at once to an :class:`~napari_vertebra.annotation.project.AnnotationProject` folder;
-selecting a MIP whose key is in the project loads its polygons.
+which then moves to the next vertebra not yet drawn. Every change is checked (warnings
+list) and saved at once to an :class:`~napari_vertebra.annotation.project.AnnotationProject`
+folder, on a background thread, as one step of the MIP's undo history (Ctrl+Z /
+Ctrl+Shift+Z, kept in the project, so it survives a restart); selecting a MIP whose key
+is in the project loads its polygons. Escape cancels the polygon being drawn; a polygon
+of fewer than 3 points is refused with a message.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -20,8 +25,10 @@ import numpy as np
 import pandas as pd
 from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, Label, LineEdit, PushButton
 from qtpy.QtCore import QTimer
+from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QFileDialog, QListWidget, QListWidgetItem
 
+from napari_vertebra.annotation.history import MAX_STEPS, next_missing, shift_levels
 from napari_vertebra.annotation.polygons import (
     annotations_to_label_image,
     check_image_annotations,
@@ -49,15 +56,28 @@ __all__ = ["DIRECTIONS", "AnnotateWidget", "default_project_dir", "shapes_to_ann
 #: What the class picker does after a polygon is drawn.
 DIRECTIONS = ("down the spine (T1 → L5)", "up the spine (L5 → T1)", "stay")
 FACE_ALPHA = 0.25
-#: Keys bound on the vertebra Shapes layer: next / previous class, set class, save.
-_BOUND_KEYS = (".", ",", "Shift-C", "Shift-S")
+#: Keys bound on the vertebra Shapes layer: next / previous class, set class, save,
+#: cancel the polygon being drawn, undo, redo (the last two also on the viewer).
+_BOUND_KEYS = (".", ",", "Shift-C", "Shift-S", "Escape", "Control-Z", "Control-Shift-Z")
+_VIEWER_KEYS = ("Control-Z", "Control-Shift-Z")
+#: Number keys: the digit row picks a vertebra of the picker's region by position, T1..T12
+#: in the thoracic region (1..9, 0 = T10, - = T11, = = T12), L1..L5 in the lumbar region.
+#: On the vertebra layer they replace napari's Shapes mode digits (1..7), which all but 7
+#: (transform, a button) have letter keys for.
+NUMBER_KEYS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "0", "-", "=")
+#: History entries shown in the widget (newest first).
+_HISTORY_SHOWN = 6
 SHORTCUTS = (
     "<b>Shortcuts</b> (Shapes layer selected): "
-    "<b>P</b> draw polygon (click vertices, Enter / double-click ends) · "
+    "<b>P</b> draw polygon (click vertices, Enter / double-click ends, "
+    "<b>Esc</b> cancels) · "
     "<b>.</b> / <b>,</b> next / previous vertebra · "
+    "<b>1</b>..<b>5</b> L1..L5 (lumbar), <b>1</b>..<b>9 0 - =</b> T1..T12 (thoracic) · "
     "<b>Shift+C</b> give selected shapes the picked class · "
     "<b>D</b> edit vertices · <b>S</b> select · <b>Delete</b> delete selected · "
-    "<b>Shift+S</b> save now (every change is saved anyway)"
+    "<b>Ctrl+Z</b> / <b>Ctrl+Shift+Z</b> undo / redo "
+    f"(last {MAX_STEPS} changes per MIP, kept in the project) · "
+    "<b>Shift+S</b> save now (every change is autosaved)"
 )
 
 
@@ -86,12 +106,14 @@ def shapes_to_annotations(layer: Any) -> tuple[list[VertebraAnnotation], list[st
     """The annotations of a vertebra Shapes layer and messages about unusable shapes.
 
     Shapes sharing ``instance`` become the parts of one annotation (ordered by first
-    appearance). Rectangles count as polygons, ellipses are sampled; paths and lines are
-    kept as their vertices (and reported).
+    appearance); its ``score`` and ``source`` come from the features of its first part.
+    Rectangles count as polygons, ellipses are sampled; paths and lines are kept as their
+    vertices (and reported).
     """
     msgs: list[str] = []
     feats = layer.features
     groups: dict[Any, tuple[int, list[np.ndarray]]] = {}
+    extras: dict[Any, dict] = {}
     for i, (data, stype) in enumerate(zip(layer.data, layer.shape_type, strict=True)):
         try:
             cid = int(feats["class_id"].iloc[i])
@@ -106,9 +128,24 @@ def shapes_to_annotations(layer: Any) -> tuple[list[VertebraAnnotation], list[st
             msgs.append(f"{class_name(cid)}: shape {i + 1} is a {stype}, not a closed polygon")
         inst = feats["instance"].iloc[i] if "instance" in feats else i
         key = (cid, -1 - i) if pd.isna(inst) or int(inst) <= 0 else (cid, int(inst))
+        if key not in groups:
+            extras[key] = _row_extras(feats, i)
         groups.setdefault(key, (cid, []))[1].append(pts)
-    out = [VertebraAnnotation(cid, polys) for cid, polys in groups.values()]
+    out = [VertebraAnnotation(cid, polys, **extras[k]) for k, (cid, polys) in groups.items()]
     return out, msgs
+
+
+def _row_extras(feats: pd.DataFrame, i: int) -> dict:
+    """``score`` / ``source`` keyword arguments of an annotation from feature row ``i``."""
+    out: dict = {}
+    if "score" in feats:
+        score = feats["score"].iloc[i]
+        out["score"] = None if pd.isna(score) else float(score)
+    if "source" in feats and _HAS_SOURCE:
+        source = feats["source"].iloc[i]
+        if isinstance(source, str) and source:
+            out["source"] = source
+    return out
 
 
 class AnnotateWidget(VertebraWidget):
@@ -162,6 +199,20 @@ class AnnotateWidget(VertebraWidget):
         self.assign_button = PushButton(text="Set class (Shift+C)")
         self.delete_button = PushButton(text="Delete selected")
         self.add_buttons(self.draw_button, self.assign_button, self.delete_button)
+        self.undo_button = PushButton(text="Undo (Ctrl+Z)")
+        self.redo_button = PushButton(text="Redo (Ctrl+Shift+Z)")
+        self.add_buttons(self.undo_button, self.redo_button)
+        self.shift_up_button = PushButton(text="Shift levels up ↑")
+        self.shift_up_button.tooltip = "Every label of this MIP one level up (L2 → L1)."
+        self.shift_down_button = PushButton(text="Shift levels down ↓")
+        self.shift_down_button.tooltip = "Every label of this MIP one level down (L1 → L2)."
+        self.add_buttons(self.shift_up_button, self.shift_down_button)
+        self.history_list = QListWidget()
+        self.history_list.setMaximumHeight(92)
+        self.history_list.setToolTip("Changes of this MIP, newest first (greyed: undone)")
+        self.add(self.history_list)
+        self.autosave_label = Label(value="not saved yet")
+        self.add(self.autosave_label)
 
         self.ct_layer = layer_combo(
             viewer, "Image", "CT (3D)", nullable=True, predicate=lambda la: la.ndim == 3
@@ -213,6 +264,10 @@ class AnnotateWidget(VertebraWidget):
         self.draw_button.changed.connect(lambda *_: self.draw_polygon())
         self.assign_button.changed.connect(lambda *_: self.assign_class_to_selected())
         self.delete_button.changed.connect(lambda *_: self.delete_selected())
+        self.undo_button.changed.connect(lambda *_: self.undo())
+        self.redo_button.changed.connect(lambda *_: self.redo())
+        self.shift_up_button.changed.connect(lambda *_: self.shift_levels(-1))
+        self.shift_down_button.changed.connect(lambda *_: self.shift_levels(1))
         self.from3d_button.changed.connect(lambda *_: self.labels_from_3d())
         self.mask_to_poly_button.changed.connect(lambda *_: self.mask_to_polygons())
         self.poly_to_mask_button.changed.connect(lambda *_: self.polygons_to_mask())
@@ -220,6 +275,8 @@ class AnnotateWidget(VertebraWidget):
         self.export_coco_button.changed.connect(lambda *_: self.export_coco())
         self.export_via_button.changed.connect(lambda *_: self.export_via())
 
+        self._viewer_keys_bound = False
+        self._bind_viewer_keys()
         self._open_project(quiet=True)
         self.refresh_choices()
         self._on_class_changed()
@@ -228,8 +285,13 @@ class AnnotateWidget(VertebraWidget):
     # -- project -----------------------------------------------------------------------
     def _open_project(self, quiet: bool = False) -> bool:
         folder = Path(str(self.project_dir.value)).expanduser()
+        if self.project is not None:
+            try:
+                self.project.close()
+            except OSError as e:
+                self.fail(f"Could not save annotations: {error_message(e)}")
         try:
-            self.project = AnnotationProject(folder)
+            self.project = AnnotationProject(folder, background=True)
         except (ValueError, OSError) as e:
             self.project = None
             if not quiet:
@@ -371,7 +433,7 @@ class AnnotateWidget(VertebraWidget):
     def _detach_shapes(self) -> None:
         try:
             self.shapes.events.data.disconnect(self._on_shapes_data)
-            for key in _BOUND_KEYS:
+            for key in (*_BOUND_KEYS, *NUMBER_KEYS):
                 self.shapes.bind_key(key, None, overwrite=True)
         except Exception:
             pass
@@ -379,17 +441,44 @@ class AnnotateWidget(VertebraWidget):
     def close_widget(self) -> None:
         if self.shapes is not None:
             self._detach_shapes()
+        self._bind_viewer_keys(False)
+        if self.project is not None:
+            try:
+                self.project.close()  # every pending save reaches the disk
+            except OSError as e:
+                notify(f"Could not save annotations: {error_message(e)}", "error")
         super().close_widget()
 
     def _bind_keys(self, layer: Any) -> None:
+        # layer keymaps come before the viewer's: Ctrl+Z is bound here too (napari's
+        # Shapes layer has no undo of its own), and Escape overrides napari's "finish
+        # drawing" so that it cancels the polygon instead
         actions = (
             lambda _layer: self.next_class(),
             lambda _layer: self.previous_class(),
             lambda _layer: self.assign_class_to_selected(),
             lambda _layer: self.save(explicit=True),
+            lambda _layer: self.cancel_drawing(),
+            lambda _layer: self.undo(),
+            lambda _layer: self.redo(),
         )
         for key, fn in zip(_BOUND_KEYS, actions, strict=True):
             layer.bind_key(key, fn, overwrite=True)
+        for key in NUMBER_KEYS:
+            layer.bind_key(key, _pick_key(self, key), overwrite=True)
+
+    def _bind_viewer_keys(self, on: bool = True) -> None:
+        """Ctrl+Z / Ctrl+Shift+Z on the viewer (when the MIP or another layer is active;
+        a Labels layer keeps its own paint undo)."""
+        if on == self._viewer_keys_bound:
+            return
+        actions = (lambda _viewer: self.undo(), lambda _viewer: self.redo())
+        for key, fn in zip(_VIEWER_KEYS, actions, strict=True):
+            try:
+                self.viewer.bind_key(key, fn if on else None, overwrite=True)
+            except (TypeError, ValueError, KeyError):
+                pass
+        self._viewer_keys_bound = on
 
     # -- class picker ------------------------------------------------------------------
     @property
@@ -414,6 +503,8 @@ class AnnotateWidget(VertebraWidget):
                 "class_id": cid,
                 "vertebra": class_name(cid),
                 "instance": self._next_instance,
+                "score": np.nan,
+                "source": "hand",
             }
             self.shapes.current_edge_color = class_colour(cid)
             self.shapes.current_face_color = _hex_rgba(class_colour(cid), FACE_ALPHA)
@@ -423,16 +514,41 @@ class AnnotateWidget(VertebraWidget):
         i = min(len(VERTEBRAE) - 1, max(0, VERTEBRAE.index(self.vertebra.value) + step))
         self.vertebra.value = VERTEBRAE[i]
 
+    def pick_number(self, key: str) -> bool:
+        """Number key ``key`` ("1".."9", "0", "-", "="): the vertebra at that position of
+        the digit row in the picker's region (see :data:`NUMBER_KEYS`); False if none."""
+        n = NUMBER_KEYS.index(key) + 1
+        lumbar = self.vertebra.value.startswith("L")
+        if lumbar and n > 5:
+            self.status.set(f"key {key}: the lumbar spine has L1..L5 (',' goes up to T12)", "info")
+            return False
+        self.vertebra.value = f"{'L' if lumbar else 'T'}{n}"
+        return True
+
     def previous_class(self) -> None:
         """Move the picker one vertebra up the spine (towards T1)."""
         self.next_class(-1)
 
-    def _advance(self) -> None:
+    def _advance(self, present: Any = None) -> None:
+        """Move the picker in the chosen direction to the next vertebra not yet drawn
+        (``present``: class ids drawn; default those of the Shapes layer)."""
         d = self.direction.value
-        if d == DIRECTIONS[0]:
-            self.next_class(1)
-        elif d == DIRECTIONS[1]:
-            self.next_class(-1)
+        if d == DIRECTIONS[2]:
+            return
+        step = 1 if d == DIRECTIONS[0] else -1
+        if present is None:
+            present = [a.class_id for a in self.annotations()]
+        nxt = next_missing(present, self.current_class + step, step)
+        if nxt is not None:
+            self.vertebra.value = class_name(nxt)
+
+    def pick_first_missing(self) -> None:
+        """Move the picker to the first vertebra not yet drawn, from the picker on in the
+        chosen direction (then the other way); stays when all are drawn."""
+        step = -1 if self.direction.value == DIRECTIONS[1] else 1
+        nxt = next_missing([a.class_id for a in self.annotations()], self.current_class, step)
+        if nxt is not None:
+            self.vertebra.value = class_name(nxt)
 
     # -- drawing -----------------------------------------------------------------------
     def draw_polygon(self) -> None:
@@ -450,6 +566,31 @@ class AnnotateWidget(VertebraWidget):
         if self.shapes is not None and self.shapes.selected_data:
             self.shapes.remove_selected()
 
+    def cancel_drawing(self) -> bool:
+        """Escape: drop the polygon being drawn (nothing saved, picker unchanged).
+
+        When no polygon is being drawn, does what napari's Escape does (finish drawing).
+        Returns True when a polygon was cancelled.
+        """
+        layer = self.shapes
+        if layer is None:
+            return False
+        if not getattr(layer, "_is_creating", False):
+            layer._finish_drawing()
+            return False
+        index = layer._moving_value[0]
+        with self._suspended():
+            layer._is_creating = False  # finish without keeping the polygon
+            layer._finish_drawing()
+            if index is not None and 0 <= index < len(layer.data):
+                layer.selected_data = {index}
+                layer.remove_selected()
+        self._n_shapes = len(layer.data)
+        self._fix_features()
+        self._restyle()
+        self.status.set("polygon cancelled (Escape): nothing saved", "info")
+        return True
+
     def assign_class_to_selected(self) -> None:
         """Give the selected shapes the picker's class (one new vertebra instance)."""
         if self.shapes is None or not self.shapes.selected_data:
@@ -465,7 +606,7 @@ class AnnotateWidget(VertebraWidget):
         with self._suspended():
             self.shapes.features = feats
         self._restyle()
-        self._after_change()
+        self._after_change(label=f"set class {class_name(cid)}")
         self._advance()
 
     @contextmanager
@@ -484,26 +625,72 @@ class AnnotateWidget(VertebraWidget):
             return
         try:
             n = len(self.shapes.data)
-            if action == "added" and n > self._n_shapes:
-                self._label_new_shapes(range(self._n_shapes, n))
-            self._n_shapes = n
+            label = {"removed": "delete", "changed": "edit vertices"}.get(action, "draw")
+            if action == "added":
+                if n <= self._n_shapes:
+                    label = None
+                    if len(self.shapes.features) > n:  # napari dropped a polygon of < 3
+                        self._refuse_small(0)  # points and left its feature row
+                else:
+                    label = self._label_new_shapes(range(self._n_shapes, n))
+            self._n_shapes = len(self.shapes.data)
+            self._fix_features()
             self._restyle()
-            self._after_change()
+            if label:
+                self._after_change(label=label)
         except Exception as e:  # never let an annotation bug escape into napari
             self.fail(f"Annotate: {error_message(e)}")
 
-    def _label_new_shapes(self, indices: range) -> None:
-        feats = self.shapes.features.copy()
-        for i in indices:
+    def _fix_features(self) -> None:
+        """One feature row per shape (napari leaves the row of a polygon it dropped)."""
+        layer = self.shapes
+        if layer is not None and len(layer.features) > len(layer.data):
+            with self._suspended():
+                layer.features = _typed(layer.features.iloc[: len(layer.data)])
+
+    def _refuse_small(self, n: int) -> None:
+        msg = (
+            "A polygon needs at least 3 points: not kept"
+            + (f" ({n} refused)" if n > 1 else "")
+            + ". Click 3 or more vertices, then Enter; Escape cancels."
+        )
+        self.status.set(msg, "warning")
+        notify(msg, "warning")
+
+    def _label_new_shapes(self, indices: range) -> str | None:
+        """Give new shapes the picker's class (refusing polygons of < 3 points); the
+        history label of the change, or None when nothing was kept."""
+        layer = self.shapes
+        small = [
+            i
+            for i in indices
+            if layer.shape_type[i] == "polygon"
+            and len(np.unique(np.round(np.asarray(layer.data[i])[:, -2:], 6), axis=0)) < 3
+        ]
+        if small:
+            with self._suspended():
+                layer.selected_data = set(small)
+                layer.remove_selected()
+            self._refuse_small(len(small))
+        n_new = len(indices) - len(small)
+        if n_new <= 0:
+            return None
+        feats = layer.features.copy().reset_index(drop=True)
+        names = []
+        for i in range(indices.start, indices.start + n_new):
             cid = self.current_class
             feats.loc[i, "class_id"] = cid
             feats.loc[i, "vertebra"] = class_name(cid)
             feats.loc[i, "instance"] = self._next_instance
+            feats.loc[i, "score"] = np.nan
+            feats.loc[i, "source"] = "hand"
+            names.append(class_name(cid))
             self._next_instance += 1
-            self._advance()
+            self._advance(present=[int(c) for c in feats["class_id"].iloc[: i + 1]])
         with self._suspended():
-            self.shapes.features = _typed(feats)
+            layer.features = _typed(feats.iloc[: len(layer.data)])
         self._update_defaults()
+        return "draw " + ", ".join(names)
 
     def _restyle(self) -> None:
         """Edge / face colours of every shape from its class."""
@@ -530,37 +717,37 @@ class AnnotateWidget(VertebraWidget):
             return []
         return shapes_to_annotations(self.shapes)[0]
 
-    def set_annotations(self, annotations: list[VertebraAnnotation], save: bool = True) -> None:
-        """Replace the shapes with ``annotations`` (a backup of the old ones is saved)."""
+    def set_annotations(
+        self,
+        annotations: list[VertebraAnnotation],
+        save: bool = True,
+        label: str = "replace polygons",
+    ) -> None:
+        """Replace the shapes with ``annotations``; when ``save``, one undoable step named
+        ``label`` (Ctrl+Z brings the old ones back)."""
         if self.shapes is None:
             raise ValueError("no MIP image layer: choose one first")
-        old = self.annotations()
-        if old and save and self.project is not None and self.image_key.value:
-            try:
-                self.project.save(f"{self.image_key.value}.backup", old)
-            except (ValueError, OSError):
-                pass
         polys, rows = [], []
         for inst, a in enumerate(annotations, start=1):
             for p in a.polygons:
                 if len(p) < 2:
                     continue
                 polys.append(np.asarray(p, float))
-                rows.append((a.class_id, a.name, inst))
+                rows.append((a.class_id, a.name, inst, a.score, getattr(a, "source", "hand")))
         layer = self.shapes
         with self._suspended():
             layer.selected_data = set()
             layer.data = []
             if polys:
                 layer.add(polys, shape_type="polygon")
-                layer.features = _typed(
-                    pd.DataFrame(rows, columns=["class_id", "vertebra", "instance"])
-                )
+                layer.features = _typed(pd.DataFrame(rows, columns=list(_COLUMNS)))
+            else:  # napari keeps the old rows when the data is emptied
+                layer.features = _empty_features()
         self._n_shapes = len(layer.data)
         self._next_instance = len(annotations) + 1
         self._restyle()
         self._update_defaults()
-        self._after_change(save=save)
+        self._after_change(save=save, label=label)
 
     def _load_saved(self, key: str) -> None:
         if self.project is None or self.shapes is None:
@@ -573,16 +760,17 @@ class AnnotateWidget(VertebraWidget):
         if saved:
             self.set_annotations(saved, save=False)
             self.status.set(f"loaded {len(saved)} vertebrae of {key} from the project", "ok")
+        self._show_history()
 
-    def _after_change(self, save: bool = True) -> None:
+    def _after_change(self, save: bool = True, label: str = "edit") -> None:
         anns, msgs = shapes_to_annotations(self.shapes) if self.shapes is not None else ([], [])
         shape = None
         if self._mip is not None:
             shape = tuple(np.asarray(self._mip.data).shape[-2:])
         msgs = list(msgs or []) + check_image_annotations(anns or [], shape)
         self._show_warnings(msgs)
-        if save:
-            self.save()
+        if not save or not self.save(label=label):
+            self._show_history()
 
     def _show_warnings(self, msgs: list[str]) -> None:
         self.warnings = msgs
@@ -597,8 +785,11 @@ class AnnotateWidget(VertebraWidget):
             notify("Vertebra annotations: " + "; ".join(new), "warning")
         self._notified = set(msgs)
 
-    def save(self, explicit: bool = False) -> bool:
-        """Save the current polygons (and the MIP, once) to the project; True on success."""
+    def save(self, explicit: bool = False, label: str = "edit") -> bool:
+        """Save the current polygons (and the MIP, once) to the project, as one step of
+        its history named ``label`` (none when nothing changed); True on success.
+
+        The files are written on a background thread; the MIP's PNG (once) is not."""
         if self.shapes is None or self._mip is None:
             return False
         if self.project is None and not self._open_project():
@@ -614,13 +805,112 @@ class AnnotateWidget(VertebraWidget):
                 )
                 self._refresh_project_images()
             anns = self.annotations()
-            self.project.save(key, anns)
+            self.project.save(key, anns, label=label)
+            if explicit:
+                self.project.flush()
         except (ValueError, OSError) as e:
             self.fail(f"Could not save annotations: {error_message(e)}")
             return False
         self.n_saves += 1
+        stamp = time.strftime("%H:%M:%S")
+        self.autosave_label.value = (
+            f"autosaved {stamp} · {len(anns)} vertebrae in {self.project.folder.name}"
+        )
         if explicit:
             self.status.set(f"saved {len(anns)} vertebrae to {self.project.folder}", "ok")
+        else:
+            self.status.set(f"autosaved {stamp}: {label}", "ok")
+        self._show_history()
+        return True
+
+    # -- history -------------------------------------------------------------------------
+    def _history(self) -> Any:
+        key = self.image_key.value
+        if self.project is None or not key or self._mip is None:
+            return None
+        try:
+            return self.project.history(key)
+        except (ValueError, OSError):
+            return None
+
+    def _show_history(self) -> None:
+        """The last changes (newest first, undone ones greyed) and the buttons' state."""
+        hist = self._history()
+        self.history_list.clear()
+        steps = hist.steps if hist is not None else []
+        cursor = hist.cursor if hist is not None else -1
+        first = max(0, len(steps) - _HISTORY_SHOWN)
+        for i in range(len(steps) - 1, first - 1, -1):
+            st = steps[i]
+            mark = "▶ " if i == cursor else "   "
+            what = "opened" if i == 0 and st["label"] == "start" else st["label"]
+            item = QListWidgetItem(f"{mark}{st.get('time', '')}  {what}")
+            if i > cursor:
+                item.setForeground(QColor("#888888"))
+            self.history_list.addItem(item)
+        if not steps:
+            self.history_list.addItem(QListWidgetItem("no changes yet"))
+        can_undo = hist is not None and hist.can_undo
+        can_redo = hist is not None and hist.can_redo
+        self.undo_button.enabled = can_undo
+        self.redo_button.enabled = can_redo
+        self.undo_button.tooltip = f"Undo: {hist.undo_label}" if can_undo else "Nothing to undo"
+        self.redo_button.tooltip = f"Redo: {hist.redo_label}" if can_redo else "Nothing to redo"
+
+    def undo(self) -> bool:
+        """Take back the last change of this MIP (also one made before a restart)."""
+        return self._undo_redo(redo=False)
+
+    def redo(self) -> bool:
+        """Bring back the last undone change."""
+        return self._undo_redo(redo=True)
+
+    def _undo_redo(self, redo: bool) -> bool:
+        hist = self._history()
+        if self.shapes is None or hist is None:
+            self.status.set("nothing to undo: choose a MIP image first", "warning")
+            return False
+        if getattr(self.shapes, "_is_creating", False):
+            self.cancel_drawing()  # a polygon half drawn is dropped first
+        what = hist.redo_label if redo else hist.undo_label
+        key = self.image_key.value
+        try:
+            anns = self.project.redo(key) if redo else self.project.undo(key)
+        except (ValueError, OSError) as e:
+            self.fail(f"{'Redo' if redo else 'Undo'}: {error_message(e)}")
+            return False
+        if anns is None:
+            self.status.set(f"nothing to {'redo' if redo else 'undo'}", "info")
+            self._show_history()
+            return False
+        self.set_annotations(anns, save=False)
+        self._show_history()
+        self.status.set(f"{'redid' if redo else 'undid'}: {what}", "ok")
+        return True
+
+    def shift_levels(self, step: int) -> bool:
+        """Move every label of this MIP ``step`` levels (-1 up, +1 down): one undoable
+        step; refused with a message when a label would leave T1..L5."""
+        if self.shapes is None:
+            self.fail("Shift levels: choose a MIP image first")
+            return False
+        if getattr(self.shapes, "_is_creating", False):
+            self.cancel_drawing()
+        anns = self.annotations()
+        if not anns:
+            self.status.set("Shift levels: no polygons on this MIP", "warning")
+            return False
+        try:
+            moved = shift_levels(anns, step)
+        except ValueError as e:
+            self.fail(f"Shift levels: {e}")
+            return False
+        way = "up" if step < 0 else "down"
+        self.set_annotations(moved, label=f"shift levels {way}")
+        self.status.set(
+            f"shifted {len(moved)} labels {way} ({anns[0].name} → {moved[0].name}); Ctrl+Z undoes",
+            "ok",
+        )
         return True
 
     # -- conversions ---------------------------------------------------------------------
@@ -632,7 +922,7 @@ class AnnotateWidget(VertebraWidget):
             return
         try:
             anns = label_image_to_annotations(np.asarray(layer.data))
-            self.set_annotations(anns)
+            self.set_annotations(anns, label="mask → polygons")
         except ValueError as e:
             self.fail(f"Mask → polygons: {error_message(e)}")
             return
@@ -743,7 +1033,8 @@ class AnnotateWidget(VertebraWidget):
             image.width,
         ):
             raise ValueError("the labels' MIP does not match the chosen MIP image")
-        self.set_annotations(image.annotations)
+        self.set_annotations(image.annotations, label="labels from 3D")
+        self.pick_first_missing()
         dropped = image.meta.get("dropped") or []
         msg = f"{len(image.annotations)} vertebrae from the 3D labels"
         if dropped:
@@ -772,9 +1063,12 @@ class AnnotateWidget(VertebraWidget):
 
         try:
             _, images = read_annotations(path, load_images=True)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError) as e:  # malformed files: one message, no traceback
             self.fail(f"Import: {error_message(e)}")
             return 0
+        repaired = [w for im in images for w in im.warnings]
+        if repaired:  # e.g. polygons clipped to the image: say so
+            notify(f"Import {Path(path).name}: " + "; ".join(repaired), "warning")
         key = self.image_key.value
         shape = tuple(np.asarray(self._mip.data).shape[-2:]) if self._mip is not None else None
         match = None
@@ -790,13 +1084,13 @@ class AnnotateWidget(VertebraWidget):
             k = safe_key(Path(im.file_name).stem)
             try:
                 self.project.add_image(k, im.image, scan=im.scan)
-                self.project.save(k, im.annotations)
+                self.project.save(k, im.annotations, label=f"import {Path(path).name}")
                 stored += 1
             except (ValueError, OSError) as e:
                 notify(f"Import: {k}: {error_message(e)}", "warning")
         self._refresh_project_images()
         if match is not None and self.shapes is not None:
-            self.set_annotations(match.annotations)
+            self.set_annotations(match.annotations, label=f"import {Path(path).name}")
         msg = f"imported {Path(path).name}: {len(images)} image(s)"
         msg += "; current MIP filled" if match is not None else "; none matches the current MIP"
         if stored:
@@ -880,19 +1174,42 @@ class AnnotateWidget(VertebraWidget):
         return layer
 
 
+#: Feature columns of the vertebra Shapes layer.
+_COLUMNS = ("class_id", "vertebra", "instance", "score", "source")
+_HAS_SOURCE = "source" in {f.name for f in dataclasses.fields(VertebraAnnotation)}
+
+
 def _empty_features() -> pd.DataFrame:
-    return _typed(pd.DataFrame({"class_id": [], "vertebra": [], "instance": []}))
+    return _typed(pd.DataFrame({c: [] for c in _COLUMNS}))
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    """Features with plain dtypes: class_id / instance int (0 = unknown), vertebra str."""
-    cid = pd.to_numeric(df["class_id"], errors="coerce").fillna(0).astype(int)
+    """Features with plain dtypes: class_id / instance int (0 = unknown), vertebra str,
+    score float (NaN = none), source str ("hand" when unknown)."""
+    n = len(df)
+    cid = pd.to_numeric(df["class_id"], errors="coerce").fillna(0).astype(int).to_numpy()
     names = [class_name(c) if 1 <= c <= len(VERTEBRAE) else "?" for c in cid]
-    out = pd.DataFrame(
+    inst = pd.to_numeric(df["instance"], errors="coerce").fillna(0).astype(int).to_numpy()
+    score = (
+        pd.to_numeric(df["score"], errors="coerce").to_numpy(dtype=float)
+        if "score" in df
+        else np.full(n, np.nan)
+    )
+    source = (
+        [v if isinstance(v, str) and v else "hand" for v in df["source"]]
+        if "source" in df
+        else ["hand"] * n
+    )
+    return pd.DataFrame(
         {
-            "class_id": cid.to_numpy(),
+            "class_id": cid,
             "vertebra": np.asarray(names, dtype=object),
-            "instance": pd.to_numeric(df["instance"], errors="coerce").fillna(0).astype(int),
+            "instance": inst,
+            "score": score,
+            "source": np.asarray(source, dtype=object),
         }
     )
-    return out.reset_index(drop=True)
+
+
+def _pick_key(widget: AnnotateWidget, key: str) -> Any:
+    return lambda _layer: widget.pick_number(key)

@@ -301,11 +301,15 @@ class PredictWidget(VertebraWidget):
             "preprocessed first (default parameters)"
         )
         self.device = ComboBox(label="device", choices=["cpu", "cuda"], value="cpu")
-        self.min_score = FloatSlider(label="min score", min=0.0, max=1.0, step=0.01, value=0.9)
+        self.min_score = FloatSlider(
+            label="min class prob.", min=0.0, max=1.0, step=0.01, value=0.9
+        )
         self.min_score.tooltip = (
-            "Show detections with at least this confidence (the paper: 0.9). Changing it\n"
-            "re-filters the kept detections (the model's best box_detections_per_img); it\n"
-            "does not predict again."
+            "Show detections whose class probability (the probability of the vertebra\n"
+            "level the detector gives it) is at least this (the paper: 0.9). The 'is a\n"
+            "vertebra' probability 1 - p(background) is not used: an untrained model has\n"
+            "it near 0.94 everywhere. Changing it re-filters the kept detections (the\n"
+            "model's best box_detections_per_img); it does not predict again."
         )
         self.add_form(self.checkpoint, self.image_layer, self.device, self.min_score)
         self.predict_button = PushButton(text="Predict")

@@ -63,6 +63,7 @@ REQUESTED_CONFIG_NAME = "widget_config.yaml"
 JOB_CONFIG_NAME = "job_config.yaml"
 
 SOURCE_COCO = "COCO dataset folder"
+_OWN_FILE = "(a YAML file)"
 SOURCE_PROJECT = "the open annotation project"
 
 BACKBONES = ("resnet101", "resnet50", "resnet34", "resnet18")
@@ -83,10 +84,19 @@ _CLOSE_TIP = (
 
 
 def default_config_path() -> Path | None:
-    """``training/paper.yaml`` of a source checkout, or None (then the model defaults,
-    which are the paper's setup, apply)."""
-    p = _REPO_ROOT / "training" / "paper.yaml"
-    return p if p.is_file() else None
+    """The shipped ``paper`` configuration (package data, also in an installed wheel), or
+    None (then the model defaults, which are the paper's setup, apply)."""
+    return shipped_config_paths().get("paper")
+
+
+def shipped_config_paths() -> dict[str, Path]:
+    """{name: YAML path} of the configurations shipped in the package."""
+    from napari_vertebra.model.config import shipped_configs
+
+    try:
+        return shipped_configs()
+    except OSError:
+        return {}
 
 
 def train_command(
@@ -457,9 +467,20 @@ class TrainWidget(VertebraWidget):
             value=str(default_cfg) if default_cfg else None,
         )  # fmt: skip
         self.config_file.tooltip = (
-            "YAML training configuration (the paper's training/paper.yaml by default);\n"
+            "YAML training configuration (the shipped 'paper' one by default);\n"
             "the fields below override it. Empty: the model defaults (the paper's setup)."
         )
+        self._shipped = shipped_config_paths()
+        self.preset = ComboBox(
+            label="shipped config", choices=[_OWN_FILE, *self._shipped],
+            value="paper" if default_cfg and "paper" in self._shipped else _OWN_FILE,
+        )  # fmt: skip
+        self.preset.tooltip = (
+            "The configurations shipped with napari-vertebra (paper: the paper's setup;\n"
+            "smoke: a small CPU model; synth-r50: ResNet-50 on synthetic MIPs);\n"
+            f"{_OWN_FILE}: the YAML file below."
+        )
+        self.preset.changed.connect(self._on_preset)
         self.backbone = ComboBox(label="backbone", choices=list(BACKBONES))
         self.epochs = SpinBox(label="epochs", min=1, max=10000)
         self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4)
@@ -475,7 +496,8 @@ class TrainWidget(VertebraWidget):
         self.run_folder = FileEdit(label="run folder", mode="d", value=str(_default_run_dir()))
         self.run_folder.tooltip = "Where checkpoints (last.pt, best.pt), log.csv and config go"
         self.add_form(
-            self.source, self.data_dir, self.config_file, self.backbone, self.epochs,
+            self.source, self.data_dir, self.preset, self.config_file, self.backbone,
+            self.epochs,
             self.lr, self.batch_size, self.device, self.weights, self.run_folder,
         )  # fmt: skip
         self.start_button = PushButton(text="Start")
@@ -514,6 +536,7 @@ class TrainWidget(VertebraWidget):
         self._timer.timeout.connect(self._poll)
 
         self.config_file.changed.connect(lambda *_: self._fill_from_config())
+        self.config_file.changed.connect(lambda *_: self._sync_preset())
         self.source.changed.connect(self._on_source_changed)
         self.start_button.changed.connect(lambda *_: self.start())
         self.stop_button.changed.connect(lambda *_: self.stop())
@@ -544,6 +567,20 @@ class TrainWidget(VertebraWidget):
         self.batch_size.value = int(cfg["batch_size"])
         if cfg.get("weights"):
             self.weights.value = str(cfg["weights"])
+
+    def _on_preset(self, name: str) -> None:
+        """Point the config field at the shipped configuration ``name``."""
+        path = self._shipped.get(name)
+        if path is not None and str(self.config_file.value or "") != str(path):
+            self.config_file.value = str(path)
+
+    def _sync_preset(self) -> None:
+        """Show the shipped name of the config file, or that it is the user's own file."""
+        value = str(self.config_file.value or "")
+        name = next((n for n, p in self._shipped.items() if str(p) == value), _OWN_FILE)
+        if self.preset.value != name:
+            with self.preset.changed.blocked():
+                self.preset.value = name
 
     def config(self) -> dict[str, Any]:
         """The configuration of the next run: file, then the fields, then overrides."""

@@ -11,7 +11,7 @@ pytest.importorskip("torchvision")
 pytest.importorskip("pycocotools")
 
 ROOT = Path(__file__).resolve().parents[2]
-SMOKE_YAML = ROOT / "training" / "smoke.yaml"
+SMOKE_YAML = ROOT / "napari_vertebra" / "configs" / "smoke.yaml"
 
 #: A very small model for mechanics tests (not for learning).
 TINY = {

@@ -10,7 +10,14 @@ from napari_vertebra.model.anatomy import (
     mask_overlap_suppression,
     order_classes,
 )
-from napari_vertebra.model.metrics import centroids, dice, dice_per_vertebra, identify
+from napari_vertebra.model.metrics import (
+    centroids,
+    dice,
+    dice_per_vertebra,
+    identification,
+    identify,
+    one_per_label,
+)
 
 
 def probs_for(classes: list[int], conf: float = 0.8) -> np.ndarray:
@@ -119,18 +126,61 @@ def test_dice_per_vertebra_missing_class_is_zero():
 
 
 def test_identify_rules():
+    """VerSe: the prediction with the true label within 20 mm, and the true vertebra the
+    closest one to it."""
     gt_cls = np.array([5, 6, 7])
     gt_c = np.array([[10.0, 10], [30, 10], [60, 10]])
-    # T5 right; T6 predicted as T7 (neighbour confusion); T7 prediction too far away
-    pred_cls = np.array([5, 7, 7])
-    pred_c = np.array([[12.0, 10], [31, 11], [95, 10]])
+    # T5 right; T6 predicted as T7 (neighbour confusion); the T7 label far away
+    pred_cls = np.array([5, 7])
+    pred_c = np.array([[12.0, 10], [31, 11]])
     ok, conf = identify(gt_cls, gt_c, pred_cls, pred_c, max_dist=20)
-    assert ok.tolist() == [True, False, False]
+    assert ok.tolist() == [True, False, False]  # T7's prediction is 29 mm away
     assert conf == [(6, 7)]
-    # the right class but not the closest prediction is not an identification
+    # a prediction of another label closer to the vertebra does not steal it
     ok2, _ = identify(np.array([5]), np.array([[10.0, 10]]), np.array([6, 5]),
                       np.array([[11.0, 10], [18, 10]]))  # fmt: skip
-    assert ok2.tolist() == [False]
+    assert ok2.tolist() == [True]
+
+
+def test_identification_needs_the_closest_true_vertebra():
+    # thoracic vertebrae 20 mm apart: a T5 label 12 mm below T5 (within 20 mm) lies
+    # closer to T6, so T5 is not identified
+    gt_cls = np.array([5, 6, 7])
+    gt_c = np.array([[100.0, 50], [120, 50], [140, 50]])
+    r = identification(
+        gt_cls, gt_c, np.array([5, 6, 7]), gt_c + np.array([[12, 0], [0, 0], [0, 0]])
+    )
+    assert r.identified.tolist() == [False, True, True]
+    assert r.distance_mm[0] == pytest.approx(12.0)
+    assert r.localisation_mm.tolist() == [0.0, 0.0]
+    # 9 mm below: still closest to T5
+    r = identification(gt_cls, gt_c, np.array([5]), np.array([[109.0, 50]]))
+    assert r.identified.tolist() == [True, False, False] and r.rate == pytest.approx(1 / 3)
+
+
+def test_identification_spacing_and_one_prediction_per_label():
+    gt_cls, gt_c = np.array([13]), np.array([[50.0, 50]])
+    # 12 px away: identified at 1 mm/px, not at 2 mm/px (24 mm)
+    pred = np.array([[62.0, 50]])
+    assert identification(gt_cls, gt_c, [13], pred).identified.tolist() == [True]
+    assert identification(gt_cls, gt_c, [13], pred, spacing=(2, 2)).identified.tolist() == [False]
+    assert identification(gt_cls, gt_c, [13], pred, spacing=(0.5, 2.0)).distance_mm[
+        0
+    ] == pytest.approx(6.0)
+    # two L1 labels: the higher-scored stands for L1, wherever it is
+    two = np.array([[50.0, 50], [95, 50]])
+    r = identification(gt_cls, gt_c, [13, 13], two, pred_scores=[0.5, 0.9])
+    assert r.identified.tolist() == [False]
+    r = identification(gt_cls, gt_c, [13, 13], two, pred_scores=[0.9, 0.5])
+    assert r.identified.tolist() == [True]
+    assert one_per_label(np.array([3, 4, 3, 4]), np.array([0.1, 0.9, 0.8, 0.9])).tolist() == [
+        1,
+        2,
+    ]
+    # no predictions, an empty predicted mask (NaN centroid)
+    assert identification(gt_cls, gt_c, [], np.zeros((0, 2))).identified.tolist() == [False]
+    nan = np.array([[np.nan, np.nan]])
+    assert identification(gt_cls, gt_c, [13], nan).identified.tolist() == [False]
 
 
 def test_centroids():

@@ -47,3 +47,32 @@ def sample_result():
     geo = ct_kw["metadata"]["volume_geometry"]
     vol = Volume(ct, geo["spacing"], geo["origin"], geo["direction"])
     return run_pipeline(vol, labels=vol.with_array(lab))
+
+
+@pytest.fixture
+def thread_spy(monkeypatch):
+    """``spy(module, "name")`` wraps a module-level worker function so that the test can
+    assert it ran off the GUI thread: ``spy.threads["name"]`` lists, per call, whether it
+    ran on the main (GUI) thread. Event-loop gaps depend on the machine's load; where the
+    work runs does not."""
+    import threading
+
+    class Spy:
+        def __init__(self):
+            self.threads: dict[str, list[bool]] = {}
+
+        def __call__(self, module, name):
+            original = getattr(module, name)
+            calls = self.threads.setdefault(name, [])
+
+            def wrapper(*args, **kwargs):
+                calls.append(threading.current_thread() is threading.main_thread())
+                return original(*args, **kwargs)
+
+            monkeypatch.setattr(module, name, wrapper)
+
+        def ran_off_gui_thread(self, name):
+            calls = self.threads.get(name, [])
+            return bool(calls) and not any(calls)
+
+    return Spy()

@@ -9,7 +9,8 @@ import pytest
 from app_model.types import KeyBinding
 
 from napari_vertebra.annotation.project import AnnotationProject
-from napari_vertebra.core.labels import class_colour, class_id
+from napari_vertebra.annotation.types import VertebraAnnotation
+from napari_vertebra.core.labels import VERTEBRAE, class_colour, class_id
 from napari_vertebra.widgets.annotate import DIRECTIONS, AnnotateWidget
 from napari_vertebra.widgets.preprocess import PreprocessWidget
 
@@ -63,7 +64,7 @@ def test_drawn_polygon_gets_the_class_colour_text_and_is_saved(
     widget.direction.value = DIRECTIONS[1]
     shapes.add_polygons([_shift(40, 0)])
     assert shapes.features["vertebra"].tolist() == ["T12", "L1"]
-    assert widget.vertebra.value == "T12"  # ... and up
+    assert widget.vertebra.value == "T11"  # ... and up, past T12 (already drawn)
 
     saved = AnnotationProject(tmp_path / "proj").load(widget.image_key.value)
     assert [a.name for a in saved] == ["T12", "L1"]
@@ -108,6 +109,16 @@ def test_keyboard_shortcuts_are_bound_on_the_shapes_layer(
     widget.draw_polygon()
     assert widget.shapes.mode == "add_polygon"
     assert "Shift+S" in widget.help_label.value
+    # number keys pick within the picker's region, by position on the digit row
+    widget.vertebra.value = "L4"
+    keymap[KeyBinding.from_str("2")](widget.shapes)
+    assert widget.vertebra.value == "L2"
+    keymap[KeyBinding.from_str("7")](widget.shapes)  # no L7: stays
+    assert widget.vertebra.value == "L2"
+    widget.vertebra.value = "T3"
+    for key, name in (("7", "T7"), ("0", "T10"), ("-", "T11"), ("=", "T12")):
+        keymap[KeyBinding.from_str(key)](widget.shapes)
+        assert widget.vertebra.value == name
 
 
 def test_checks_warn_without_crashing(make_napari_viewer, sample_result, tmp_path):
@@ -121,7 +132,8 @@ def test_checks_warn_without_crashing(make_napari_viewer, sample_result, tmp_pat
     assert any("L2 is used 2 times" in w for w in widget.warnings), widget.warnings
     widget.vertebra.value = "L3"
     widget.shapes.add(np.array([[80.0, 10.0], [80.0, 30.0]]), shape_type="polygon")
-    assert any("2 distinct point" in w for w in widget.warnings), widget.warnings
+    assert len(widget.shapes.data) == 2  # refused (fewer than 3 points), with a message
+    assert "at least 3 points" in widget.status.value
     w = viewer.layers["MIP lumbar CT"].data.shape[1]
     widget.shapes.add_polygons([np.array([[5.0, w - 5], [5.0, w + 40], [20.0, w + 40]])])
     assert any("outside" in m for m in widget.warnings), widget.warnings
@@ -131,7 +143,7 @@ def test_checks_warn_without_crashing(make_napari_viewer, sample_result, tmp_pat
     assert widget.warnings_list.count() == len(widget.warnings)
     # everything is still saved (nothing lost), the bad polygon included
     saved = AnnotationProject(tmp_path / "proj").load(widget.image_key.value)
-    assert sum(len(a.polygons) for a in saved) == 5
+    assert sum(len(a.polygons) for a in saved) == 4
 
 
 def test_reopening_the_mip_restores_the_polygons(make_napari_viewer, sample_result, tmp_path):
@@ -164,15 +176,23 @@ def test_reopening_the_mip_restores_the_polygons(make_napari_viewer, sample_resu
 def test_labels_from_3d_masks_and_coco(make_napari_viewer, sample_result, tmp_path, qtbot):
     viewer, _ = _mip_viewer(make_napari_viewer, sample_result)
     widget = _annotate(viewer, tmp_path / "proj")
-    widget.shapes.add_polygons([SQUARE])  # replaced by the labels (a backup is kept)
+    widget.shapes.add_polygons([SQUARE])  # replaced by the labels (undo brings it back)
+    widget.vertebra.value = "L1"
+    widget.direction.value = DIRECTIONS[0]
     assert widget.labels_from_3d()  # on the real worker thread
     qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60_000)
     assert widget.runner.last_error is None, widget.status.value
     names = set(widget.shapes.features["vertebra"])
     assert {"L1", "L2", "L3", "L4", "L5"} <= names
     assert widget.warnings == [], widget.warnings
-    key = widget.image_key.value
-    assert (tmp_path / "proj" / "annotations" / f"{key}.backup.json").is_file()
+    # the picker left L1 (filled) for the missing vertebra just above the filled run
+    top = min(class_id(n) for n in names)
+    assert widget.vertebra.value == VERTEBRAE[top - 2] and widget.vertebra.value not in names
+    filled = widget.annotations()
+    assert widget.undo()  # "Labels from 3D" is one step: the hand square is back
+    assert len(widget.shapes.data) == 1
+    assert widget.redo()
+    assert len(widget.annotations()) == len(filled)
 
     # polygons -> mask -> polygons keeps the classes and roughly the areas
     mask_layer = widget.polygons_to_mask()
@@ -266,3 +286,170 @@ def test_deleting_the_shapes_layer_loses_nothing(make_napari_viewer, tmp_path):
     viewer.layers.remove(viewer.layers["MIP test"])
     widget.draw_polygon()  # no MIP left: a message, no exception
     assert widget.status.level == "error"
+
+
+# -- undo / redo, Escape, small polygons, shift levels, picker (issue 12) ----------------
+def _mouse_polygon(layer, points, finish: str | None = "double_click"):
+    """Click ``points`` in add_polygon mode as the mouse would; optionally finish."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import (
+        mouse_double_click_callbacks,
+        mouse_move_callbacks,
+        mouse_press_callbacks,
+        mouse_release_callbacks,
+    )
+
+    for p in points:
+        for kind, fn in (
+            ("mouse_move", mouse_move_callbacks),
+            ("mouse_press", mouse_press_callbacks),
+            ("mouse_release", mouse_release_callbacks),
+        ):
+            fn(layer, read_only_mouse_event(type=kind, position=p, pos=p))
+    if finish == "double_click":
+        end = read_only_mouse_event(type="mouse_double_click", position=points[-1], pos=points[-1])
+        mouse_double_click_callbacks(layer, end)
+
+
+def _press(viewer, key: str) -> None:
+    """A key press as the canvas dispatches it (active layer's keymap, then viewer's)."""
+    viewer.window._qt_viewer._key_map_handler.press_key(key)
+
+
+def _test_viewer(make_napari_viewer, project):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((200, 100), np.float32), name="MIP test")
+    widget = AnnotateWidget(viewer, project_dir=str(project))
+    widget.mip_layer.value = viewer.layers["MIP test"]
+    return viewer, widget
+
+
+def test_undo_redo_with_keys_and_across_a_restart(make_napari_viewer, tmp_path):
+    import re
+
+    viewer, widget = _test_viewer(make_napari_viewer, tmp_path / "p")
+    widget.vertebra.value = "L1"
+    widget.shapes.add_polygons([SQUARE])
+    widget.shapes.add_polygons([_shift(40, 0)])
+    assert re.search(r"autosaved \d\d:\d\d:\d\d", widget.status.value), widget.status.value
+    assert re.search(r"autosaved \d\d:\d\d:\d\d", widget.autosave_label.value)
+    widget.shapes.selected_data = {0}
+    widget.delete_selected()
+    assert widget.shapes.features["vertebra"].tolist() == ["L2"]
+
+    # Ctrl+Z with the polygon layer active (its keymap comes before the viewer's)
+    viewer.layers.selection.active = widget.shapes
+    _press(viewer, "Control-Z")
+    assert widget.shapes.features["vertebra"].tolist() == ["L1", "L2"]
+    assert [a.name for a in AnnotationProject(tmp_path / "p").load("MIP_test_200x100")] == [
+        "L1",
+        "L2",
+    ]
+    # ... and with the MIP image active (the viewer's keymap)
+    viewer.layers.selection.active = viewer.layers["MIP test"]
+    _press(viewer, "Control-Z")
+    assert widget.shapes.features["vertebra"].tolist() == ["L1"]
+    _press(viewer, "Control-Shift-Z")
+    assert widget.shapes.features["vertebra"].tolist() == ["L1", "L2"]
+    assert widget.redo_button.enabled  # the delete can be redone
+    assert widget.history_list.count() >= 3
+    key = widget.image_key.value
+    widget.close_widget()
+    viewer.close()
+
+    # a restart: a new viewer, widget and project on the same folder
+    _viewer2, widget2 = _test_viewer(make_napari_viewer, tmp_path / "p")
+    assert widget2.image_key.value == key
+    assert widget2.shapes.features["vertebra"].tolist() == ["L1", "L2"]
+    assert widget2.undo_button.enabled
+    assert widget2.undo()  # takes back drawing L2 (the last step before the restart)
+    assert widget2.shapes.features["vertebra"].tolist() == ["L1"]
+    assert widget2.undo()
+    assert widget2.shapes.features["vertebra"].tolist() == []
+    assert widget2.undo() is False  # the starting state
+    assert widget2.redo() and widget2.redo()
+    assert widget2.shapes.features["vertebra"].tolist() == ["L1", "L2"]
+
+
+def test_escape_cancels_the_polygon_being_drawn(make_napari_viewer, tmp_path):
+    viewer, widget = _test_viewer(make_napari_viewer, tmp_path / "p")
+    widget.vertebra.value = "L3"
+    widget.draw_polygon()
+    _mouse_polygon(widget.shapes, SQUARE[:3], finish=None)  # 3 vertices clicked
+    _press(viewer, "Escape")
+    assert len(widget.shapes.data) == 0
+    assert len(widget.shapes.features) == 0
+    assert widget.vertebra.value == "L3"  # the picker did not move
+    assert widget.shapes.mode == "add_polygon"  # ready to draw again
+    assert AnnotationProject(tmp_path / "p").load(widget.image_key.value) == []
+    # the next polygon is drawn normally and gets the class
+    _mouse_polygon(widget.shapes, SQUARE)
+    assert widget.shapes.features["vertebra"].tolist() == ["L3"]
+    assert widget.vertebra.value == "L4"
+
+
+def test_two_point_polygon_is_refused_and_the_display_stays_right(make_napari_viewer, tmp_path):
+    viewer, widget = _test_viewer(make_napari_viewer, tmp_path / "p")
+    widget.vertebra.value = "L1"
+    widget.shapes.add_polygons([SQUARE, _shift(40, 0)])
+    widget.draw_polygon()
+    _mouse_polygon(widget.shapes, _shift(80, 0)[:2], finish=None)  # 2 points, then Enter
+    _press(viewer, "Enter")
+    layer = widget.shapes
+    assert len(layer.data) == 2
+    assert len(layer.features) == 2  # one feature row per shape
+    assert list(layer.text.values) == ["L1", "L2"]  # the names stay
+    for i, name in enumerate(["L1", "L2"]):  # and the class colours
+        np.testing.assert_allclose(layer.edge_color[i], _rgba(class_colour(class_id(name))))
+    assert widget.status.level == "warning" and "at least 3 points" in widget.status.value
+    assert widget.vertebra.value == "L3"  # the picker did not move
+    saved = AnnotationProject(tmp_path / "p").load(widget.image_key.value)
+    assert [a.name for a in saved] == ["L1", "L2"]
+
+
+def test_shift_levels_is_one_undoable_step(make_napari_viewer, tmp_path):
+    _viewer, widget = _test_viewer(make_napari_viewer, tmp_path / "p")
+    widget.vertebra.value = "L1"
+    widget.shapes.add_polygons([SQUARE, _shift(40, 0)])
+    assert widget.shift_levels(-1)
+    assert widget.shapes.features["vertebra"].tolist() == ["T12", "L1"]
+    np.testing.assert_allclose(widget.shapes.edge_color[0], _rgba(class_colour(class_id("T12"))))
+    saved = AnnotationProject(tmp_path / "p").load(widget.image_key.value)
+    assert [a.name for a in saved] == ["T12", "L1"]
+    assert widget.undo()
+    assert widget.shapes.features["vertebra"].tolist() == ["L1", "L2"]
+    # refused when a label would leave T1..L5: nothing changes
+    widget.set_annotations(
+        [VertebraAnnotation(class_id("L4"), [SQUARE]), VertebraAnnotation(17, [_shift(40, 0)])]
+    )
+    assert widget.shift_levels(1) is False
+    assert widget.status.level == "error" and "L5" in widget.status.value
+    assert widget.shapes.features["vertebra"].tolist() == ["L4", "L5"]
+
+
+def test_picker_skips_vertebrae_already_drawn(make_napari_viewer, tmp_path):
+    _viewer, widget = _test_viewer(make_napari_viewer, tmp_path / "p")
+    widget.direction.value = DIRECTIONS[0]
+    widget.vertebra.value = "L3"
+    widget.shapes.add_polygons([_shift(100, 0)])
+    widget.vertebra.value = "L1"
+    widget.shapes.add_polygons([SQUARE])
+    assert widget.vertebra.value == "L2"
+    widget.shapes.add_polygons([_shift(40, 0)])
+    assert widget.vertebra.value == "L4"  # L3 is drawn already
+
+
+def test_score_and_source_survive_edits(make_napari_viewer, tmp_path):
+    _viewer, widget = _test_viewer(make_napari_viewer, tmp_path / "p")
+    model = VertebraAnnotation(class_id("L1"), [SQUARE], score=0.9, source="model")
+    widget.set_annotations([model], label="review accept L1")
+    widget.vertebra.value = "L2"
+    widget.shapes.add_polygons([_shift(40, 0)])  # a hand polygon beside it
+    data = [np.asarray(d) for d in widget.shapes.data]
+    widget.shapes.data = [data[0] + 1.0, data[1]]  # the accepted one is fixed by hand
+    saved = AnnotationProject(tmp_path / "p").load(widget.image_key.value)
+    assert [(a.name, a.score, a.source) for a in saved] == [
+        ("L1", pytest.approx(0.9), "model"),
+        ("L2", None, "hand"),
+    ]
+    np.testing.assert_allclose(saved[0].polygons[0], SQUARE + 1.0)

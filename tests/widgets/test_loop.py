@@ -19,8 +19,14 @@ from napari_vertebra.annotation.polygons import dice, mask_to_polygons, rasteriz
 pytestmark = [pytest.mark.gui, pytest.mark.torch, pytest.mark.slow]
 
 
-def test_preprocess_train_predict_review(make_napari_viewer, qtbot, tmp_path):
+def test_preprocess_train_predict_review(make_napari_viewer, qtbot, tmp_path, thread_spy):
     from test_train_widget import SMOKE, TINY, GapMeter
+
+    from napari_vertebra.widgets import predict as predict_module
+    from napari_vertebra.widgets import train as train_module
+
+    thread_spy(predict_module, "predict_job")
+    thread_spy(train_module, "export_project_dataset")
 
     from napari_vertebra.launch import dock_widgets
     from napari_vertebra.widgets._sample import CT_NAME, LABELS_NAME
@@ -82,7 +88,9 @@ def test_preprocess_train_predict_review(make_napari_viewer, qtbot, tmp_path):
     assert len(pred) >= 2, predict.summary.value
     assert predict.labels_layer.data.shape == mip.data.shape
 
-    # 5. review: accept two vertebrae -> polygons of the project
+    # 5. review: accept two vertebrae -> polygons of the project (replacing the ones
+    # from the 3D labels: the answer to Review's question)
+    review.ask = lambda *_: "replace"
     assert review.table.rowCount() == len(pred)
     review.select(0)
     assert review.accept()
@@ -102,5 +110,8 @@ def test_preprocess_train_predict_review(make_napari_viewer, qtbot, tmp_path):
         f"loop: max event-loop gap while training {train_gap:.3f} s, while predicting "
         f"{predict_gap:.3f} s; {len(pred)} vertebrae predicted"
     )
-    assert train_gap < 0.5 and predict_gap < 0.5
+    # the gaps depend on the machine's load (benchmarks/widget_gaps.py measures them); what
+    # the widgets control is that the work runs off the GUI thread (training: a subprocess)
+    assert thread_spy.ran_off_gui_thread("export_project_dataset")
+    assert thread_spy.ran_off_gui_thread("predict_job")
     assert np.isfinite(train.log["loss"]).all()

@@ -26,7 +26,7 @@ def make_random_checkpoint(path):
     from napari_vertebra.model.build import build_model, save_checkpoint
     from napari_vertebra.model.config import load_config
 
-    cfg = load_config(ROOT / "training" / "smoke.yaml", {"min_size": 192, "max_size": 256})
+    cfg = load_config("smoke", {"min_size": 192, "max_size": 256})
     torch.manual_seed(0)
     model = build_model(cfg)
     save_checkpoint(path, model=model.state_dict(), config=cfg, epoch=0)
@@ -55,10 +55,14 @@ def test_boxes_to_rectangles_hug_the_pixels():
 
 
 def test_predict_slider_and_back_to_3d(
-    make_napari_viewer, sample_result, random_checkpoint, qtbot
+    make_napari_viewer, sample_result, random_checkpoint, qtbot, thread_spy
 ):
     from test_train_widget import GapMeter
 
+    from napari_vertebra.widgets import predict as predict_module
+
+    thread_spy(predict_module, "predict_job")
+    thread_spy(predict_module, "_back_to_3d_job")
     viewer = make_napari_viewer()
     mip_layer = add_mip(viewer, sample_result)
     w = PredictWidget(viewer)
@@ -126,9 +130,11 @@ def test_predict_slider_and_back_to_3d(
     behind = crop[rows, cols, r.mip_argmax_x[rows, cols]]
     assert np.array_equal(behind, lab[rows, cols])  # the brightest voxel gets the label
     assert not vol[:z0].any() and not vol[z1:].any()  # nothing outside the crop
+    # the figure depends on the machine's load (benchmarks/widget_gaps.py measures it);
+    # what the widget controls is that the work runs off the GUI thread
     print(f"event-loop gaps: predict {predict_gap:.3f} s, show in 3D {gaps.max_gap:.3f} s")
-    assert predict_gap < 0.5
-    assert gaps.max_gap < 0.5
+    assert thread_spy.ran_off_gui_thread("predict_job")
+    assert thread_spy.ran_off_gui_thread("_back_to_3d_job")
 
 
 def test_predict_on_a_ct_preprocesses_first(make_napari_viewer, random_checkpoint, qtbot):

@@ -13,22 +13,38 @@ pytestmark = [pytest.mark.gui, pytest.mark.torch]
 
 @pytest.fixture(scope="module")
 def shared_checkpoint(tmp_path_factory):
-    from test_predict_widget import make_random_checkpoint
+    """An untrained small Mask R-CNN (its detections are arbitrary, enough to review)."""
+    from napari_vertebra.widgets.predict import avoid_triton
 
-    return make_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "random.pt")
+    avoid_triton()  # as the widget does: Triton after napari's OpenGL crashes (llvmpipe)
+    import torch
+
+    from napari_vertebra.model.build import build_model, save_checkpoint
+    from napari_vertebra.model.config import load_config
+
+    cfg = load_config("smoke", {"min_size": 192, "max_size": 256})
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "random.pt"
+    save_checkpoint(path, model=build_model(cfg).state_dict(), config=cfg.to_dict(), epoch=0)
+    return path
 
 
 @pytest.fixture
 def reviewing(make_napari_viewer, sample_result, shared_checkpoint, qtbot, tmp_path):
     """Viewer with the sample MIP, Annotate (empty project), Predict (done) and Review."""
-    from test_predict_widget import add_mip
-
     from napari_vertebra.widgets.annotate import AnnotateWidget
     from napari_vertebra.widgets.predict import PredictWidget
+    from napari_vertebra.widgets.preprocess import mip_labels
     from napari_vertebra.widgets.review import ReviewWidget
 
     viewer = make_napari_viewer()
-    mip = add_mip(viewer, sample_result)
+    mip = viewer.add_image(
+        sample_result.mip,
+        name="MIP lumbar CT",
+        colormap="gray",
+        metadata={"pipeline_result": sample_result},
+    )
+    viewer.add_labels(mip_labels(sample_result), name="MIP labels lumbar CT", opacity=0.3)
     annotate = AnnotateWidget(viewer, project_dir=str(tmp_path / "project"))
     viewer.window.add_dock_widget(annotate, name="Annotate vertebrae")
     annotate.refresh_choices()
@@ -41,6 +57,7 @@ def reviewing(make_napari_viewer, sample_result, shared_checkpoint, qtbot, tmp_p
     predict.min_score.value = 0.0
     assert predict.run()
     qtbot.waitUntil(lambda: not predict.busy, timeout=120_000)
+    assert predict.prediction is not None, predict.status.value
     assert len(predict.prediction) >= 4, "the random model should give a few detections"
     return viewer, annotate, predict, review
 
@@ -49,8 +66,13 @@ def saved(annotate):
     return annotate.project.load(annotate.image_key.value)
 
 
+def no_question(*args, **kwargs):
+    raise AssertionError(f"asked without a polygon to replace: {args}")
+
+
 def test_accept_reject_fix(reviewing):
     _viewer, annotate, predict, review = reviewing
+    review.ask = no_question  # the project is empty: nothing to ask about
     pred = predict.prediction
     n = len(pred)
     assert review.table.rowCount() == n  # filled when the prediction arrived
@@ -87,15 +109,99 @@ def test_accept_reject_fix(reviewing):
     picked = shapes.features["class_id"].to_numpy()[list(shapes.selected_data)]
     assert len(picked) >= 1 and set(picked.tolist()) == {cid}  # every part of it
 
-    # accept all the rest, except the one whose class the fix took
-    pending = review.states.count("pending")
-    assert review.accept_all() == pending - 1
-    assert review.states.count("pending") == 1 and review.states[3] == "pending"
-    assert "1 left pending" in review.status.value
-    classes = {x.class_id for x in saved(annotate)}
-    accepted = {int(pred.classes[i]) for i, s in enumerate(review.states) if s == "accepted"}
-    assert classes == accepted | {cid}
+    # accept all the rest: one per class, never the class the fix took
+    pending = [i for i, s in enumerate(review.states) if s == "pending"]
+    classes = {int(pred.classes[i]) for i in pending} - {cid}
+    assert review.accept_all() == len(classes)
+    assert review.states[3] == "pending"
+    got = [x.class_id for x in saved(annotate)]
+    assert sorted(got) == sorted(classes | {cid})  # each class once
     assert "accepted" in review.summary.value
+
+
+def hand_polygon(pred, i):
+    """A hand-drawn quadrilateral over predicted vertebra ``i`` (not its outline)."""
+    rows, cols = np.nonzero(pred.masks[i])
+    r0, r1, c0, c1 = rows.min() + 0.25, rows.max() - 0.5, cols.min() + 0.5, cols.max() - 0.75
+    return np.array([[r0, c0], [r0 - 1.0, c1], [r1, c1 + 0.5], [r1 + 0.5, c0]])
+
+
+def polygons_of(annotate, cid):
+    return [p for a in saved(annotate) if a.class_id == cid for p in a.polygons]
+
+
+def test_accept_over_a_hand_polygon_asks_and_reject_restores_it(reviewing):
+    from napari_vertebra.annotation.types import VertebraAnnotation
+
+    _viewer, annotate, predict, review = reviewing
+    pred = predict.prediction
+    c0, c1 = int(pred.classes[0]), int(pred.classes[1])
+    hand = VertebraAnnotation(c0, [hand_polygon(pred, 0)])
+    other = VertebraAnnotation(c1 if c1 != c0 else c0 % 17 + 1, [hand_polygon(pred, 1)])
+    annotate.set_annotations([hand, other])
+    review.refresh()
+    asked = []
+    review.ask = lambda title, text, choices: asked.append(text) or "replace"
+
+    assert review.accept(0)
+    assert len(asked) == 1 and class_name(c0) in asked[0]
+    (p,) = polygons_of(annotate, c0)  # replaced (the user said so) by the prediction
+    assert p.shape != hand.polygons[0].shape or not np.allclose(p, hand.polygons[0])
+    (model,) = [a for a in saved(annotate) if a.class_id == c0]  # marked, with its score
+    assert model.source == "model" and model.score == pytest.approx(float(pred.scores[0]))
+    assert review.reject(0)
+    (p,) = polygons_of(annotate, c0)
+    np.testing.assert_allclose(p, hand.polygons[0], atol=1e-3)  # exactly the hand one
+    assert [a.source for a in saved(annotate) if a.class_id == c0] == ["hand"]
+    np.testing.assert_allclose(polygons_of(annotate, other.class_id)[0], other.polygons[0])
+
+    # keep both: the hand polygon stays; reject takes only the prediction out
+    review.ask = lambda *a: "keep"
+    assert review.accept(0)
+    assert len(polygons_of(annotate, c0)) == 2
+    assert any("used 2 times" in w for w in annotate.warnings)  # the Checks say so
+    assert review.reject(0)
+    (p,) = polygons_of(annotate, c0)
+    np.testing.assert_allclose(p, hand.polygons[0], atol=1e-3)
+
+    # Cancel: nothing changes
+    review.ask = lambda *a: None
+    assert not review.accept(0)
+    assert review.states[0] == "rejected" and len(polygons_of(annotate, c0)) == 1
+
+
+def test_accept_all_asks_with_a_count_and_no_changes_nothing(reviewing):
+    from napari_vertebra.annotation.types import VertebraAnnotation
+
+    _viewer, annotate, predict, review = reviewing
+    pred = predict.prediction
+    firsts = {}
+    for i, c in enumerate(pred.classes):
+        firsts.setdefault(int(c), i)
+    (ca, ia), (cb, ib) = list(firsts.items())[:2]
+    hands = [VertebraAnnotation(c, [hand_polygon(pred, i)]) for c, i in ((ca, ia), (cb, ib))]
+    annotate.set_annotations(hands)
+    review.refresh()
+    before = [(a.class_id, a.polygons[0].copy()) for a in saved(annotate)]
+    asked = []
+    review.ask = lambda title, text, choices: asked.append((text, choices)) or None
+
+    assert review.accept_all() == 0
+    (text, _choices) = asked[0]
+    assert text.startswith("2 of the ") and class_name(ca) in text
+    assert review.states == ["pending"] * len(pred)
+    after = [(a.class_id, a.polygons[0]) for a in saved(annotate)]
+    assert len(after) == len(before)
+    for (c, p), (c2, p2) in zip(before, after, strict=True):
+        assert c == c2 and np.allclose(p, p2, atol=1e-3)
+
+    # "accept only the others": every hand polygon stays as it was
+    review.ask = lambda *a: "skip"
+    assert review.accept_all() == len(firsts) - 2
+    for c, p in before:
+        (q,) = polygons_of(annotate, c)
+        np.testing.assert_allclose(q, p, atol=1e-3)
+    assert review.states[ia] == "pending" and review.states[ib] == "pending"
 
 
 def test_dice_against_ground_truth(reviewing):
@@ -114,22 +220,42 @@ def test_dice_against_ground_truth(reviewing):
     assert all(d is None for d in review.dice)
 
 
-def test_keyboard_shortcuts(reviewing, qtbot):
+def test_keyboard_shortcuts_with_the_boxes_layer_active(reviewing, qtbot):
     from qtpy.QtCore import Qt
 
-    viewer, _annotate, predict, review = reviewing
-    review.bind_shortcuts(True)
-    viewer.layers.selection.active = predict.labels_layer  # no layer key clashes
+    viewer, annotate, predict, review = reviewing
+    review.ask = no_question
+    review.bind_shortcuts(True)  # as when the widget is shown
+    boxes = predict.boxes_layer
+    viewer.layers.selection.active = boxes  # where Predict leaves the user
+    mode, n = boxes.mode, len(boxes.data)
     canvas = viewer.window._qt_viewer.canvas.native
     qtbot.keyClick(canvas, Qt.Key.Key_A)
     assert review.states[0] == "accepted"
+    assert len(boxes.selected_data) < n  # napari's "select all" did not run
     qtbot.keyClick(canvas, Qt.Key.Key_R)
     assert review.states[1] == "rejected"
+    assert boxes.mode == mode  # not switched to rectangle drawing
+    assert review.current == 2  # on to the next pending one
     qtbot.keyClick(canvas, Qt.Key.Key_N)
-    assert review.current == 3  # skips nothing pending before it: 2 -> 3
+    assert review.current == 3
+    qtbot.keyClick(canvas, Qt.Key.Key_F)  # fix: the polygon layer becomes active
+    assert review.states[3] == "fixed"
+    assert viewer.layers.selection.active is annotate.shapes
+    qtbot.keyClick(canvas, Qt.Key.Key_R)  # still Review's key on the polygon layer
+    assert review.states[3] == "rejected" and annotate.shapes.mode == "direct"
+
+    # hidden: the layers' own keys are back, the review keys gone
     review.bind_shortcuts(False)
+    states = list(review.states)
+    picker = annotate.vertebra.value
+    qtbot.keyClick(canvas, Qt.Key.Key_Period)  # Annotate's "next vertebra" still works
+    assert annotate.vertebra.value != picker or picker == "L5"
+    viewer.layers.selection.active = boxes
+    qtbot.keyClick(canvas, Qt.Key.Key_R)
+    assert boxes.mode == "add_rectangle"  # napari's own key again
     qtbot.keyClick(canvas, Qt.Key.Key_A)
-    assert review.states[3] == "pending"
+    assert review.states == states
     assert "A</b> accept" in review.help_label.value
 
 
@@ -141,6 +267,54 @@ def test_review_without_prediction(make_napari_viewer):
     assert "no prediction" in review.status.value
     assert not review.accept() and not review.reject() and review.accept_all() == 0
     assert class_id("L1") == 13
+
+
+def test_keys_follow_the_review_tab(make_napari_viewer, qtbot, tmp_path):
+    """Qt keeps a tabbed dock "visible" behind another tab: the keys follow the tab."""
+    from napari.utils.key_bindings import coerce_keybinding
+
+    from napari_vertebra.widgets.annotate import AnnotateWidget
+    from napari_vertebra.widgets.review import ReviewWidget
+
+    viewer = make_napari_viewer(show=True)
+    annotate = AnnotateWidget(viewer, project_dir=str(tmp_path / "project"))
+    review = ReviewWidget(viewer)
+    docks = [
+        viewer.window.add_dock_widget(annotate, name="Annotate vertebrae"),
+        viewer.window.add_dock_widget(review, name="Review predictions", tabify=True),
+    ]
+    key = coerce_keybinding("a")
+    docks[1].raise_()
+    qtbot.waitUntil(lambda: review.keys.active, timeout=5000)
+    assert viewer.keymap.get(key) is not None
+    docks[0].raise_()  # Annotate's tab: Review is behind it
+    qtbot.waitUntil(lambda: not review.keys.active, timeout=5000)
+    assert viewer.keymap.get(key) is None
+
+
+def test_ask_returns_the_clicked_button_or_none_for_cancel(make_napari_viewer):
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    from napari_vertebra.widgets.review import ReviewWidget
+
+    review = ReviewWidget(make_napari_viewer())
+
+    def click(pick):
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):  # not shown yet
+            QTimer.singleShot(20, lambda: click(pick))
+            return
+        pick(box).click()
+
+    choices = {"replace": "Replace L1", "keep": "Keep both"}
+    by_text = lambda text: lambda box: next(b for b in box.buttons() if b.text() == text)  # noqa: E731
+    QTimer.singleShot(0, lambda: click(by_text("Keep both")))
+    assert review.ask("L1 already has a polygon", "Replace it?", choices) == "keep"
+    QTimer.singleShot(0, lambda: click(by_text("Replace L1")))
+    assert review.ask("L1 already has a polygon", "Replace it?", choices) == "replace"
+    QTimer.singleShot(0, lambda: click(lambda box: box.button(QMessageBox.StandardButton.Cancel)))
+    assert review.ask("L1 already has a polygon", "Replace it?", choices) is None
 
 
 @pytest.mark.parametrize(

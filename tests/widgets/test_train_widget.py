@@ -23,7 +23,7 @@ from napari_vertebra.widgets.train import (
 pytestmark = pytest.mark.gui
 
 ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "training" / "smoke.yaml"
+SMOKE = ROOT / "napari_vertebra" / "configs" / "smoke.yaml"
 #: A very small model and run: seconds per epoch on a laptop CPU.
 TINY = {
     "min_size": 128,
@@ -219,3 +219,17 @@ def test_stop_and_resume_continue_the_epochs(train_widget, synth_data, tmp_path,
     assert (run / "train.out").read_text(encoding="utf-8").count("--resume") == 1
     print(f"train stop/resume: max event-loop gap {gaps.max_gap:.3f} s, stopped at {stopped_at}")
     assert gaps.max_gap < 0.5, f"event loop blocked {gaps.max_gap:.2f} s"
+
+
+def test_shipped_configs_are_listed_by_name(train_widget):
+    """The package's configurations (also in an installed wheel) are offered by name."""
+    from napari_vertebra.model.config import shipped_configs
+
+    w = train_widget
+    shipped = shipped_configs()
+    assert {"paper", "smoke", "synth-r50"} <= set(w.preset.choices)
+    assert w.preset.value == "paper" and w.config_file.value == shipped["paper"]
+    w.preset.value = "smoke"
+    assert w.config_file.value == shipped["smoke"] and w.backbone.value == "resnet18"
+    w.config_file.value = str(SMOKE.with_name("nowhere.yaml"))
+    assert w.preset.value not in shipped  # the user's own file

@@ -1,0 +1,345 @@
+"""Undo / redo of one MIP's annotations, kept on disk; level tools for the picker.
+
+A :class:`History` is a bounded list of snapshots of one image's annotations (plain
+JSON payloads, e.g. ``[{"class": "L1", "class_id": 13, "polygons": ...}]``) with a
+cursor at the current one. Recording a new state drops the redo branch and, past
+:data:`MAX_STEPS` steps, the oldest snapshot. Layout in the history folder::
+
+    index.json       {"version": 1, "cursor": 3, "next_id": 9,
+                      "steps": [{"id": 5, "label": "draw L3", "time": "07:12:03"}, ...]}
+    <id>.json        the payload of step ``id``
+
+The payloads are also kept in memory, so undo and redo never wait for the disk. Every
+file is written atomically (temporary file + rename) through a :class:`Writer`: inline,
+or on one background thread so that an edit in the GUI does not wait for the disk (the
+snapshot is written before the index that names it, so a crash leaves a readable
+history, at worst missing the last step).
+
+Also here, Qt-free helpers of the annotation session: :func:`shift_levels` (a sequence
+off by one) and :func:`next_missing` (where the class picker goes next).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ._atomic import atomic_write_text
+from .types import VertebraAnnotation
+
+__all__ = [
+    "MAX_STEPS",
+    "History",
+    "Writer",
+    "background_writer",
+    "next_missing",
+    "shift_levels",
+]
+
+#: Undo steps kept per image (the oldest are dropped beyond this).
+MAX_STEPS = 200
+_PAYLOAD_CACHE = MAX_STEPS + 1
+
+
+class Writer:
+    """Runs file writes in order: inline (``background=False``) or on one daemon thread.
+
+    ``submit(fn)`` queues a write; ``flush()`` waits until every queued write is done and
+    raises the first error met since the last flush (a failed background write is never
+    silent: the next save or read reports it).
+    """
+
+    def __init__(self, background: bool = False):
+        self.background = background
+        self._errors: list[BaseException] = []
+        self._queue: queue.Queue[Callable[[], Any] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` now (inline) or queue it for the writer thread."""
+        if not self.background:
+            fn()
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="napari-vertebra-writer", daemon=True
+                )
+                self._thread.start()
+        self._queue.put(fn)
+
+    def _run(self) -> None:
+        while True:
+            fn = self._queue.get()
+            try:
+                if fn is not None:
+                    fn()
+            except BaseException as e:  # kept and raised by the next flush()
+                self._errors.append(e)
+            finally:
+                self._queue.task_done()
+
+    def wait(self) -> None:
+        """Wait for the queued writes (errors stay for :meth:`flush`)."""
+        if self.background:
+            self._queue.join()
+
+    def flush(self) -> None:
+        """Wait for the queued writes; raise the first error of a failed one."""
+        self.wait()
+        if self._errors:
+            err, self._errors = self._errors[0], []
+            raise err
+
+
+_BACKGROUND: Writer | None = None
+
+
+def background_writer() -> Writer:
+    """The process' background writer (one thread; flushed at exit)."""
+    global _BACKGROUND
+    if _BACKGROUND is None:
+        _BACKGROUND = Writer(background=True)
+        atexit.register(_flush_quietly, _BACKGROUND)
+    return _BACKGROUND
+
+
+def _flush_quietly(writer: Writer) -> None:
+    try:
+        writer.flush()
+    except Exception as e:  # at exit: say it, do not raise
+        print(f"[napari-vertebra] a background save failed: {e}")
+
+
+class History:
+    """Bounded undo / redo of one image's annotation payloads, stored in ``folder``.
+
+    ``record(payload, label)`` adds a step (nothing when the payload equals the current
+    one); ``undo()`` / ``redo()`` move the cursor and return the payload now current
+    (None when there is nothing to undo / redo). A new History on the same folder
+    continues where the last one stopped (the restart case).
+    """
+
+    def __init__(
+        self, folder: str | os.PathLike, max_steps: int = MAX_STEPS, writer: Writer | None = None
+    ):
+        self.folder = Path(folder)
+        self.max_steps = int(max_steps)
+        self.writer = writer or Writer()
+        self._payloads: dict[int, Any] = {}
+        self.steps: list[dict] = []
+        self.cursor = -1
+        self._next_id = 1
+        #: Set when an unreadable history was replaced by a new one.
+        self.warning: str | None = None
+        self._read_index()
+
+    # -- disk
+    @property
+    def _index_path(self) -> Path:
+        return self.folder / "index.json"
+
+    def _read_index(self) -> None:
+        p = self._index_path
+        if not p.is_file():
+            return
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            steps = [dict(s) for s in data["steps"]]
+            cursor = int(data["cursor"])
+            next_id = int(data["next_id"])
+            ids = [int(s["id"]) for s in steps]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            # an unreadable history must not block annotating: start a new one, say so
+            self.warning = f"{p}: the undo history could not be read ({e}); a new one is started"
+            return
+        if not steps or not -1 <= cursor < len(steps):
+            return
+        self.steps, self.cursor = steps, cursor
+        self._next_id = max([next_id, *[i + 1 for i in ids]])
+
+    def _snapshot_path(self, step_id: int) -> Path:
+        return self.folder / f"{int(step_id)}.json"
+
+    def _index_text(self) -> str:
+        return json.dumps(
+            {
+                "version": 1,
+                "cursor": self.cursor,
+                "next_id": self._next_id,
+                "steps": self.steps,
+            },
+            indent=1,
+        )
+
+    def payload(self, i: int | None = None) -> Any:
+        """The payload of step ``i`` (default: the current one); None if unreadable."""
+        i = self.cursor if i is None else i
+        if not 0 <= i < len(self.steps):
+            return None
+        sid = int(self.steps[i]["id"])
+        if sid not in self._payloads:
+            try:
+                self.writer.wait()
+                text = self._snapshot_path(sid).read_text(encoding="utf-8")
+                self._payloads[sid] = json.loads(text)
+            except (OSError, ValueError):
+                return None
+        return self._payloads[sid]
+
+    # -- public
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    @property
+    def can_undo(self) -> bool:
+        """Whether a step before the current one is kept."""
+        return self.cursor > 0
+
+    @property
+    def can_redo(self) -> bool:
+        """Whether an undone step can be redone."""
+        return 0 <= self.cursor < len(self.steps) - 1
+
+    @property
+    def undo_label(self) -> str | None:
+        """What undo would take back (the label of the current step)."""
+        return self.steps[self.cursor]["label"] if self.can_undo else None
+
+    @property
+    def redo_label(self) -> str | None:
+        """What redo would bring back."""
+        return self.steps[self.cursor + 1]["label"] if self.can_redo else None
+
+    def labels(self) -> list[str]:
+        """The step labels, oldest first (the first is the starting state)."""
+        return [str(s["label"]) for s in self.steps]
+
+    def record(self, payload: Any, label: str = "edit", base: Any = None) -> bool:
+        """Make ``payload`` the current state (a new step); False when nothing changed.
+
+        ``base`` is the state before it, recorded first when the history is empty (e.g.
+        the annotations saved before histories existed), so that the change can be undone.
+        """
+        current = self.payload() if self.steps else None
+        if self.steps and _same(current, payload):
+            return False
+        if not self.steps:
+            self._append(base if base is not None else [], "start")
+            if _same(base if base is not None else [], payload):
+                self._commit([])
+                return False
+        saved = (list(self.steps), self.cursor, self._next_id)
+        try:
+            dropped = [int(s["id"]) for s in self.steps[self.cursor + 1 :]]
+            del self.steps[self.cursor + 1 :]
+            self._append(payload, label)
+            while len(self.steps) > self.max_steps + 1:
+                dropped.append(int(self.steps.pop(0)["id"]))
+                self.cursor -= 1
+            self._commit(dropped)
+        except BaseException:  # an inline write failed: the history is as before
+            self.steps, self.cursor, self._next_id = saved
+            raise
+        return True
+
+    def _append(self, payload: Any, label: str) -> None:
+        sid = self._next_id
+        self._next_id += 1
+        self.steps.append({"id": sid, "label": str(label), "time": time.strftime("%H:%M:%S")})
+        self.cursor = len(self.steps) - 1
+        self._payloads[sid] = payload
+        path = self._snapshot_path(sid)
+        # payloads are never changed once recorded: encode them on the writer's thread
+        self.writer.submit(lambda: atomic_write_text(path, json.dumps(payload)))
+        if len(self._payloads) > _PAYLOAD_CACHE:  # drop the oldest from memory only
+            for old in sorted(self._payloads)[: len(self._payloads) - _PAYLOAD_CACHE]:
+                self._payloads.pop(old, None)
+
+    def _commit(self, dropped: Iterable[int]) -> None:
+        text, index = self._index_text(), self._index_path
+        paths = [self._snapshot_path(i) for i in dropped]
+        for i in dropped:
+            self._payloads.pop(i, None)
+
+        def write() -> None:
+            atomic_write_text(index, text)
+            for p in paths:  # only once the index no longer names them
+                p.unlink(missing_ok=True)
+
+        self.writer.submit(write)
+
+    def _move(self, to: int) -> Any:
+        payload = self.payload(to)
+        if payload is None:
+            return None
+        self.cursor = to
+        self._commit([])
+        return payload
+
+    def undo(self) -> Any:
+        """Step back; the payload now current, or None when there is nothing to undo."""
+        return self._move(self.cursor - 1) if self.can_undo else None
+
+    def redo(self) -> Any:
+        """Step forward again; the payload now current, or None."""
+        return self._move(self.cursor + 1) if self.can_redo else None
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b  # JSON-like values: structural equality (floats survive JSON exactly)
+
+
+# -- level tools -------------------------------------------------------------------------
+#: Paper class ids run T1 (1) .. L5 (17), superior to inferior.
+_FIRST, _LAST = 1, 17
+
+
+def shift_levels(annotations: Sequence[VertebraAnnotation], step: int) -> list[VertebraAnnotation]:
+    """Every annotation moved ``step`` levels (-1: one up towards T1, +1: one down).
+
+    For a sequence labelled off by one. Raises ValueError (nothing changed) when a label
+    would leave T1..L5 or is not one of T1..L5.
+    """
+    step = int(step)
+    out = []
+    for a in annotations:
+        if not _FIRST <= a.class_id <= _LAST:
+            raise ValueError(f"{a.name} is not one of T1..L5: shift levels works on T1..L5 only")
+        new = a.class_id + step
+        if not _FIRST <= new <= _LAST:
+            way = "up" if step < 0 else "down"
+            raise ValueError(
+                f"shifting {way} would move {a.name} past {'T1' if step < 0 else 'L5'}; "
+                "nothing was changed"
+            )
+        out.append(replace(a, class_id=new, polygons=[p.copy() for p in a.polygons]))
+    return out
+
+
+def next_missing(present: Iterable[int], start: int, step: int = 1) -> int | None:
+    """The first class id from ``start`` on (walking ``step``: +1 down, -1 up the spine)
+    that is not in ``present``; if none that way, the nearest missing one the other way
+    from ``start``; None when T1..L5 are all present.
+
+    E.g. with T12..L5 present and the picker at L1 going down: T11.
+    """
+    have = {int(c) for c in present}
+    step = 1 if step >= 0 else -1
+    start = min(_LAST, max(_FIRST, int(start)))
+    for direction in (step, -step):
+        c = start
+        while _FIRST <= c <= _LAST:
+            if c not in have:
+                return c
+            c += direction
+    return None
