@@ -60,6 +60,7 @@ SHARES = {"train": 0.5, "data": 0.33, "infer": 0.17}
 #: Settings of --dry-run: small enough for two CPU cores in seconds.
 DRY_RUN_CONFIG = {
     "backbone": "resnet18",
+    "stride_in_1x1": False,  # the paper's detectron2 layout needs a bottleneck ResNet
     "min_size": 128,
     "max_size": 128,
     "fpn_channels": 32,
@@ -141,16 +142,7 @@ def _config(args: argparse.Namespace):
     over: dict[str, Any] = dict(DRY_RUN_CONFIG) if args.small else {}
     if args.batch_size:
         over["batch_size"] = args.batch_size
-    try:
-        cfg = load_config(args.config, over)
-        note = f"config {args.config}"
-    except (ValueError, OSError) as e:  # an older tree: training/paper.yaml
-        legacy = Path(__file__).resolve().parents[1] / "training" / f"{args.config}.yaml"
-        if not legacy.is_file():
-            raise
-        cfg = load_config(legacy, over)
-        note = f"config {legacy} ({e})"
-    return cfg, note
+    return load_config(args.config, over), f"config {args.config}"
 
 
 def _build(cfg, settings: str = "task"):

@@ -46,8 +46,9 @@ class PipelineResult:
     the label map's reading notes (``Volume.warnings``), then the pipeline's own (a
     crop fallback and why, an orientation doubt); empty when all is normal.
     ``decisions`` says what was decided: ``crop`` (a :data:`CROP_KINDS` value),
-    ``crop_reason``, ``orientation`` ("ok", "doubt" or "unknown") and ``crop_evidence``
-    (the measured figures); the attribute ``crop`` holds the whole :class:`CropDecision`.
+    ``crop_reason``, ``orientation`` ("ok", "doubt" or "unknown"), ``crop_evidence``
+    (the measured figures), ``read`` and ``labels_read`` (what reading the CT and the
+    label map corrected); the attribute ``crop`` holds the whole :class:`CropDecision`.
     """
 
     source: Volume
@@ -204,6 +205,9 @@ def run_pipeline(
         "crop_reason": decision.reason,
         "orientation": decision.orientation,
         "crop_evidence": dict(decision.evidence),
+        # what reading corrected (HU offset, NaN replaced, DICOM geometry rebuilt)
+        "read": list(volume.warnings),
+        "labels_read": list(labels.warnings) if labels is not None else [],
     }
     return PipelineResult(
         source=volume,

@@ -527,7 +527,7 @@ def evaluate_model(
     1..N; spacing from each image's ``meta``). The validation entry point of training:
     ``mask_mAP``/``box_mAP`` of the raw detections, ``*_at_threshold``, ``id_rate`` ...
     at ``min_score`` (the class probability)."""
-    hu_max = float(dataset.cfg.get("hu_max", 1500.0))
+    hu_max = dataset.cfg.hu_max
     images = [im.image for im in dataset.images]
     raw, kept = model_results(
         model, images, min_score, hu_max, box_iou, order, device=device, progress=progress

@@ -33,6 +33,7 @@ from napari_vertebra.core.labels import VERTEBRAE
 
 from .anatomy import MaskSuppressor, box_suppression, mask_overlap_suppression, order_classes
 from .build import model_from_checkpoint
+from .config import TrainConfig, as_config
 from .data import image_to_tensor
 from .device import resolve_device
 
@@ -345,27 +346,26 @@ class Predictor:
         device: str = "cpu",
         min_score: float | None = None,
         order: bool = True,
-        config: dict[str, Any] | None = None,
+        config: TrainConfig | dict[str, Any] | None = None,
         settings: dict[str, Any] | None = None,
         box_iou: float | Literal["config"] | None = "config",
     ):
         self.device = resolve_device(device)
         if isinstance(checkpoint, torch.nn.Module):
-            self.model, self.config = checkpoint, dict(config or {})
+            self.model = checkpoint
+            self.config = as_config(config)
         else:
             self.model, ckpt = model_from_checkpoint(checkpoint, "cpu")
-            self.config = dict(ckpt["config"])
+            self.config = as_config(ckpt["config"])
         if settings:
             apply_test_settings(self.model, settings)
-            self.config.update(settings)
+            self.config = self.config.replace(**settings)
         self.model.to(self.device).eval()
-        self.hu_max = float(self.config.get("hu_max", 1500.0))
-        if min_score is None:
-            min_score = float(self.config.get("min_score", 0.9))
-        self.min_score = float(min_score)
+        self.hu_max = self.config.hu_max
+        self.min_score = self.config.min_score if min_score is None else float(min_score)
         self.order = order
         if box_iou == "config":
-            box_iou = self.config.get("dedup_box_iou", DEDUP_BOX_IOU)
+            box_iou = self.config.dedup_box_iou
         self.box_iou = None if box_iou is None else float(box_iou)
 
     def predict(self, image: np.ndarray, min_score: float | None = None) -> Prediction:

@@ -44,6 +44,8 @@ from ._base import VertebraWidget
 if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
     import napari.viewer
 
+    from napari_vertebra.model.config import TrainConfig
+
 __all__ = [
     "LOG_NAME",
     "STOP_NAME",
@@ -488,10 +490,13 @@ class TrainWidget(VertebraWidget):
         self.batch_size = SpinBox(label="batch size", min=1, max=256)
         self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
         self.device.tooltip = "auto: the GPU when torch sees one, else the CPU"
-        self.weights = FileEdit(label="weights", mode="r", filter="*.pt *.pth", nullable=True)
+        self.weights = FileEdit(
+            label="weights", mode="r", filter="*.pt *.pth *.pkl", nullable=True
+        )
         self.weights.tooltip = (
             "Optional starting weights (a local file): a napari-vertebra checkpoint, a COCO\n"
-            "Mask R-CNN state dict or ImageNet backbone weights. Empty: random start."
+            "Mask R-CNN file (torchvision .pth or detectron2 .pkl, docs/transfer.md) or\n"
+            "ImageNet backbone weights. Empty: random start."
         )
         self.run_folder = FileEdit(label="run folder", mode="d", value=str(_default_run_dir()))
         self.run_folder.tooltip = "Where checkpoints (last.pt, best.pt), log.csv and config go"
@@ -559,14 +564,15 @@ class TrainWidget(VertebraWidget):
         except (ValueError, OSError) as e:
             self.status.set(f"config: {e}", "error")
             return
-        if cfg["backbone"] not in self.backbone.choices:
-            self.backbone.choices = [*self.backbone.choices, cfg["backbone"]]
-        self.backbone.value = cfg["backbone"]
-        self.epochs.value = int(cfg["epochs"])
-        self.lr.value = float(cfg["lr"])
-        self.batch_size.value = int(cfg["batch_size"])
-        if cfg.get("weights"):
-            self.weights.value = str(cfg["weights"])
+        if cfg.backbone not in self.backbone.choices:
+            self.backbone.choices = [*self.backbone.choices, cfg.backbone]
+        self.backbone.value = cfg.backbone
+        self.epochs.value = cfg.epochs
+        self.lr.value = cfg.lr
+        self.batch_size.value = cfg.batch_size
+        # the file's starting weights, or none: a field left from another config would
+        # start this one from weights it does not name
+        self.weights.value = str(cfg.weights) if cfg.weights else None
 
     def _on_preset(self, name: str) -> None:
         """Point the config field at the shipped configuration ``name``."""
@@ -582,7 +588,7 @@ class TrainWidget(VertebraWidget):
             with self.preset.changed.blocked():
                 self.preset.value = name
 
-    def config(self) -> dict[str, Any]:
+    def config(self) -> TrainConfig:
         """The configuration of the next run: file, then the fields, then overrides."""
         from napari_vertebra.model.config import load_config
 
@@ -596,7 +602,12 @@ class TrainWidget(VertebraWidget):
         if weights:
             w = Path(weights).expanduser()
             if not w.is_file():
-                raise ValueError(f"starting weights {w}: no such file")
+                raise ValueError(
+                    f"starting weights {w}: no such file. Put the file there (the paper "
+                    "configuration starts from detectron2's COCO R101 model_final_a3ec72.pkl, "
+                    "see docs/transfer.md), choose another, or clear the field to train "
+                    "from random weights"
+                )
             fields["weights"] = str(w.resolve())
         fields.update(self.config_overrides)
         return load_config(self.config_file.value or None, overrides=fields)
@@ -695,11 +706,9 @@ class TrainWidget(VertebraWidget):
             return False
         return True
 
-    def _launch(self, run_dir: Path, cfg: dict[str, Any], data: Path, resume: bool) -> None:
-        import yaml
-
+    def _launch(self, run_dir: Path, cfg: TrainConfig, data: Path, resume: bool) -> None:
         cfg_path = run_dir / REQUESTED_CONFIG_NAME
-        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+        cfg_path.write_text(cfg.to_yaml(), encoding="utf-8")
         (run_dir / STOP_NAME).unlink(missing_ok=True)
         cmd = train_command(cfg_path, data, run_dir, resume, self.device.value)
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
@@ -714,7 +723,7 @@ class TrainWidget(VertebraWidget):
         _lower_priority(self.process.pid)
         (run_dir / PID_NAME).write_text(str(self.process.pid), encoding="utf-8")
         self.run_dir = run_dir
-        self._epochs_target = int(cfg["epochs"])
+        self._epochs_target = cfg.epochs
         self._stop_requested = False
         self._log_sig = None
         self._refresh_log()

@@ -166,6 +166,8 @@ def test_warnings_of_reading_come_first_and_follow_the_steps(lumbar_result):
     assert res.warnings[:2] == ("HU offset corrected", "labels: 2 slices missing")
     assert len(res.warnings) == 3 and "spine crop not trusted" in res.warnings[2]
     assert res.cropped.warnings == ct.warnings  # steps keep the reading notes
+    assert res.decisions["read"] == ["HU offset corrected"]
+    assert res.decisions["labels_read"] == ["2 slices missing"]
     # re-use of the unchanged steps keeps the decision and the warnings
     again = run_pipeline(ct, PreprocessParams(crop_min_found_slices=10_000), labels=labels,
                          previous=res)  # fmt: skip

@@ -118,10 +118,17 @@ def test_fields_follow_the_config_and_override_it(train_widget, tmp_path):
         w.config()
 
 
-def test_start_refuses_bad_input(train_widget, tmp_path):
+def test_start_refuses_bad_input(train_widget, tmp_path, monkeypatch):
     w = train_widget
     w.data_dir.value = str(tmp_path)  # no train/ split
     w.run_folder.value = str(tmp_path / "run")
+    # the paper configuration names detectron2's COCO R101 file, which is not here
+    monkeypatch.chdir(tmp_path)
+    assert w.preset.value == "paper" and w.weights.value is not None
+    assert not w.start()
+    assert "model_final_a3ec72.pkl: no such file" in w.status.value
+    assert "random weights" in w.status.value and w.status.level == "error"
+    w.weights.value = None  # train from random weights: the next problem is the data
     assert not w.start()
     assert "train/annotations.json" in w.status.value and w.status.level == "error"
     assert w.process is None
