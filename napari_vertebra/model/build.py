@@ -249,7 +249,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({e})") from e
+        # one plain sentence; torch's own text (about weights_only, "file an issue") is
+        # kept in the exception chain for a developer, not shown to the user
+        raise CheckpointError(
+            f"{p}: cannot be read as a checkpoint (damaged, cut short, or not a PyTorch "
+            "file); choose the best.pt or last.pt that 'napari-vertebra train' wrote"
+        ) from e
     if not isinstance(obj, dict) or CHECKPOINT_FORMAT[0] not in obj:
         raise CheckpointError(
             f"{p}: not a napari-vertebra checkpoint (a plain state dict or another tool's "

@@ -247,6 +247,32 @@ def _split(data_dir: Path, name: str) -> Path:
     return p
 
 
+def _val_split(data_dir: Path, warn: bool = True) -> Path:
+    """The val split, or the train split when val is missing or empty (said in a warning,
+    as the Train widget's project mode does): one annotated scan cannot fill a val split
+    made by scan, and a run that dies for it after the export helps nobody."""
+    p = data_dir / "val"
+    n = None
+    if (p / "annotations.json").is_file():
+        import json
+
+        try:
+            n = len(json.loads((p / "annotations.json").read_text(encoding="utf-8"))["images"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return p  # let the reader say what is wrong with it
+        if n:
+            return p
+    train = _split(data_dir, "train")
+    if warn:
+        state = "has no images" if n == 0 else "is missing"
+        warnings.warn(
+            f"{data_dir}: the val split {state}; validating on the train split instead (its "
+            "scores say little about new scans: export more scans for a val split)",
+            stacklevel=2,
+        )
+    return train
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -321,7 +347,8 @@ def train(
         raise ValueError("sync_bn needs CUDA (SyncBatchNorm runs on GPUs); set sync_bn: false")
     _seed_all(cfg.seed + rank)
     train_set = VertebraDataset(_split(data_dir, "train"), cfg, train=True)
-    val_set = VertebraDataset(_split(data_dir, "val"), cfg, max_images=cfg.val_max_images)
+    val_dir = _val_split(data_dir, warn=rank == 0)
+    val_set = VertebraDataset(val_dir, cfg, max_images=cfg.val_max_images)
     # the architecture comes from the config alone: frozen stages and norm layers are
     # the same on resume; the weights file is read only when starting
     model = build_model(cfg, load_weights=ckpt is None).to(dev)

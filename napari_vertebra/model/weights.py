@@ -125,7 +125,8 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:
             raise _checkpoint_error(
-                f"{p}: not a readable PyTorch or detectron2 weights file ({e})"
+                f"{p}: cannot be read as weights (damaged, cut short, or neither a PyTorch "
+                "nor a detectron2 file)"
             ) from e
     meta: dict[str, Any] = {"format": "torchvision"}
     if isinstance(obj, dict) and obj.get(CHECKPOINT_FORMAT[0]):

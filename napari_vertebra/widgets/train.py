@@ -769,7 +769,14 @@ class TrainWidget(VertebraWidget):
         """Show a run folder's curves and checkpoints (and follow it while it runs)."""
         run = Path(run_dir).expanduser().resolve()
         if not run.is_dir():
-            self.status.set(f"{run}: no such folder", "error")
+            self.fail(f"Load run: {run}: no such folder")
+            return
+        markers = (LOG_NAME, "config.yaml", "last.pt", "best.pt", PID_NAME)
+        if not any((run / name).exists() for name in markers):
+            self.fail(
+                f"Load run: {run} is not a training run (no log.csv, config.yaml or "
+                "checkpoint in it); choose the folder that 'napari-vertebra train -o' wrote"
+            )
             return
         if self.running:
             self.status.set("a training run is going; stop it before loading another", "warning")

@@ -134,3 +134,26 @@ def test_checkpoint_is_fsynced_before_the_rename(tmp_path, monkeypatch):
     assert calls[:2] == ["fsync", "replace"]
     assert load_checkpoint(tmp_path / "last.pt")["model"]["w"].shape == (2,)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_empty_or_missing_val_validates_on_train_with_a_warning(tiny_data, tiny_config, tmp_path):
+    """One exported scan leaves val empty (the split is by scan): training goes on,
+    validating on train, and says so (it used to die after the export)."""
+    import json
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    coco = json.loads((data / "val" / "annotations.json").read_text(encoding="utf-8"))
+    coco["images"], coco["annotations"] = [], []
+    (data / "val" / "annotations.json").write_text(json.dumps(coco), encoding="utf-8")
+    cfg = {**dict(tiny_config), "epochs": 1, "max_steps_per_epoch": 1}
+    with pytest.warns(UserWarning, match="val split has no images; validating on the train"):
+        train(cfg, data, tmp_path / "empty")
+    assert (tmp_path / "empty" / "best.pt").is_file()
+    shutil.rmtree(data / "val")
+    with pytest.warns(UserWarning, match="val split is missing"):
+        train(cfg, data, tmp_path / "missing")
+    shutil.rmtree(data / "train")
+    with pytest.raises(ValueError, match=r"train/annotations\.json"):
+        train(cfg, data, tmp_path / "none")

@@ -186,6 +186,17 @@ def test_load_run_shows_curves_and_checkpoints(train_widget, tmp_path, qtbot):
     assert len(w.plot.ax_map.get_lines()) == 2  # box and mask mAP
 
 
+def test_load_run_on_a_folder_that_is_not_a_run_says_so(train_widget, tmp_path):
+    """It used to say, in green, "loaded 0 epochs"."""
+    w = train_widget
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.png").write_bytes(b"x")
+    w.load_run(tmp_path / "photos")
+    assert w.status.level == "error" and "is not a training run" in w.status.value
+    w.load_run(tmp_path / "nowhere")
+    assert w.status.level == "error" and "no such folder" in w.status.value
+
+
 @pytest.mark.slow
 def test_stop_and_resume_continue_the_epochs(train_widget, synth_data, tmp_path, qtbot):
     """A real `napari-vertebra train` process: wait for epoch 1's last.pt, stop (STOP
