@@ -476,8 +476,8 @@ class AnnotateWidget(VertebraWidget):
         for key, fn in zip(_VIEWER_KEYS, actions, strict=True):
             try:
                 self.viewer.bind_key(key, fn if on else None, overwrite=True)
-            except (TypeError, ValueError, KeyError):
-                pass
+            except (TypeError, ValueError, KeyError) as e:
+                notify(f"Annotate: the {key} key could not be bound ({e}); use the buttons")
         self._viewer_keys_bound = on
 
     # -- class picker ------------------------------------------------------------------
