@@ -280,8 +280,12 @@ class History:
 
     def _move(self, to: int) -> Any:
         payload = self.payload(to)
-        if payload is None:
-            return None
+        if payload is None:  # the step exists but its snapshot cannot be read
+            sid = int(self.steps[to]["id"])
+            raise ValueError(
+                f"the step {self.steps[to]['label']!r} could not be read from "
+                f"{self._snapshot_path(sid)} (deleted or damaged); the annotations are unchanged"
+            )
         self.cursor = to
         self._commit([])
         return payload

@@ -153,13 +153,20 @@ def _dicom_geometry(
     spaced (a missing slice) is refused; one whose positions advance obliquely to the
     slice normal (gantry tilt) is resampled onto an orthogonal grid, as dcm2niix does.
     """
+
+    def unchecked(why: str) -> tuple[sitk.Image, list[str]]:
+        return img, [
+            f"the DICOM slice positions could not be checked for missing slices or a gantry "
+            f"tilt ({why}); the grid is ITK's, built from the first slices of {folder.name}"
+        ]
+
     n = img.GetSize()[2]
     if n != len(files):
-        return img, []  # multi-frame files: no per-slice tags to check
+        return unchecked("multi-frame files have no per-slice position tags")
     pos = [_dicom_tag(reader, i, "0020|0032") for i in range(n)]
     iop = _dicom_tag(reader, 0, "0020|0037")
     if any(p is None or p.shape != (3,) for p in pos) or iop is None or iop.shape != (6,):
-        return img, []  # no geometry in the tags: keep ITK's
+        return unchecked("ImagePositionPatient or ImageOrientationPatient missing or unreadable")
     pos = np.array(pos)
     row, col = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
     normal = np.cross(row, col)

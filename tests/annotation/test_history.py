@@ -186,3 +186,16 @@ def test_history_module_imports_no_qt_napari_or_torch():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_a_step_whose_snapshot_is_gone_is_an_error_not_nothing_to_undo(tmp_path):
+    h = History(tmp_path / "h")
+    h.record([1], "one")
+    h.record([1, 2], "two")
+    h.writer.wait()
+    again = History(tmp_path / "h")  # a restart: the snapshots are read from disk
+    sid = int(again.steps[again.cursor - 1]["id"])
+    again._snapshot_path(sid).unlink()
+    with pytest.raises(ValueError, match=r"'one' could not be read .*annotations are unchanged"):
+        again.undo()
+    assert again.cursor == 2 and again.payload() == [1, 2]  # nothing moved

@@ -254,3 +254,21 @@ def test_dicom_sheared_positions_are_resampled_away(tmp_path, dicom_dir):
     ok = np.isfinite(got)
     assert ok.mean() > 0.95
     assert np.median(np.abs(got[ok] - truth[ok])) < 15.0
+
+
+def test_dicom_geometry_that_cannot_be_checked_is_said(dicom_dir):
+    """Slices without usable position tags keep ITK's grid, with a warning (the check
+    for missing slices and tilt could not run: that must not pass silently)."""
+    from napari_vertebra.core.io import _dicom_geometry
+
+    class NoTags:
+        def HasMetaDataKey(self, i, tag):
+            return False
+
+    img = sitk.Image(4, 4, 3, sitk.sitkInt16)
+    files = ["a.dcm", "b.dcm", "c.dcm"]
+    out, notes = _dicom_geometry(dicom_dir, img, NoTags(), files)
+    assert out is img and len(notes) == 1
+    assert "could not be checked" in notes[0] and "ImagePositionPatient" in notes[0]
+    _, notes = _dicom_geometry(dicom_dir, img, NoTags(), files[:1])  # one multi-frame file
+    assert "multi-frame" in notes[0]
