@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,6 +104,26 @@ CONVENTIONS: dict[str, dict[int, int]] = {
 }
 
 
+def _read_label_table(
+    path: str | os.PathLike, known: Mapping[str, Any], target: str, values: str
+) -> dict:
+    """The JSON object of a label-table file (ValueError naming the file otherwise);
+    ``known`` are the convention names the message lists."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(
+            f"unknown label convention {str(path)!r}: use one of "
+            f"{', '.join(known)} or a JSON file mapping ids to {target}"
+        )
+    try:
+        table = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from e
+    if not isinstance(table, dict):
+        raise ValueError(f"{p}: expected a JSON object mapping label ids to {values}")
+    return table
+
+
 def load_convention(
     convention: str | os.PathLike | Mapping, class_set: str | ClassSet | None = None
 ) -> dict[int, int]:
@@ -123,18 +144,7 @@ def load_convention(
         key = str(convention).lower()
         if key in CONVENTIONS:
             return dict(CONVENTIONS[key])
-        p = Path(convention)
-        if not p.is_file():
-            raise ValueError(
-                f"unknown label convention {convention!r}: use one of "
-                f"{', '.join(CONVENTIONS)} or a JSON file mapping ids to T1..L5"
-            )
-        try:
-            table = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not valid JSON ({e})") from e
-        if not isinstance(table, dict):
-            raise ValueError(f"{p}: expected a JSON object mapping label ids to vertebra names")
+        table = _read_label_table(convention, CONVENTIONS, "T1..L5", "vertebra names")
     out: dict[int, int] = {}
     for k, v in table.items():
         try:
@@ -372,19 +382,8 @@ def _load_convention_for(convention: str | os.PathLike | Mapping, cs: ClassSet) 
         if key in SOURCE_LEVELS:
             table, where = SOURCE_LEVELS[key], key
         else:
-            p = Path(convention)
-            if not p.is_file():
-                raise ValueError(
-                    f"unknown label convention {convention!r}: use one of "
-                    f"{', '.join(SOURCE_LEVELS)} or a JSON file mapping ids to level names"
-                )
-            try:
-                table = json.loads(p.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}: not valid JSON ({e})") from e
-            if not isinstance(table, dict):
-                raise ValueError(f"{p}: expected a JSON object mapping label ids to level names")
-            where = str(p)
+            table = _read_label_table(convention, SOURCE_LEVELS, "level names", "level names")
+            where = str(Path(convention))
     out: dict[int, int] = {}
     for k, v in table.items():
         try:

@@ -75,14 +75,7 @@ class PreprocessParams:
             )
         if self.n_clusters < 1:
             raise ValueError(f"n_clusters must be at least 1, got {self.n_clusters}")
-        for name in (
-            "crop_margin_lr_mm",
-            "crop_margin_anterior_mm",
-            "crop_margin_posterior_mm",
-            "crop_min_track_mm",
-            "crop_min_found_slices",
-            "crop_max_midline_offset_mm",
-        ):
+        for name in STEP_PARAMS["crop"]:  # margins and evidence thresholds
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
 
