@@ -27,7 +27,11 @@ def shoot(viewer, path: Path, dock: str | None = None) -> Path:
     from PIL import Image
 
     if dock is not None:
-        widget = viewer.window._wrapped_dock_widgets.get(dock)
+        docks = viewer.window._wrapped_dock_widgets
+        # the tabs are titled with the first word ("Predict" for "Predict vertebrae")
+        widget = docks.get(dock) or docks.get(dock.split()[0])
+        if widget is None:
+            raise KeyError(f"no dock widget {dock!r} (have: {', '.join(docks)})")
         if widget is not None:
             widget.show()
             widget.raise_()

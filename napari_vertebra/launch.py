@@ -3,6 +3,8 @@
 ``python -m napari_vertebra.launch`` (what ``make run`` calls) loads the lumbar CT
 sample with its vertebra labels, runs "Preprocess CT" on it and fills the MIP's
 polygons from the 3D labels (unless the project already holds polygons for this MIP).
+It then shows the first screen ready to annotate: the Annotate tab, the polygons layer
+active and on top (names visible), the MIP alone (no slice slider of the hidden CT).
 
 Options: ``--checkpoint PATH`` (handed to the Predict widget when it exists),
 ``--project DIR`` (annotation project folder), ``--no-sample``, ``--screenshot PNG``
@@ -18,6 +20,16 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+#: Short dock-tab titles (six tabs side by side stay readable) of the manifest's titles.
+TAB_TITLES = {
+    "Preprocess CT": "Preprocess",
+    "Annotate vertebrae": "Annotate",
+    "Export dataset": "Export",
+    "Train model": "Train",
+    "Predict vertebrae": "Predict",
+    "Review predictions": "Review",
+}
 
 #: (module, class, dock title) of the optional widgets written later.
 OPTIONAL_WIDGETS = (
@@ -104,7 +116,8 @@ def dock_widgets(
     viewer: Any, project: Path | None = None, checkpoint: Path | None = None
 ) -> dict[str, Any]:
     """Dock Preprocess / Annotate / Export (+ Train / Predict / Review when present),
-    tabbed on the right; returns {dock title: widget}."""
+    tabbed on the right under short tab titles (:data:`TAB_TITLES`), the Annotate tab in
+    front; returns {manifest title: widget}."""
     from napari_vertebra.widgets.annotate import AnnotateWidget
     from napari_vertebra.widgets.export import ExportDatasetWidget
     from napari_vertebra.widgets.preprocess import PreprocessWidget
@@ -121,22 +134,54 @@ def dock_widgets(
             widget = None
         if widget is not None:
             widgets[title] = widget
-    annotate, export = widgets["Annotate vertebrae"], widgets["Export dataset"]
-    annotate.project_dir.changed.connect(lambda v: setattr(export.project_dir, "value", v))
-    first = None
+    docks = {}
     for title, widget in widgets.items():
-        dock = viewer.window.add_dock_widget(
-            widget, name=title, area="right", tabify=first is not None
+        docks[title] = viewer.window.add_dock_widget(
+            widget, name=TAB_TITLES.get(title, title), area="right", tabify=bool(docks)
         )
-        first = first or dock
-    first.raise_()
+    _readable_tabs(viewer)
+    docks["Annotate vertebrae"].raise_()
     return widgets
+
+
+def _readable_tabs(viewer: Any) -> None:
+    """Dock tab titles in full (scroll buttons when the dock is narrow), never "Tr…"."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QTabBar
+
+    window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    if window is None:
+        return
+    for bar in window.findChildren(QTabBar):
+        bar.setElideMode(Qt.TextElideMode.ElideNone)
+        bar.setUsesScrollButtons(True)
+
+
+def show_first_screen(viewer: Any) -> None:
+    """Ready to annotate: the Annotate tab in front, the polygons layer active (P draws)
+    and on top of the MIP's other layers (its names visible), readable tab titles."""
+    from napari_vertebra.widgets._session import session_for
+
+    _readable_tabs(viewer)
+    dock = viewer.window._wrapped_dock_widgets.get(TAB_TITLES["Annotate vertebrae"])
+    if dock is not None:
+        dock.raise_()
+    polygons = session_for(viewer).polygons
+    if polygons is None or polygons.layer not in viewer.layers:
+        return
+    layers = viewer.layers
+    i = layers.index(polygons.layer)
+    if i != len(layers) - 1:
+        layers.move(i, len(layers))
+    layers.selection.active = polygons.layer
 
 
 def start_demo(viewer: Any, widgets: dict[str, Any], on_ready: Any = None) -> None:
     """Load the sample, preprocess it, then fill the MIP polygons from its 3D labels."""
     from napari_vertebra.widgets._sample import CT_NAME, LABELS_NAME
+    from napari_vertebra.widgets._session import session_for
 
+    session = session_for(viewer)
     viewer.open_sample("napari-vertebra", "lumbar_ct")
     pre, ann = widgets["Preprocess CT"], widgets["Annotate vertebrae"]
     pre.refresh_choices()
@@ -153,16 +198,21 @@ def start_demo(viewer: Any, widgets: dict[str, Any], on_ready: Any = None) -> No
         if mip is not None and field is not None and field.value:
             predict.set_image_layer(mip)
             predict.run()
-        if ann.shapes is not None and len(ann.shapes.data):
-            _ready(on_ready)  # polygons restored from the project
+        polygons = session.polygons
+        if polygons is not None and len(polygons.layer.data):
+            ready()  # polygons restored from the project
             return
-        ann.runner.succeeded.connect(lambda _im: _ready(on_ready))
-        ann.runner.failed.connect(lambda _e: _ready(on_ready))
+        ann.runner.succeeded.connect(lambda _im: ready())
+        ann.runner.failed.connect(lambda _e: ready())
         if not ann.labels_from_3d():
-            _ready(on_ready)
+            ready()
+
+    def ready() -> None:
+        show_first_screen(viewer)
+        _ready(on_ready)
 
     pre.runner.succeeded.connect(after_preprocess)
-    pre.runner.failed.connect(lambda _e: _ready(on_ready))
+    pre.runner.failed.connect(lambda _e: ready())
     pre.run()
 
 
@@ -181,12 +231,7 @@ def _screenshot_when_ready(viewer: Any, widgets: dict[str, Any], path: Path, tim
         if state["done"]:
             return
         state["done"] = True
-        ann = widgets["Annotate vertebrae"]
-        dock = viewer.window._wrapped_dock_widgets.get("Annotate vertebrae")
-        if dock is not None:
-            dock.raise_()
-        if ann.shapes is not None:
-            viewer.layers.selection.active = ann.shapes
+        show_first_screen(viewer)
         QApplication.processEvents()
         path.parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(path), canvas_only=False)

@@ -714,17 +714,12 @@ def write_synth_columns(
     """Write :func:`synth_column_dataset` images as COCO splits ``out_dir/{train,val,test}``.
 
     Columns (scans) are split by ``fractions``; each split holds its columns' full images
-    and partial views. Only the paper class set can be written for now: the COCO writer
-    knows only T1..L5 categories. Returns {split: number of images}.
+    and partial views, with the class set's COCO categories. Returns {split: number of
+    images}.
     """
     from napari_vertebra.annotation.coco import write_coco
 
     cs = get_class_set(class_set)
-    if cs.name != "paper":
-        raise ValueError(
-            f"cannot write the {cs.name} class set to COCO yet: the COCO writer "
-            "(annotation/coco.py) only knows T1..L5; use synth_column_dataset in memory"
-        )
     counts = _split_counts(n_columns, fractions, "synthetic columns")
     out = Path(out_dir)
     written = {}
@@ -734,7 +729,7 @@ def write_synth_columns(
             count, views_per_column, cs, pixel_mm, seed=seed * 1000 + k, prefix=split,
             **column_kw,
         )  # fmt: skip
-        write_coco(images, out / split)
+        write_coco(images, out / split, class_set=cs)
         written[split] = len(images)
     report(progress, 1.0, "done")
     return written

@@ -55,6 +55,7 @@ def test_wheel_holds_manifest_samples_and_configs(wheel):
         "napari_vertebra/configs/paper.yaml",
         "napari_vertebra/configs/smoke.yaml",
         "napari_vertebra/configs/synth-r50.yaml",
+        "napari_vertebra/configs/levels.yaml",
     ):
         assert name in names, name
     meta = next(n for n in names if n.endswith(".dist-info/METADATA"))

@@ -32,7 +32,13 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from napari_vertebra.core.labels import VERTEBRAE, class_id, class_name, supercategory
+from napari_vertebra.core.labels import (
+    ClassSet,
+    class_id,
+    class_name,
+    class_set_for,
+    get_class_set,
+)
 
 from ._atomic import AtomicBatch, atomic_write_bytes, png_bytes
 from ._io import AnnotationFormatError, read_json
@@ -112,12 +118,10 @@ def read_image(path: str | os.PathLike, hu_scale: float | None = None) -> np.nda
 # ----------------------------------------------------------------------------- writing
 
 
-def coco_categories() -> list[dict]:
-    """The 17 COCO categories: ids 1..17 named T1..L5, supercategory thoracic/lumbar."""
-    return [
-        {"id": i, "name": n, "supercategory": supercategory(i)}
-        for i, n in enumerate(VERTEBRAE, start=1)
-    ]
+def coco_categories(class_set: str | ClassSet | None = None) -> list[dict]:
+    """The COCO categories of a class set (default the paper's 17: ids 1..17 named T1..L5,
+    supercategory thoracic/lumbar; the extended set adds 18 C7, 19 T13, 20 L6, 21 S1)."""
+    return get_class_set(class_set).coco_categories()
 
 
 def _jsonable(obj):
@@ -209,8 +213,15 @@ def checked_polygons(
     return out
 
 
-def to_coco(images: Sequence[AnnotatedImage], info: dict | None = None) -> dict:
+def to_coco(
+    images: Sequence[AnnotatedImage],
+    info: dict | None = None,
+    class_set: str | ClassSet | None = None,
+) -> dict:
     """The COCO dict of ``images`` (ids from 1 in the given order); see module doc.
+
+    ``categories`` are those of ``class_set``; by default the paper's 17, or the extended
+    set's when an annotation holds one of its levels (C7, T13, L6, S1).
 
     Raises :class:`CocoFormatError` for images that cannot be written (bad file names,
     pixel arrays whose shape is not (height, width), polygons refused by
@@ -259,7 +270,9 @@ def to_coco(images: Sequence[AnnotatedImage], info: dict | None = None) -> dict:
         "info": info or {"description": "napari-vertebra vertebra annotations"},
         "images": out_images,
         "annotations": out_anns,
-        "categories": coco_categories(),
+        "categories": coco_categories(
+            class_set or class_set_for(int(a.class_id) for im in images for a in im.annotations)
+        ),
     }
 
 
@@ -269,6 +282,7 @@ def write_coco(
     json_name: str = "annotations.json",
     info: dict | None = None,
     copy_from: str | os.PathLike | None = None,
+    class_set: str | ClassSet | None = None,
 ) -> Path:
     """Write ``out_dir/json_name`` (COCO) and each image that has pixels as 16-bit PNG.
 
@@ -282,7 +296,7 @@ def write_coco(
     """
     out_dir = Path(out_dir)
     with AtomicBatch() as batch:
-        stage_coco(batch, images, out_dir, json_name, info, copy_from)
+        stage_coco(batch, images, out_dir, json_name, info, copy_from, class_set)
     return out_dir / json_name
 
 
@@ -293,12 +307,13 @@ def stage_coco(
     json_name: str = "annotations.json",
     info: dict | None = None,
     copy_from: str | os.PathLike | None = None,
+    class_set: str | ClassSet | None = None,
 ) -> Path:
     """Like :func:`write_coco`, but stage the files in ``batch`` (an
     :class:`~napari_vertebra.annotation._atomic.AtomicBatch`) so that several COCO files
     are committed together."""
     out_dir = Path(out_dir)
-    coco = to_coco(images, info=info)
+    coco = to_coco(images, info=info, class_set=class_set)
     text = json.dumps(coco, indent=1, default=str)
     for im, entry in zip(images, coco["images"], strict=True):
         if im.image is not None:

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from napari_vertebra.core.labels import class_set_for
 from napari_vertebra.core.progress import ProgressCallback, report, scaled
 
 from ._atomic import AtomicBatch
@@ -196,8 +197,12 @@ def build_dataset(
     max_vertebrae: int = 17,
     tolerance_px: float = 1.0,
     params=None,
+    class_set: str | None = None,
 ) -> dict[str, Path]:
     """Build ``out_dir/{train,val,test}/annotations.json`` (+ ``images/*.png``).
+
+    ``class_set`` (default the paper's) chooses the levels that 3D label maps give
+    (``"extended"``: also C7, T13, L6 and the sacrum).
 
     ``inputs``: COCO files (with their images), :class:`CTLabelPair` (turned into
     annotations with :func:`~napari_vertebra.annotation.from3d.labels_to_annotations`,
@@ -215,6 +220,8 @@ def build_dataset(
     kw = {"tolerance_px": tolerance_px}
     if params is not None:
         kw["params"] = params
+    if class_set is not None:
+        kw["class_set"] = class_set
     images = _load_inputs(inputs, scaled(progress, 0.0, 0.6), min_visible, **kw)
     if not images:
         raise ValueError("no input images for the dataset")
@@ -277,10 +284,15 @@ def build_dataset(
         "warnings": notes,
         "splits": {},
     }
+    # one category list for every split: the smallest class set holding all levels used
+    cset = class_set_for(
+        a.class_id for ims in per_scan.values() for im in ims for a in im.annotations
+    )
+    summary["class_set"] = cset.name
     with AtomicBatch() as batch:  # all splits are written together, or none
         for name in SPLITS:
             split_images = [im for s in split[name] for im in per_scan[s]]
-            paths[name] = stage_coco(batch, split_images, out_dir / name)
+            paths[name] = stage_coco(batch, split_images, out_dir / name, class_set=cset)
             summary["splits"][name] = {
                 "scans": split[name],
                 "images": len(split_images),

@@ -27,7 +27,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from napari_vertebra.core.labels import class_name, load_convention, to_class_map
+from napari_vertebra.core.labels import (
+    EXTENDED,
+    ClassSet,
+    class_name,
+    load_convention,
+    to_class_map,
+)
 from napari_vertebra.core.params import PreprocessParams
 from napari_vertebra.core.progress import ProgressCallback, report, scaled
 from napari_vertebra.core.volume import Volume
@@ -73,6 +79,7 @@ def labels_to_annotations(
     result=None,
     edge_margin: int | None = None,
     min_area_px: float = 4.0,
+    class_set: str | ClassSet | None = None,
 ) -> AnnotatedImage:
     """The MIP of ``ct`` with one polygon annotation per vertebra of ``labels``.
 
@@ -85,7 +92,9 @@ def labels_to_annotations(
     simplification (px). Returns an :class:`AnnotatedImage` whose ``image`` is the MIP
     (float32 HU), ``file_name`` ``"<scan>.png"``, ordered T1..L5, and ``meta`` with
     ``visible_fraction`` {name: fraction}, ``dropped`` [names], ``crop_box``,
-    ``spacing_mm`` and ``convention``.
+    ``spacing_mm`` and ``convention``. ``class_set`` (default the paper's T1..L5): which
+    levels become annotations; ``"extended"`` also outlines C7, T13, L6 and the sacrum
+    (S1) where the label map has them.
     """
     if not 0.0 <= min_visible <= 1.0:
         raise ValueError(f"min_visible must be in 0..1, got {min_visible}")
@@ -97,7 +106,7 @@ def labels_to_annotations(
             f"{tuple(round(s, 3) for s in ct.spacing)}, origin "
             f"{tuple(round(o, 2) for o in ct.origin)})"
         )
-    table = load_convention(convention)
+    table = load_convention(convention, class_set)
     params = PreprocessParams() if params is None else params
     if result is None or result.labels_cropped is None:
         from napari_vertebra.core.pipeline import run_pipeline
@@ -108,8 +117,8 @@ def labels_to_annotations(
     if edge_margin is None:
         edge_margin = math.ceil(max(ct.spacing) / spacing) + 1
 
-    full = to_class_map(result.labels_resampled.array, table)
-    crop = to_class_map(result.labels_cropped.array, table)
+    full = to_class_map(result.labels_resampled.array, table, class_set)
+    crop = to_class_map(result.labels_cropped.array, table, class_set)
     in_crop = projected_masks(crop)
     full_area = {c: int(m.sum()) for c, m in projected_masks(full).items()}
     edge = {c: _touches_edge(full == c, edge_margin) for c in in_crop}
@@ -119,7 +128,7 @@ def labels_to_annotations(
     fractions: dict[str, float] = {}
     dropped: list[str] = []
     annotations: list[VertebraAnnotation] = []
-    for k, c in enumerate(sorted(in_crop)):
+    for k, c in enumerate(sorted(in_crop, key=EXTENDED.rank)):  # superior first
         report(progress, 0.8 + 0.2 * k / max(1, len(in_crop)), f"outlining {class_name(c)}")
         expected = float(full_area.get(c, area[c]))
         if edge[c] and complete:

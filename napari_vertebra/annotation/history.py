@@ -330,20 +330,29 @@ def shift_levels(annotations: Sequence[VertebraAnnotation], step: int) -> list[V
     return out
 
 
-def next_missing(present: Iterable[int], start: int, step: int = 1) -> int | None:
+def next_missing(
+    present: Iterable[int], start: int, step: int = 1, order: Sequence[int] | None = None
+) -> int | None:
     """The first class id from ``start`` on (walking ``step``: +1 down, -1 up the spine)
     that is not in ``present``; if none that way, the nearest missing one the other way
-    from ``start``; None when T1..L5 are all present.
+    from ``start``; None when every level is present.
 
-    E.g. with T12..L5 present and the picker at L1 going down: T11.
+    ``order``: the class ids superior to inferior (default T1..L5; the extended class
+    set's is ``EXTENDED.ids_in_order()``, C7 first). A ``start`` outside it is taken as
+    the nearest end by id. E.g. with T12..L5 present and the picker at L1 going down: T11.
     """
+    seq = [int(c) for c in (order if order is not None else range(_FIRST, _LAST + 1))]
     have = {int(c) for c in present}
     step = 1 if step >= 0 else -1
-    start = min(_LAST, max(_FIRST, int(start)))
+    start = int(start)
+    if start in seq:
+        i0 = seq.index(start)
+    else:
+        i0 = 0 if start < min(seq) else len(seq) - 1
     for direction in (step, -step):
-        c = start
-        while _FIRST <= c <= _LAST:
-            if c not in have:
-                return c
-            c += direction
+        i = i0
+        while 0 <= i < len(seq):
+            if seq[i] not in have:
+                return seq[i]
+            i += direction
     return None

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from napari_vertebra.core.labels import VERTEBRAE, class_id, class_name
+from napari_vertebra.core.labels import class_id, class_name, class_set_for
 
 from ._atomic import AtomicBatch, png_bytes
 from ._io import AnnotationFormatError, read_json
@@ -367,6 +367,8 @@ def to_via(
         meta[key] = entry
     if version == 1:
         return meta
+    # the dropdown offers the levels of the smallest class set holding every level used
+    levels = class_set_for(a.class_id for im in images for a in im.annotations).levels
     return {
         "_via_settings": _settings(project_name, class_attribute),
         "_via_img_metadata": meta,
@@ -374,8 +376,8 @@ def to_via(
             "region": {
                 class_attribute: {
                     "type": "dropdown",
-                    "description": "vertebra T1..L5",
-                    "options": {n: n for n in VERTEBRAE},
+                    "description": f"vertebra {levels[0]}..{levels[-1]}",
+                    "options": {n: n for n in levels},
                     "default_options": {},
                 }
             },

@@ -114,6 +114,7 @@ def _run_labels_to_coco(args: argparse.Namespace) -> int:
                 progress=sub,
                 scan=scan,
                 file_name=f"images/{scan}.png",
+                class_set=args.class_set,
             )
             dropped = im.meta.get("dropped") or []
             print(
@@ -146,6 +147,7 @@ def _run_dataset_build(args: argparse.Namespace) -> int:
             max_vertebrae=args.max_vertebrae,
             tolerance_px=args.tolerance,
             params=_params(args.params),
+            class_set=args.class_set,
         )
     import json
 
@@ -162,6 +164,13 @@ def _run_dataset_build(args: argparse.Namespace) -> int:
 
 def _common_3d(p: argparse.ArgumentParser) -> None:
     p.add_argument("--convention", default="totalsegmentator", help=CONVENTION_HELP)
+    p.add_argument(
+        "--class-set",
+        choices=("paper", "extended"),
+        default="paper",
+        help="levels to outline: paper (T1..L5) or extended (also C7, T13, L6, sacrum as S1; "
+        "docs/levels.md)",
+    )
     p.add_argument("--pairs", metavar="CSV", help=f"many scans: {PAIRS_HELP}")
     p.add_argument(
         "--min-visible",

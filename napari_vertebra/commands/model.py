@@ -187,11 +187,13 @@ def run_predict(args: argparse.Namespace) -> int:
         save_png(out / f"{stem}_overlay.png", overlay_rgb(mip, pred, predictor.hu_max))
         if kind == "ct":
             np.save(out / f"{stem}_mip.npy", mip.astype(np.float32))
-        images.append(
-            {"id": k, "file_name": str(path), "height": mip.shape[0], "width": mip.shape[1]}
-        )
+        entry = {"id": k, "file_name": str(path), "height": mip.shape[0], "width": mip.shape[1]}
+        if pred.levels is not None:
+            entry.update(pred.levels.as_dict())
+        images.append(entry)
         results += prediction_results(pred, k, str(path))
-        print(f"{path}: {len(pred)} vertebrae {' '.join(pred.names)}")
+        summary = f" ({pred.level_summary})" if pred.level_summary and len(pred) else ""
+        print(f"{path}: {len(pred)} vertebrae {' '.join(pred.names)}{summary}")
     (out / "predictions.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     (out / "images.json").write_text(json.dumps(images, indent=1), encoding="utf-8")
     print(f"wrote {out / 'predictions.json'}")

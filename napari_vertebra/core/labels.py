@@ -9,7 +9,10 @@ is the 17 classes above (the default). ``"extended"`` adds the landmarks C7 (abo
 and S1 (the sacrum, below L5) and the transitional levels T13 and L6. Every level keeps
 one id in every set (:data:`LEVEL_IDS`: T1..L5 are 1..17 as always, C7 18, T13 19, L6 20,
 S1 21), so a file written with the paper set is valid under the extended one, and a
-colour or name never changes meaning. The anatomical order is the set's ``levels``, not
+colour or name never changes meaning. The module-level functions (:func:`class_id`,
+:func:`class_name`, :func:`class_colour`, :func:`supercategory`) name every level of
+every set; which levels a model has is the class set's business (checked where a dataset
+meets a model). The anatomical order is the set's ``levels``, not
 the id order (C7 is id 18 but comes first): sort by :meth:`ClassSet.rank`.
 """
 
@@ -38,6 +41,7 @@ __all__ = [
     "class_colours_rgba",
     "class_id",
     "class_name",
+    "class_set_for",
     "get_class_set",
     "level_name",
     "load_convention",
@@ -61,36 +65,40 @@ _COLOURS_HEX = (
 
 
 def class_id(name: str) -> int:
-    """Class id (1..17) of a vertebra name such as ``"T12"`` or ``"l1"``."""
-    key = name.strip().upper()
-    try:
-        return VERTEBRAE.index(key) + 1
-    except ValueError:
-        raise ValueError(f"unknown vertebra {name!r}; expected one of T1..T12, L1..L5") from None
+    """Stable class id of a level name: ``"T12"`` or ``"l1"`` (1..17), also the extended
+    levels C7, T13, L6, S1 (``"sacrum"``) (18..21; see :data:`LEVEL_IDS`)."""
+    key = _canonical(name)
+    if key not in LEVEL_IDS:
+        raise ValueError(
+            f"unknown vertebra {name!r}; expected one of T1..T12, L1..L5 (or C7, T13, L6, S1)"
+        )
+    return LEVEL_IDS[key]
 
 
 def class_name(cid: int) -> str:
-    """Vertebra name of a class id (1..17)."""
-    if not 1 <= int(cid) <= len(VERTEBRAE):
-        raise ValueError(f"class id {cid} is outside 1..{len(VERTEBRAE)}")
-    return VERTEBRAE[int(cid) - 1]
+    """Level name of a stable class id (1..17: T1..L5; 18..21: C7, T13, L6, S1)."""
+    try:
+        return _LEVEL_NAMES[int(cid)]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"class id {cid} is outside 1..{len(LEVEL_IDS)}") from None
 
 
 def supercategory(cid: int) -> str:
-    """``"thoracic"`` for T1..T12, ``"lumbar"`` for L1..L5."""
-    return "thoracic" if class_name(cid).startswith("T") else "lumbar"
+    """``"thoracic"``, ``"lumbar"``, ``"cervical"`` (C7) or ``"sacral"`` (S1)."""
+    return _REGION[class_name(cid)[0]]
 
 
 def class_colour(cid: int) -> str:
-    """Hex colour of a class id (1..17)."""
-    class_name(cid)
-    return _COLOURS_HEX[int(cid) - 1]
+    """Hex colour of a class id (the same in every class set)."""
+    name = class_name(cid)
+    return _EXTRA_COLOURS.get(name) or _COLOURS_HEX[int(cid) - 1]
 
 
 def class_colours_rgba() -> dict[int, tuple[float, float, float, float]]:
-    """{class id: RGBA in 0..1} for every class, background (0) transparent."""
+    """{class id: RGBA in 0..1} for every level of every set, background (0) transparent."""
     out: dict[int, tuple[float, float, float, float]] = {0: (0.0, 0.0, 0.0, 0.0)}
-    for i, h in enumerate(_COLOURS_HEX, start=1):
+    for i in sorted(_LEVEL_NAMES):
+        h = class_colour(i)
         out[i] = (int(h[1:3], 16) / 255, int(h[3:5], 16) / 255, int(h[5:7], 16) / 255, 1.0)
     return out
 
@@ -373,6 +381,17 @@ def get_class_set(class_set: str | ClassSet | None = None) -> ClassSet:
     return CLASS_SETS[key]
 
 
+def class_set_for(class_ids) -> ClassSet:
+    """The first shipped class set (paper, then extended) holding every id of ``class_ids``
+    (what a file writer uses for its category list when no set is named)."""
+    ids = {int(i) for i in class_ids}
+    for cs in CLASS_SETS.values():
+        if ids <= set(cs.ids):
+            return cs
+    bad = sorted(ids - set(EXTENDED.ids))
+    raise ValueError(f"class ids {bad} are not vertebra levels (1..{len(LEVEL_IDS)})")
+
+
 def _load_convention_for(convention: str | os.PathLike | Mapping, cs: ClassSet) -> dict[int, int]:
     """load_convention for a class set: source ids -> the set's class ids, by level name."""
     if isinstance(convention, Mapping):
@@ -394,7 +413,9 @@ def _load_convention_for(convention: str | os.PathLike | Mapping, cs: ClassSet) 
             if _canonical(v) in cs.levels:
                 out[src] = LEVEL_IDS[_canonical(v)]
         else:
-            out[src] = LEVEL_IDS[cs.class_name(int(v))]
+            level_name(v)  # a level id of some set (ValueError otherwise)
+            if int(v) in cs.ids:  # levels outside the set are dropped, as names are
+                out[src] = int(v)
     if not out:
         raise ValueError(f"{where}: maps no id to a level of the {cs.name} class set")
     return out

@@ -22,7 +22,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from napari_vertebra.core.labels import NUM_CLASSES
+from napari_vertebra.core.labels import get_class_set
 
 from .config import TrainConfig, as_config
 from .weights import load_starting_weights, set_stride_in_1x1  # load_...: re-exported
@@ -78,7 +78,10 @@ def build_model(
     settings: str = "task",
     load_weights: bool = True,
 ) -> MaskRCNN:
-    """A torchvision Mask R-CNN with 18 classes (background + T1..L5) from ``config``.
+    """A torchvision Mask R-CNN from ``config``: the class set's classes plus background
+    (18 for the paper's T1..L5, 22 for the extended set), and with ``pixels_per_mm`` a
+    :class:`~napari_vertebra.model.scale.FixedScaleTransform` instead of torchvision's
+    resizing to ``min_size``.
 
     ``settings="torchvision"`` keeps the architecture but uses torchvision's default
     RPN/ROI numbers (2000/1000 proposals, 100 detections). Starting weights (config
@@ -112,8 +115,9 @@ def build_model(
         kw.update(TORCHVISION_SETTINGS)
     elif settings != "task":
         raise ValueError(f"settings must be 'task' or 'torchvision'; got {settings!r}")
+    n_classes = get_class_set(cfg.class_set).num_classes
     common = dict(
-        num_classes=NUM_CLASSES,
+        num_classes=n_classes,
         min_size=_min_size(cfg.min_size),
         max_size=cfg.max_size,
         rpn_anchor_generator=anchors,
@@ -157,13 +161,20 @@ def build_model(
             backbone,
             box_head=TwoMLPHead(fpn_ch * 7 * 7, rep),
             box_predictor=torchvision.models.detection.faster_rcnn.FastRCNNPredictor(
-                rep, NUM_CLASSES
+                rep, n_classes
             ),
             mask_head=MaskRCNNHeads(fpn_ch, layers, 1),
             mask_predictor=torchvision.models.detection.mask_rcnn.MaskRCNNPredictor(
-                layers[-1], layers[-1], NUM_CLASSES
+                layers[-1], layers[-1], n_classes
             ),
             **{k: v for k, v in common.items() if k != "num_classes"},
+        )
+    if cfg.pixels_per_mm is not None:
+        from .scale import FixedScaleTransform
+
+        t = model.transform
+        model.transform = FixedScaleTransform(
+            cfg.pixels_per_mm, cfg.max_size, t.image_mean, t.image_std, t.size_divisible
         )
     model.skipped_keys = []
     if pretrained and load_weights:

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from napari_vertebra.core.labels import CLASS_SETS
+
 __all__ = [
     "BACKBONES",
     "BEST_METRICS",
@@ -54,6 +56,7 @@ RESUME_MUTABLE = frozenset(
         "best_metric",
         # inference only
         "min_score",
+        "level_evidence_weight",
         "dedup_box_iou",
         "box_score_thresh",
         "rpn_pre_nms_top_n_test",
@@ -84,8 +87,20 @@ class TrainConfig(Mapping):
     #: stride 2 in each ResNet stage's first 1x1 conv (detectron2 / MSRA weights) instead of
     #: its 3x3 conv (torchvision); set it when starting from detectron2's COCO R101 file
     stride_in_1x1: bool = False
-    #: GeneralizedRCNNTransform min_size (px); a list trains multi-scale (inference: the last)
+    #: the classes the model learns and predicts: "paper" (T1..L5) or "extended" (adds the
+    #: landmarks C7 and S1 and the transitional T13 and L6); see docs/levels.md
+    class_set: str = "paper"
+    #: fixed physical scale: the model sees every MIP (1 mm per pixel) at this many pixels
+    #: per mm, whatever its field of view, in training, validation and prediction; images
+    #: larger than ``max_size`` at that scale are cropped (training) or tiled (prediction),
+    #: never squeezed (docs/model.md). None: torchvision's resizing, the short side to
+    #: ``min_size`` (a vertebra's pixel size then depends on the field of view)
+    pixels_per_mm: float | None = None
+    #: GeneralizedRCNNTransform min_size (px); a list trains multi-scale (inference: the
+    #: last). Unused with ``pixels_per_mm``
     min_size: int | tuple[int, ...] = 1024
+    #: the longest side (px) the model sees: torchvision's cap, or with ``pixels_per_mm``
+    #: the tile / crop size
     max_size: int = 1024
     #: anchor size per FPN level (px at the input scale), 5 values
     anchor_sizes: tuple[int, ...] = (24, 48, 96, 192, 384)
@@ -106,6 +121,9 @@ class TrainConfig(Mapping):
     box_score_thresh: float = 0.05
     #: the paper's minimum confidence of a prediction
     min_score: float = 0.9
+    #: weight of the class evidence in the joint level decoding (model/levels.py): below 1
+    #: when one image's detections share one bias (benchmarks/partial_views.py fits it)
+    level_evidence_weight: float = 1.0
     #: class-agnostic box IoU above which a lower-scored detection is a duplicate (None:
     #: mask overlap only)
     dedup_box_iou: float | None = 0.5
@@ -226,6 +244,7 @@ class TrainConfig(Mapping):
 # key -> (kind, low, high); kind: int, float, bool, str, ints (list of int), floats
 _SPEC: dict[str, tuple[str, float | None, float | None]] = {
     "trainable_layers": ("int", 0, 5),
+    "pixels_per_mm": ("float?", 0.05, 20),
     "min_size": ("int_or_ints", 16, None),
     "max_size": ("int", 16, None),
     "anchor_sizes": ("ints", 1, None),
@@ -243,6 +262,7 @@ _SPEC: dict[str, tuple[str, float | None, float | None]] = {
     "box_detections_per_img": ("int", 1, None),
     "box_score_thresh": ("float", 0, 1),
     "min_score": ("float", 0, 1),
+    "level_evidence_weight": ("float", 0.01, 10),
     "dedup_box_iou": ("float?", 0, 1),
     "hu_max": ("float", 1e-6, None),
     "sync_bn": ("bool", None, None),
@@ -278,6 +298,7 @@ _CHOICES = {
     "lr_schedule": ("multistep", "cosine", "constant"),
     "lr_scaling": ("linear", "none"),
     "best_metric": BEST_METRICS,
+    "class_set": tuple(CLASS_SETS),
 }
 
 

@@ -24,6 +24,7 @@ from napari_vertebra.annotation.polygons import rasterize
 from napari_vertebra.annotation.types import AnnotatedImage
 
 from .config import TrainConfig, as_config
+from .scale import fit_rows
 
 __all__ = [
     "EpochBatchSampler",
@@ -88,6 +89,7 @@ class VertebraDataset(torch.utils.data.Dataset):
             raise ValueError(f"{self.path}: the COCO split has no images")
         if not any(im.annotations for im in images):
             raise ValueError(f"{self.path}: the COCO split has no annotations (no vertebrae)")
+        _check_class_set(images, self.cfg, self.path)
         self.images: list[AnnotatedImage] = images
         self.train = train
         self.epoch = 0
@@ -120,10 +122,23 @@ class VertebraDataset(torch.utils.data.Dataset):
         im = self.images[index]
         if not self.train:
             return im.height, im.width
-        rows = _partial_rows(
-            im.height, bool(im.annotations), self.cfg, self._rngs(index, self._ep(epoch))[1]
-        )
+        rows = self._rows(index, self._ep(epoch))
         return (rows[1] - rows[0] if rows else im.height), im.width
+
+    def _rows(self, index: int, epoch: int) -> tuple[int, int] | None:
+        """(first, end) rows that sample ``index`` keeps in ``epoch``: a random partial
+        view, then, at a fixed scale, a window that fits ``max_size`` (None: all)."""
+        im = self.images[index]
+        rng = self._rngs(index, epoch)[1]
+        rows = _partial_rows(im.height, bool(im.annotations), self.cfg, rng)
+        if self.cfg.pixels_per_mm is None:
+            return rows
+        r0, r1 = rows or (0, im.height)
+        limit = self.cfg.max_size / self.cfg.pixels_per_mm
+        fit = fit_rows(r1 - r0, im.width, limit, rng)
+        if fit is None:
+            return rows
+        return r0 + fit[0], r0 + fit[1]
 
     def _ep(self, epoch: int | None) -> int:
         return self.epoch if epoch is None else int(epoch)
@@ -138,10 +153,29 @@ class VertebraDataset(torch.utils.data.Dataset):
         image = np.asarray(im.image, np.float32) / self.cfg.hu_max
         cls, masks = self.masks(index)
         if self.train:
-            rng, rng_rows = self._rngs(index, self._ep(epoch))
-            rows = _partial_rows(im.height, len(masks) > 0, self.cfg, rng_rows)
+            rng = self._rngs(index, self._ep(epoch))[0]
+            rows = self._rows(index, self._ep(epoch))
             image, cls, masks = augment(image, cls, masks, self.cfg, rng, rows)
         return _to_sample(image, cls, masks, index)
+
+
+def _check_class_set(images: list[AnnotatedImage], cfg: TrainConfig, where) -> None:
+    """ValueError when an annotation's level is not a class of the config's class set."""
+    from napari_vertebra.core.labels import class_name, get_class_set
+
+    cs = get_class_set(cfg.class_set)
+    allowed = set(cs.ids)
+    found: dict[int, str] = {}
+    for im in images:
+        for a in im.annotations:
+            if int(a.class_id) not in allowed and int(a.class_id) not in found:
+                found[int(a.class_id)] = im.file_name
+    if found:
+        names = ", ".join(f"{class_name(c)} (first in {f})" for c, f in sorted(found.items()))
+        raise ValueError(
+            f"{where}: the annotations hold {names}, which the {cs.name} class set does not "
+            f"have ({', '.join(cs.levels)}); train with 'class_set: extended' in the config"
+        )
 
 
 def _rasterize_cropped(im: AnnotatedImage) -> list[_CroppedMask]:
@@ -327,7 +361,7 @@ def coco_ground_truth(dataset: VertebraDataset) -> dict:
     """
     from pycocotools import mask as mask_utils
 
-    from napari_vertebra.core.labels import VERTEBRAE
+    from napari_vertebra.core.labels import get_class_set
 
     images, anns = [], []
     for i, im in enumerate(dataset.images):
@@ -349,5 +383,5 @@ def coco_ground_truth(dataset: VertebraDataset) -> dict:
                     "iscrowd": 0,
                 }
             )
-    cats = [{"id": k + 1, "name": n} for k, n in enumerate(VERTEBRAE)]
+    cats = get_class_set(dataset.cfg.class_set).coco_categories()
     return {"images": images, "annotations": anns, "categories": cats}

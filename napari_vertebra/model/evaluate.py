@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_vertebra.core.labels import VERTEBRAE, class_id
+from napari_vertebra.core.labels import EXTENDED, PAPER, class_id, class_name, class_set_for
 from napari_vertebra.core.progress import ProgressCallback, report
 
 from .metrics import centroids, dice, identification, one_per_label
@@ -142,7 +142,7 @@ def ground_truth(
                     "iscrowd": 0,
                 }
             )
-    cats = [{"id": k + 1, "name": n} for k, n in enumerate(VERTEBRAE)]
+    cats = class_set_for(a["category_id"] for a in anns).coco_categories()
     return {"images": out_images, "annotations": anns, "categories": cats}
 
 
@@ -385,7 +385,7 @@ def detection_metrics(
     for r in at:
         pr_by_img[r["image_id"]].append(r)
 
-    dices: dict[int, list[float]] = {c: [] for c in range(1, len(VERTEBRAE) + 1)}
+    dices: dict[int, list[float]] = {c: [] for c in PAPER.ids}
     confusions: dict[str, int] = {}
     per_image, rates, dists = [], {}, []
     n_true = n_id = n_pred = 0
@@ -410,9 +410,9 @@ def detection_metrics(
             ]
         )
         for c, v in zip(g_cls, d, strict=True):
-            dices[int(c)].append(float(v))
+            dices.setdefault(int(c), []).append(float(v))
         for t, p in ident.confusions:
-            name = f"{VERTEBRAE[t - 1]}->{VERTEBRAE[p - 1]}"
+            name = f"{class_name(t)}->{class_name(p)}"
             confusions[name] = confusions.get(name, 0) + 1
         loc = ident.localisation_mm
         dists += loc.tolist()
@@ -435,6 +435,7 @@ def detection_metrics(
         )
     defined = [r for r in rates.values() if r is not None]
     all_d = [v for vs in dices.values() for v in vs]
+    dices = {c: dices[c] for c in sorted(dices, key=EXTENDED.rank)}  # superior first
     metrics.update(
         {
             "id_rate": float(np.mean(defined)) if defined else 0.0,
@@ -443,7 +444,7 @@ def detection_metrics(
             "localisation_mm": float(np.mean(dists)) if dists else None,
             "mean_dice": float(np.mean(all_d)) if all_d else 0.0,
             "dice_per_class": {
-                VERTEBRAE[c - 1]: (float(np.mean(v)) if v else None) for c, v in dices.items()
+                class_name(c): (float(np.mean(v)) if v else None) for c, v in dices.items()
             },
             "id_max_dist_mm": float(max_dist),
             "min_score": min_score,
@@ -454,7 +455,7 @@ def detection_metrics(
             "neighbour_confusions": dict(sorted(confusions.items())),
             "n_neighbour_confusions": int(sum(confusions.values())),
             "per_image": per_image,
-            "_dice_values": {VERTEBRAE[c - 1]: v for c, v in dices.items()},
+            "_dice_values": {class_name(c): v for c, v in dices.items()},
         }
     )
     return metrics
@@ -471,9 +472,13 @@ def model_results(
     ids: Sequence[int] | None = None,
     device=None,
     progress: ProgressCallback | None = None,
+    predictor=None,
 ) -> tuple[list[dict], list[dict]]:
     """(raw detections, predictions at ``min_score``) of a Mask R-CNN on MIPs, as COCO
     results. ``images``: 2D windowed-HU MIPs; ``ids``: their image ids (default 1..N).
+    ``predictor`` (a :class:`~napari_vertebra.model.predict.Predictor` of ``model``)
+    supplies the class set, the level decoder's settings and the tiling of MIPs too tall
+    for a fixed-scale model; without it they come from the model's class count.
 
     Raw: every detection of ``model(images)`` in eval mode (masks > 0.5, the detector's
     class and class probability). At threshold: :func:`~napari_vertebra.model.predict.
@@ -494,16 +499,40 @@ def model_results(
     for k, (im, img_id) in enumerate(zip(images, ids, strict=True)):
         report(progress, k / max(1, len(images)), f"predicting image {k + 1}/{len(images)}")
         a = np.asarray(im, np.float32)
-        t = image_to_tensor(a, hu_max).to(device)
-        det = {key: v.detach().cpu() for key, v in full_detections(model, [t])[0].items()}
-        raw += coco_results(
-            img_id,
-            (det["masks"][:, 0] > 0.5).numpy(),
-            det["boxes"].numpy(),
-            det["labels"].numpy(),
-            det["scores"].numpy(),
-        )
-        pred = postprocess(det, a.shape, min_score, order, box_iou)
+        tall = predictor is not None and predictor.tile_rows and a.shape[0] > predictor.tile_rows
+        if tall:  # tiles: the raw results are the de-duplicated detections with masks
+            det = predictor.detect(a, 0.0)
+            keep = det["keep"].numpy()
+            raw += coco_results(
+                img_id,
+                (det["masks"][:, 0] > 0.5).numpy(),
+                det["boxes"].numpy()[keep],
+                det["labels"].numpy()[keep],
+                det["scores"].numpy()[keep],
+            )
+        else:
+            t = image_to_tensor(a, hu_max).to(device)
+            det = {key: v.detach().cpu() for key, v in full_detections(model, [t])[0].items()}
+            raw += coco_results(
+                img_id,
+                (det["masks"][:, 0] > 0.5).numpy(),
+                det["boxes"].numpy(),
+                det["labels"].numpy(),
+                det["scores"].numpy(),
+            )
+        if predictor is not None:
+            pred = postprocess(
+                det,
+                a.shape,
+                min_score,
+                order,
+                box_iou,
+                class_set=predictor.class_set,
+                pixel_mm=predictor.pixel_mm,
+                evidence_weight=predictor.config.level_evidence_weight,
+            )
+        else:
+            pred = postprocess(det, a.shape, min_score, order, box_iou)
         kept += coco_results(img_id, pred.masks, pred.boxes, pred.classes, pred.scores)
         del det, t
     if torch.cuda.is_available():
@@ -527,10 +556,24 @@ def evaluate_model(
     1..N; spacing from each image's ``meta``). The validation entry point of training:
     ``mask_mAP``/``box_mAP`` of the raw detections, ``*_at_threshold``, ``id_rate`` ...
     at ``min_score`` (the class probability)."""
+    from .predict import Predictor
+
     hu_max = dataset.cfg.hu_max
     images = [im.image for im in dataset.images]
+    predictor = Predictor(
+        model, device=device or next(model.parameters()).device, min_score=min_score,
+        order=order, config=dataset.cfg, box_iou=box_iou,
+    )  # fmt: skip
     raw, kept = model_results(
-        model, images, min_score, hu_max, box_iou, order, device=device, progress=progress
+        model,
+        images,
+        min_score,
+        hu_max,
+        box_iou,
+        order,
+        device=device,
+        progress=progress,
+        predictor=predictor,
     )
     return detection_metrics(ground_truth(dataset.images), raw, kept, min_score, max_dist)
 
@@ -555,6 +598,7 @@ def evaluate_predictor(
         ids=[im["id"] for im in gt["images"]],
         device=predictor.device,
         progress=progress,
+        predictor=predictor,
     )
     report(progress, 1.0, "COCO mAP")
     return detection_metrics(gt, raw, kept, predictor.min_score, max_dist)
@@ -601,7 +645,7 @@ def _dice_png(metrics: dict[str, Any]) -> bytes:
     import matplotlib.pyplot as plt
 
     vals = metrics["_dice_values"]
-    names = list(VERTEBRAE)
+    names = list(vals)
     fig, ax = plt.subplots(figsize=(9, 3.5), dpi=100)
     data = [vals.get(n) or [np.nan] for n in names]
     ax.boxplot(data, tick_labels=names, showfliers=True)

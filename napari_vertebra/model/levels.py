@@ -136,9 +136,10 @@ class LevelDecoding:
 
     def summary(self, min_share: float = 0.05) -> str:
         """``"T9..L2, level confidence 0.72; one level up: 0.21"`` (shifts >= min_share)."""
-        if not self.levels:
+        named = [lv for lv in self.levels if lv]
+        if not named:
             return "no vertebrae"
-        ranked = sorted(self.levels, key=lambda lv: LEVEL_RANK.get(lv, 0))
+        ranked = sorted(named, key=lambda lv: LEVEL_RANK.get(lv, 0))
         first, last = ranked[0], ranked[-1]
         span = first if first == last else f"{first}..{last}"
         text = f"{span}, level confidence {self.confidence:.2f}"
@@ -182,6 +183,8 @@ def decode_levels(
     p_skip: float = 0.03,
     evidence_weight: float = 1.0,
     eps: float = 1e-4,
+    p_outside: float = 0.05,
+    max_outside: tuple[int, int] = (2, 1),
 ) -> LevelDecoding:
     """Name N detections of one image jointly (see the module doc).
 
@@ -200,6 +203,14 @@ def decode_levels(
     variant prior holds it too, so pass the frequencies to divide it out (likelihood =
     probability / frequency). Without them (uniform), a lone T13 at the edge of a view
     needs a probability about 90 times that of L1 to beat the 1 % prior.
+
+    ``p_outside``: the probability that a detection at either end of the image is a
+    vertebra *outside* the class set (C6 above the extended set's C7, C7 above the paper
+    set's T1, the sacrum below its L5); its class evidence is that of the set's end level
+    it resembles (the top or the bottom level of the variant). Up to ``max_outside`` =
+    (top, bottom) such detections may be left unnamed; their level is ``""`` and their
+    class id 0, and the prediction drops them. Without it, a detector that sees C5 and C6
+    as "C7-like" forces every vertebra below one or two levels down.
     """
     cs = get_class_set(class_set)
     p = np.asarray(class_probs, dtype=float)
@@ -248,18 +259,54 @@ def decode_levels(
     log_scale_prior = _norm_logpdf(np.log(_SCALE_GRID), SCALE_SD)
     log_scale_prior -= _logsumexp(log_scale_prior)
     hyps: list[tuple[float, tuple[str, ...], tuple[int, int], int, tuple[str, ...]]] = []
+    if not 0 <= p_outside < 1:
+        raise ValueError(f"p_outside must be in [0, 1), got {p_outside}")
+    trims = [
+        (top, bot)
+        for top in range(max_outside[0] + 1)
+        for bot in range(max_outside[1] + 1)
+        if (top + bot == 0) or (p_outside > 0 and n - top - bot >= 2)
+    ]
     for (t_count, l_count), prior in priors.items():
         if prior <= 0:
             continue
         seq = tuple(lv for lv in variant_levels(t_count, l_count) if lv in cs.levels)
         if (t_count == 13 and "T13" not in seq) or (l_count == 6 and "L6" not in seq):
             continue  # the set cannot name this variant's extra level
-        for score, start, labels in _score_variant(
-            seq, cs, p, gaps, heights, ribs, p_skip, evidence_weight, log_scale_prior
-        ):
-            hyps.append(
-                (score + np.log(prior) - np.log(len(seq)), labels, (t_count, l_count), start, seq)
-            )
+        first, last = LEVEL_IDS[seq[0]] - 1, LEVEL_IDS[seq[-1]] - 1
+        for top, bot in trims:
+            kept = slice(top, n - bot)
+            m = n - top - bot
+            # an unnamed end detection looks like the set's end level (C6 like C7) and
+            # costs p_outside on top of that: never cheaper than naming it that level
+            log_trim = m * np.log1p(-p_outside)
+            if top:
+                log_trim += evidence_weight * np.log(p[:top, first]).sum()
+            if bot:
+                log_trim += evidence_weight * np.log(p[n - bot :, last]).sum()
+            if top + bot:
+                log_trim += (top + bot) * np.log(p_outside)
+            for score, start, labels in _score_variant(
+                seq,
+                cs,
+                p[kept],
+                None if gaps is None else gaps[top : n - bot - 1],
+                None if heights is None else heights[kept],
+                None if ribs is None else ribs[kept],
+                p_skip,
+                evidence_weight,
+                log_scale_prior,
+            ):
+                named = ("",) * top + labels + ("",) * bot
+                hyps.append(
+                    (
+                        score + np.log(prior) - np.log(len(seq)) + log_trim,
+                        named,
+                        (t_count, l_count),
+                        start,
+                        seq,
+                    )
+                )
     if not hyps:
         raise ValueError(
             f"{n} detections cannot be named in order with the {cs.name} class set "
@@ -274,12 +321,19 @@ def decode_levels(
         if labels not in best_of or w > best_of[labels][0]:
             best_of[labels] = (float(w), k)
     ranked = sorted(by_labels.items(), key=lambda kv: -kv[1])
-    best_labels, conf = ranked[0]
+    best_labels = ranked[0][0]
     _, _, variant, start, seq = hyps[best_of[best_labels][1]]
+    # a naming that leaves an end detection unnamed but names the others alike gives the
+    # same levels: it counts for the naming (and likewise for the shifted namings)
+    conf = sum(w for lab, w in by_labels.items() if _agrees(lab, best_labels))
     shifts = {}
     for k in _SHIFT_WORDS:
         shifted = _shift(best_labels, seq, k)
-        shifts[k] = by_labels.get(shifted, 0.0) if shifted is not None else 0.0
+        shifts[k] = (
+            sum(w for lab, w in by_labels.items() if _agrees(lab, shifted))
+            if shifted is not None
+            else 0.0
+        )
 
     def in_input_order(labels: tuple[str, ...]) -> tuple[str, ...]:
         out = [""] * n
@@ -290,7 +344,7 @@ def decode_levels(
     levels = in_input_order(best_labels)
     return LevelDecoding(
         levels=tuple(levels),
-        class_ids=np.array([cs.class_id(lv) for lv in levels], dtype=int),
+        class_ids=np.array([cs.class_id(lv) if lv else 0 for lv in levels], dtype=int),
         confidence=float(conf),
         shifts=shifts,
         variant=variant,
@@ -335,12 +389,20 @@ def fit_evidence_weight(
     return best, table
 
 
+def _agrees(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Two namings give the same level wherever both name a detection (and share one)."""
+    both = [(x, y) for x, y in zip(a, b, strict=True) if x and y]
+    return bool(both) and all(x == y for x, y in both)
+
+
 def _shift(labels: tuple[str, ...], seq: tuple[str, ...], k: int) -> tuple[str, ...] | None:
-    """``labels`` (levels of ``seq``) moved k positions along ``seq``; None past its ends."""
-    idx = [seq.index(lv) + k for lv in labels]
-    if min(idx) < 0 or max(idx) >= len(seq):
+    """``labels`` (levels of ``seq``, ``""`` for a detection left unnamed) moved k
+    positions along ``seq``; None past its ends."""
+    idx = [seq.index(lv) + k for lv in labels if lv]
+    if not idx or min(idx) < 0 or max(idx) >= len(seq):
         return None
-    return tuple(seq[i] for i in idx)
+    it = iter(seq[i] for i in idx)
+    return tuple(next(it) if lv else "" for lv in labels)
 
 
 def _score_variant(

@@ -20,7 +20,7 @@ it never lets a detection through.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -29,13 +29,15 @@ import torch.nn.functional as F
 
 from napari_vertebra.annotation.polygons import mask_to_polygons
 from napari_vertebra.annotation.types import VertebraAnnotation
-from napari_vertebra.core.labels import VERTEBRAE
+from napari_vertebra.core.labels import ClassSet, class_name, get_class_set
 
 from .anatomy import MaskSuppressor, box_suppression, mask_overlap_suppression, order_classes
 from .build import model_from_checkpoint
 from .config import TrainConfig, as_config
 from .data import image_to_tensor
 from .device import resolve_device
+from .levels import LevelDecoding, decode_levels
+from .scale import TILE_OVERLAP_MM, row_tiles
 
 __all__ = [
     "DEDUP_BOX_IOU",
@@ -45,6 +47,7 @@ __all__ = [
     "apply_test_settings",
     "detection_scores",
     "full_detections",
+    "merge_tiles",
     "postprocess",
     "predict",
     "raw_detections",
@@ -57,11 +60,15 @@ class Prediction:
     """Vertebrae found on one image, sorted top to bottom.
 
     ``masks`` (N, H, W) bool; ``boxes`` (N, 4) (x0, y0, x1, y1) px; ``classes`` (N,)
-    1..17 after the anatomical ordering; ``raw_classes`` the detector's own; ``scores``
-    (N,) confidence: the probability of the detector's class (``raw_classes``), the number
-    ``min_score`` filters on; ``class_probs`` (N, 17) probabilities of T1..L5 on the final
-    box; ``vertebra_scores`` (N,) 1 - p(background) on the final box (is it a vertebra at
-    all; for review, never a filter).
+    class ids (1..17 T1..L5; the extended set adds 18 C7, 19 T13, 20 L6, 21 S1) after the
+    level decoding; ``raw_classes`` the detector's own; ``scores`` (N,) confidence: the
+    probability of the detector's class (``raw_classes``), the number ``min_score``
+    filters on; ``class_probs`` (N, K) probabilities of the class set's K classes on the
+    final box (column j = class id j + 1); ``vertebra_scores`` (N,) 1 - p(background) on
+    the final box (is it a vertebra at all; for review, never a filter). ``levels`` is
+    the joint level decoding of the image (:class:`~napari_vertebra.model.levels.
+    LevelDecoding`: the level confidence and the shifted alternatives), None when the
+    levels were not decoded (``order=False``).
     """
 
     masks: np.ndarray
@@ -73,6 +80,7 @@ class Prediction:
     shape: tuple[int, int] = (0, 0)
     meta: dict[str, Any] = field(default_factory=dict)
     vertebra_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    levels: LevelDecoding | None = None
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -80,7 +88,12 @@ class Prediction:
     @property
     def names(self) -> list[str]:
         """Vertebra names of the instances (e.g. ``["T11", "T12", "L1"]``)."""
-        return [VERTEBRAE[c - 1] for c in self.classes]
+        return [class_name(c) for c in self.classes]
+
+    @property
+    def level_summary(self) -> str:
+        """``"T9..L2, level confidence 0.72; one level up: 0.21"`` ("" when not decoded)."""
+        return self.levels.summary() if self.levels is not None else ""
 
     def centroids(self) -> np.ndarray:
         """(N, 2) (row, col) mask centroids, px."""
@@ -92,7 +105,7 @@ class Prediction:
         return out
 
     def label_image(self) -> np.ndarray:
-        """uint8 class image (0 background, 1..17); higher scores paint last."""
+        """uint8 class image (0 background, class ids); higher scores paint last."""
         out = np.zeros(self.shape, np.uint8)
         for i in np.argsort(self.scores, kind="stable"):
             out[self.masks[i]] = self.classes[i]
@@ -211,7 +224,7 @@ def raw_detections(
     ``class_probs`` (N, 18) come from the box head run once more on the final boxes. The
     mask head runs only on the detections whose class probability passes ``min_score``
     and the duplicate suppression (class-agnostic box
-    IoU above ``box_iou``, then mask overlap), at most 17, found in order of decreasing
+    IoU above ``box_iou``, then mask overlap), at most one per class, found in order of decreasing
     score a few at a time (the others cannot be in the output of :func:`postprocess` at
     any threshold >= ``min_score``). ``keep`` (K,) indexes them (by decreasing score),
     ``masks`` (K, 1, H, W) holds their probabilities at the original size,
@@ -219,6 +232,7 @@ def raw_detections(
     ``mask_rois`` how many boxes the mask head ran on.
     """
     batch, features, original, dets = _box_stage(model, images)
+    cap = logits_dim(model) - 1  # at most one instance per class
     out = []
     for i, d in enumerate(dets):
         scores = detection_scores(d)
@@ -230,10 +244,10 @@ def raw_detections(
         keep: list[int] = []
         masks: list[torch.Tensor] = []
         pos = 0
-        while pos < len(order) and len(keep) < len(VERTEBRAE):
+        while pos < len(order) and len(keep) < cap:
             # as many as still needed, times the share of duplicates so far, plus slack
             per_kept = pos / len(keep) if keep else 1.0
-            n = int(np.ceil((len(VERTEBRAE) - len(keep)) * per_kept)) + _MASK_SLACK
+            n = int(np.ceil((cap - len(keep)) * per_kept)) + _MASK_SLACK
             idx = order[pos : pos + n]
             pos += len(idx)
             sel = torch.as_tensor(idx, device=d["boxes"].device)
@@ -247,7 +261,7 @@ def raw_detections(
                 original[i],
             )
             for k, m in enumerate((probs[:, 0] > 0.5).cpu().numpy()):
-                if len(keep) < len(VERTEBRAE) and sup.offer(m):
+                if len(keep) < cap and sup.offer(m):
                     keep.append(int(idx[k]))
                     masks.append(probs[k])
         out.append(
@@ -367,6 +381,21 @@ class Predictor:
         if box_iou == "config":
             box_iou = self.config.dedup_box_iou
         self.box_iou = None if box_iou is None else float(box_iou)
+        self.class_set = get_class_set(self.config.class_set)
+        if logits_dim(self.model) != self.class_set.num_classes:
+            raise ValueError(
+                f"the model has {logits_dim(self.model)} classes but its config's class set "
+                f"{self.class_set.name!r} has {self.class_set.num_classes}"
+            )
+        #: mm per MIP pixel for the level decoder's size prior: our MIPs are 1 mm; only a
+        #: model that sees a fixed physical scale (``pixels_per_mm``) uses the prior
+        self.pixel_mm = 1.0 if self.config.pixels_per_mm is not None else None
+
+    @property
+    def tile_rows(self) -> int | None:
+        """Most MIP rows the model sees at once (fixed scale), None without a fixed scale."""
+        ppm = self.config.pixels_per_mm
+        return None if ppm is None else int(self.config.max_size / ppm)
 
     def predict(self, image: np.ndarray, min_score: float | None = None) -> Prediction:
         """Vertebrae on one 2D MIP (windowed HU, (rows, cols))."""
@@ -375,17 +404,114 @@ class Predictor:
     def predict_batch(
         self, images: list[np.ndarray], min_score: float | None = None
     ) -> list[Prediction]:
-        """:meth:`predict` on several MIPs at once."""
+        """:meth:`predict` on several MIPs at once (a MIP taller than :attr:`tile_rows`
+        is predicted in overlapping tiles)."""
         arrays = [_check_image(im) for im in images]
-        tensors = [image_to_tensor(a, self.hu_max).to(self.device) for a in arrays]
         ms = self.min_score if min_score is None else float(min_score)
-        dets = raw_detections(self.model, tensors, ms, self.box_iou)
-        return [
-            postprocess(d, a.shape, ms, self.order, self.box_iou)
-            for d, a in zip(dets, arrays, strict=True)
-        ]
+        if self.tile_rows is not None and any(a.shape[0] > self.tile_rows for a in arrays):
+            dets = [self.detect(a, ms) for a in arrays]
+        else:
+            tensors = [image_to_tensor(a, self.hu_max).to(self.device) for a in arrays]
+            dets = raw_detections(self.model, tensors, ms, self.box_iou)
+        return [self.finish(d, a.shape, ms) for d, a in zip(dets, arrays, strict=True)]
+
+    def detect(self, image: np.ndarray, min_score: float = 0.0) -> dict[str, torch.Tensor]:
+        """:func:`raw_detections` of one MIP (tiled when taller than :attr:`tile_rows`),
+        for :meth:`finish` at any threshold >= ``min_score`` (the Predict widget's
+        slider)."""
+        a = _check_image(image)
+        limit = self.tile_rows
+        if limit is None or a.shape[0] <= limit:
+            t = image_to_tensor(a, self.hu_max).to(self.device)
+            return raw_detections(self.model, [t], min_score, self.box_iou)[0]
+        overlap = TILE_OVERLAP_MM / (self.pixel_mm or 1.0)
+        tiles = row_tiles(a.shape[0], limit, overlap)
+        parts = []
+        for r0, r1 in tiles:
+            t = image_to_tensor(a[r0:r1], self.hu_max).to(self.device)
+            parts.append((r0, r1, raw_detections(self.model, [t], min_score, self.box_iou)[0]))
+        return merge_tiles(parts, a.shape, min_score, self.box_iou, logits_dim(self.model) - 1)
+
+    def finish(
+        self, det: dict[str, torch.Tensor], shape: tuple[int, int], min_score: float | None = None
+    ) -> Prediction:
+        """:func:`postprocess` of :meth:`detect`'s output with this predictor's settings."""
+        ms = self.min_score if min_score is None else float(min_score)
+        return postprocess(
+            det,
+            shape,
+            ms,
+            self.order,
+            self.box_iou,
+            class_set=self.class_set,
+            pixel_mm=self.pixel_mm,
+            evidence_weight=self.config.level_evidence_weight,
+        )
 
     __call__ = predict
+
+
+def merge_tiles(
+    parts: list[tuple[int, int, dict[str, torch.Tensor]]],
+    shape: tuple[int, int],
+    min_score: float,
+    box_iou: float | None,
+    cap: int,
+) -> dict[str, torch.Tensor]:
+    """One :func:`raw_detections` dict for a tall MIP from those of its row tiles.
+
+    ``parts`` are (first row, end row, detections of that tile). An instance touching a
+    tile's cut edge (not the image's) is dropped: the overlap is wider than any vertebra,
+    so the neighbouring tile holds it whole. The rest, by decreasing score, go through the
+    box and mask duplicate suppression again, at most ``cap``.
+    """
+    h, w = shape
+    boxes, labels, scores, probs, masks, kept = [], [], [], [], [], []
+    offset, rois = 0, 0
+    edge = 2.0  # px
+    for r0, r1, d in parts:
+        b = d["boxes"].detach().cpu().clone()
+        b[:, 1] += r0
+        b[:, 3] += r0
+        n = len(b)
+        keep = d["keep"].cpu().numpy().astype(int)
+        for k, i in enumerate(keep):
+            y0, y1 = float(b[i, 1]), float(b[i, 3])
+            if (r0 > 0 and y0 <= r0 + edge) or (r1 < h and y1 >= r1 - edge):
+                continue
+            full = torch.zeros((1, h, w), dtype=d["masks"].dtype)
+            full[:, r0:r1] = d["masks"][k].cpu()
+            kept.append(offset + int(i))
+            masks.append(full)
+        boxes.append(b)
+        labels.append(d["labels"].cpu())
+        scores.append(d["scores"].cpu())
+        probs.append(d["class_probs"].cpu())
+        rois += int(d["mask_rois"])
+        offset += n
+    all_boxes = torch.cat(boxes) if boxes else torch.zeros((0, 4))
+    all_scores = torch.cat(scores) if scores else torch.zeros(0)
+    order = sorted(range(len(kept)), key=lambda j: -float(all_scores[kept[j]]))
+    cand = np.array([kept[j] for j in order], dtype=int)
+    sel = box_suppression(all_boxes.numpy()[cand], box_iou) if len(cand) else cand
+    sup = MaskSuppressor()
+    final, final_masks = [], []
+    for j in sel:
+        m = masks[order[j]]
+        if len(final) < cap and sup.offer((m[0] > 0.5).numpy()):
+            final.append(int(cand[j]))
+            final_masks.append(m)
+    return {
+        "boxes": all_boxes,
+        "labels": torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64),
+        "scores": all_scores,
+        "class_probs": torch.cat(probs) if probs else torch.zeros((0, cap + 1)),
+        "masks": torch.stack(final_masks) if final_masks else torch.zeros((0, 1, h, w)),
+        "keep": torch.as_tensor(final, dtype=torch.int64),
+        "mask_min_score": torch.tensor(float(min_score), dtype=torch.float64),
+        "box_iou": torch.tensor(_iou_tag(box_iou), dtype=torch.float64),
+        "mask_rois": torch.tensor(rois),
+    }
 
 
 def postprocess(
@@ -394,8 +520,11 @@ def postprocess(
     min_score: float,
     order: bool = True,
     box_iou: float | Literal["auto"] | None = "auto",
+    class_set: str | ClassSet | None = None,
+    pixel_mm: float | None = None,
+    evidence_weight: float = 1.0,
 ) -> Prediction:
-    """Score filter, duplicate suppression, at most 17 instances, anatomical order.
+    """Score filter, duplicate suppression, one instance per class at most, level decoding.
 
     The score of a detection is the probability of its class (:func:`detection_scores`);
     ``min_score`` applies to it, never to the vertebra probability 1 - p(background)
@@ -408,6 +537,13 @@ def postprocess(
     ``det`` comes from :func:`raw_detections` (masks of the survivors only; ``min_score``
     must be at least, and ``box_iou`` the same as, the ones it was given) or
     :func:`full_detections` (masks of every detection).
+
+    Levels (``order=True``): :func:`~napari_vertebra.model.levels.decode_levels` names the
+    instances jointly from their class probabilities (consecutive top to bottom, spine
+    variants of ``class_set``; default: the set whose size matches ``class_probs``), with
+    the size prior on centroid spacing when ``pixel_mm`` (mm per image pixel) is given,
+    and ``evidence_weight`` on the class evidence; ``Prediction.levels`` holds the
+    decoding and its level confidence.
     """
     scores = detection_scores(det)
     vscores = vertebra_scores(det)
@@ -440,13 +576,39 @@ def postprocess(
         labels = det["labels"].cpu().numpy()[keep]
         probs = det["class_probs"].cpu().numpy()[keep][:, 1:]
         scores, vscores = scores[keep], vscores[keep]
-        sel = mask_overlap_suppression(masks, scores)[: len(VERTEBRAE)]
+        sel = mask_overlap_suppression(masks, scores)[: probs.shape[1]]
         masks, boxes, labels, probs, scores, vscores = (
             a[sel] for a in (masks, boxes, labels, probs, scores, vscores)
         )
     rows = np.array([np.nonzero(m)[0].mean() for m in masks]) if len(masks) else np.zeros(0)
+    n_cls = probs.shape[1]
+    cs = get_class_set(class_set) if class_set is not None else _set_of_size(n_cls)
+    decoding = None
     if order and len(masks):
-        classes = order_classes(probs, rows)
+        top_first = np.argsort(rows, kind="stable")
+        cen = None
+        if pixel_mm is not None:
+            cols = np.array([np.nonzero(m)[1].mean() for m in masks])
+            cen = np.stack([rows, cols], 1)[top_first] * float(pixel_mm)
+        try:
+            d = decode_levels(probs[top_first], cs, cen, evidence_weight=evidence_weight)
+        except ValueError:  # e.g. two instances at one centroid: no joint naming
+            classes = order_classes(probs, rows) if n_cls == 17 else probs.argmax(1) + 1
+        else:
+            classes = np.empty(len(masks), int)
+            classes[top_first] = d.class_ids
+            decoding = d
+            named = classes > 0  # a detection outside the class set (e.g. C6) is dropped
+            if not named.all():
+                masks, boxes, labels, probs, scores, vscores, rows, classes = (
+                    a[named] for a in (masks, boxes, labels, probs, scores, vscores, rows, classes)
+                )
+                # the decoding's levels run top to bottom, as the kept instances will
+                decoding = replace(
+                    d,
+                    levels=tuple(lv for lv in d.levels if lv),
+                    class_ids=d.class_ids[d.class_ids > 0],
+                )
     else:  # the most probable class of each instance
         classes = probs.argmax(1) + 1 if len(masks) else labels.copy()
     top = np.argsort(rows, kind="stable")
@@ -456,10 +618,25 @@ def postprocess(
         classes=classes[top].astype(int),
         scores=scores[top],
         raw_classes=labels[top].astype(int),
-        class_probs=probs[top].reshape(-1, len(VERTEBRAE)),
+        class_probs=probs[top].reshape(-1, n_cls),
         shape=tuple(shape),
         vertebra_scores=vscores[top],
+        levels=decoding if decoding is not None or not order else _no_levels(cs),
     )
+
+
+def _set_of_size(n_cls: int) -> ClassSet:
+    """The shipped class set with ``n_cls`` classes (the model's logits minus background)."""
+    from napari_vertebra.core.labels import CLASS_SETS
+
+    for cs in CLASS_SETS.values():
+        if len(cs.ids) == n_cls:
+            return cs
+    raise ValueError(f"no class set has {n_cls} classes")
+
+
+def _no_levels(cs: ClassSet) -> LevelDecoding:
+    return decode_levels(np.zeros((0, len(cs.ids))), cs)
 
 
 def predict(model_or_predictor, image: np.ndarray, **kw) -> list[VertebraAnnotation]:

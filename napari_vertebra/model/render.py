@@ -51,12 +51,17 @@ def coco_results(
 
 
 def prediction_results(pred: Prediction, image_id: int, file_name: str) -> list[dict]:
-    """COCO results entries of one image, with its file name, the vertebra names and
-    ``vertebra_score`` (1 - p(background), for review; ``score`` is the class probability)."""
+    """COCO results entries of one image, with its file name, the vertebra names,
+    ``vertebra_score`` (1 - p(background), for review; ``score`` is the class probability)
+    and the image's ``level_confidence`` (the posterior of the whole naming; see
+    :mod:`napari_vertebra.model.levels`) when the levels were decoded."""
     out = coco_results(image_id, pred.masks, pred.boxes, pred.classes, pred.scores)
     vs = np.asarray(pred.vertebra_scores, float)
+    conf = pred.levels.confidence if pred.levels is not None and len(pred) else None
     for k, entry in enumerate(out):
         entry.update(file_name=file_name, name=class_name(entry["category_id"]))
+        if conf is not None:
+            entry["level_confidence"] = round(float(conf), 4)
         if vs.shape == (len(out),) and np.isfinite(vs[k]):
             entry["vertebra_score"] = float(vs[k])
     return out

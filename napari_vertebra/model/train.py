@@ -4,10 +4,11 @@
 (the napari widget passes ``progress`` and ``stop``); the engine (one epoch, validation,
 the collective stop) is :mod:`napari_vertebra.model.engine`. A run folder holds
 ``last.pt`` (after every epoch and when stopped, fsynced then renamed), ``best.pt``
-(best validation ``best_metric``), ``log.csv``, ``config.yaml`` and TensorBoard events
-(when tensorboard is installed). Several GPUs: start with ``torchrun``
-(DistributedDataParallel; rank 0 writes). docs/training.md gives the resume rules and
-the learning-rate rule.
+(best validation ``best_metric``), ``log.csv``, ``config.yaml``, ``progress.jsonl`` (one
+JSON line per step and per epoch, which the Train widget follows; see
+:mod:`napari_vertebra.model.run`) and TensorBoard events (when tensorboard is installed).
+Several GPUs: start with ``torchrun`` (DistributedDataParallel; rank 0 writes).
+docs/training.md gives the resume rules and the learning-rate rule.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from .engine import (
     evaluate,
     train_one_epoch,
 )
+from .run import PROGRESS_NAME, ProgressWriter
 
 __all__ = [
     "LOG_FIELDS",
@@ -345,6 +347,16 @@ def train(
         cfg = as_config(config)
     if cfg.sync_bn and distributed and dev.type != "cuda":
         raise ValueError("sync_bn needs CUDA (SyncBatchNorm runs on GPUs); set sync_bn: false")
+    events = None  # rank 0 writes the run's progress.jsonl
+    if main_rank:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        events = ProgressWriter(run_dir / PROGRESS_NAME)
+        events.write("setup", message="loading the data and building the model", resume=resume)
+
+    def emit(phase: str, **fields: Any) -> None:
+        if events is not None:
+            events.write(phase, **fields)
+
     _seed_all(cfg.seed + rank)
     train_set = VertebraDataset(_split(data_dir, "train"), cfg, train=True)
     val_dir = _val_split(data_dir, warn=rank == 0)
@@ -455,6 +467,11 @@ def train(
         bar = tqdm(total=total_steps, desc="train", unit="step", file=sys.stderr)
     t0 = time.time()
     position = [start_epoch, skip]  # epoch, steps done in it
+    run_steps = epochs * steps_per_epoch  # the whole run's, for progress.jsonl
+    emit(
+        "start", epoch=start_epoch, epochs=epochs, step=global_step, step_in_epoch=skip,
+        steps_in_epoch=steps_per_epoch, total_steps=run_steps, resume=resume,
+    )  # fmt: skip
 
     def save(path: Path, extra_best: bool = False) -> None:
         """Every rank calls this (the random states are gathered); rank 0 writes."""
@@ -503,6 +520,11 @@ def train(
                     f"loss {vals['loss']:.3f}"
                 )
                 report(progress, done_steps / total_steps, msg)
+                emit(
+                    "train", epoch=epoch + 1, epochs=epochs, step=global_step,
+                    step_in_epoch=first + k + 1, steps_in_epoch=steps_per_epoch,
+                    total_steps=run_steps, lr=optimizer.param_groups[0]["lr"], **vals,
+                )  # fmt: skip
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{vals['loss']:.3f}")
@@ -516,6 +538,7 @@ def train(
                 max_steps=steps_per_epoch - first, stop=stop, on_step=on_step,
                 grad_clip=cfg.grad_clip, distributed=distributed, meter=meter,
             )  # fmt: skip
+            emit("validate", epoch=epoch + 1, epochs=epochs, step=global_step)
             if distributed:  # every rank validates with rank 0's BatchNorm statistics
                 for b in model.buffers():
                     torch.distributed.broadcast(b, 0)
@@ -535,6 +558,7 @@ def train(
                 row.update(metrics)
                 row["time_s"] = round(time.time() - t0, 2)
                 _append_log(run_dir / "log.csv", row)
+                emit("epoch", epochs=epochs, total_steps=run_steps, **row)
                 if writer is not None:
                     for k, v in metrics.items():
                         if v is not None:
@@ -543,14 +567,16 @@ def train(
             save(last, extra_best=improved)
             report(progress, done_steps / total_steps, f"epoch {epoch + 1}/{epochs} done")
         epoch = max(epochs, start_epoch)
+        emit("done", epoch=epoch, epochs=epochs, step=global_step, message="finished")
     except Stopped:
         stopped = True
         save(last)
-        report(
-            progress,
-            done_steps / total_steps,
-            f"stopped in epoch {epoch + 1} after step {position[1]}",
-        )
+        msg = f"stopped in epoch {epoch + 1} after step {position[1]}"
+        report(progress, done_steps / total_steps, msg)
+        emit(
+            "stopped", epoch=epoch + 1, epochs=epochs, step=global_step,
+            step_in_epoch=position[1], message=msg,
+        )  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
@@ -590,7 +616,23 @@ def given_keys(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run training from parsed arguments; prints the final metrics."""
+    """Run training from parsed arguments; prints the final metrics.
+
+    An error is also written to ``RUN/progress.jsonl`` (phase ``error``, when the run
+    folder exists), so that a front end following the run can say why it ended; the
+    exception goes on as before (the command line prints it).
+    """
+    try:
+        return _main(args)
+    except Exception as e:
+        if dist_info().rank == 0 and Path(args.output).is_dir():
+            ProgressWriter(Path(args.output) / PROGRESS_NAME).write(
+                "error", message=str(e).strip() or type(e).__name__, kind=type(e).__name__
+            )
+        raise
+
+
+def _main(args: argparse.Namespace) -> int:
     given = given_keys(args)
     stop = StopFile(Path(args.output) / StopFile.NAME)  # the napari widget's Stop
     if dist_info().rank == 0 and stop.is_set():

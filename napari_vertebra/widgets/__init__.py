@@ -2,8 +2,11 @@
 
 Reader / writer / sample data: :mod:`._reader`, :mod:`._writer`, :mod:`._sample`.
 Dock widgets: :class:`~.preprocess.PreprocessWidget`, :class:`~.annotate.AnnotateWidget`,
-:class:`~.export.ExportDatasetWidget` (and train / predict / review). Each is a magicgui
-``Container`` built with ``widget = Cls(viewer)``; its children are attributes and its
-handlers methods, so tests set values and call the handlers. Long work runs on a worker
-thread through :class:`~._threading.TaskRunner`.
+:class:`~.export.ExportDatasetWidget` (and train / predict / review). Each is a
+``QWidget`` built with ``widget = Cls(viewer)``; its children are attributes and its
+handlers methods, so tests set values and call the handlers. The widgets of a viewer
+share its :class:`~._session.Session` (``session_for(viewer)``) and never talk to one
+another; the work below them is Qt-free (:mod:`napari_vertebra.annotation.session`,
+:mod:`._predict_jobs`, :mod:`._preprocess_helpers`, the model package). Long work runs
+on a worker thread through :class:`~._threading.TaskRunner`.
 """

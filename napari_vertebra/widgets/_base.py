@@ -4,7 +4,8 @@ Each widget is a ``QWidget`` built as ``Widget(viewer)``. Its controls are magic
 value widgets kept as attributes (tests set ``widget.some_field.value = ...``) and its
 actions are methods (tests call ``widget.run()``). Long work goes through
 ``self.runner`` (:class:`~._threading.TaskRunner`), which drives ``self.progress_bar``
-and ``self.status``.
+and ``self.status``. What widgets share goes through ``self.session`` (the viewer's
+:class:`~._session.Session`), never through another widget.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from qtpy.QtCore import QSize, Qt
-from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from ._reader import prefer_this_reader
+from ._session import Session, session_for
 from ._threading import StatusLine, TaskRunner, notify
+from ._view import follow_visible_dims
 
 if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
     import napari.viewer
@@ -52,7 +55,10 @@ class VertebraWidget(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = viewer
+        #: The viewer's shared state: widgets talk to it, never to one another.
+        self.session: Session = session_for(viewer)
         prefer_this_reader()
+        follow_visible_dims(viewer)  # no slice slider under a 2D view of hidden volumes
         # the controls live in a scroll area: a short window scrolls instead of squashing
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -84,6 +90,10 @@ class VertebraWidget(QWidget):
     def add(self, item: Any, stretch: int = 0) -> Any:
         """Append a magicgui widget / container or a QWidget to the stack; returns it."""
         native = getattr(item, "native", item)
+        if isinstance(native, QLabel) and native.wordWrap():
+            # a wrapped text takes the dock's width; by default its one-line width would
+            # become the dock's minimum and the controls would be cut off on the right
+            native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self._layout.addWidget(native, stretch)
         return item
 
@@ -163,7 +173,7 @@ def _disconnector(connections: list[tuple[Any, Callable]]) -> Callable[..., None
             emitter, callback = connections.pop()
             try:
                 emitter.disconnect(callback)
-            except Exception:
-                pass
+            except (RuntimeError, TypeError, ValueError):  # the emitter went with its object
+                continue
 
     return disconnect

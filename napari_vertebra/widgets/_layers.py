@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_vertebra.core.labels import VERTEBRAE, class_colours_rgba
+from napari_vertebra.core.labels import LEVEL_IDS, class_colours_rgba, class_name
 from napari_vertebra.core.volume import Volume
 
 __all__ = [
@@ -91,9 +91,12 @@ def class_label_colormap() -> Any:
 
 def class_label_features() -> dict:
     """Labels-layer features naming each class (shown in napari's status bar)."""
+    n = len(LEVEL_IDS)  # every level of every class set (ids 1..21)
     return {
-        "index": np.arange(len(VERTEBRAE) + 1),
-        "vertebra": np.array(["background", *VERTEBRAE], dtype=object),
+        "index": np.arange(n + 1),
+        "vertebra": np.array(
+            ["background", *(class_name(i) for i in range(1, n + 1))], dtype=object
+        ),
     }
 
 

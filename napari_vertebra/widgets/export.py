@@ -82,12 +82,16 @@ class ExportDatasetWidget(VertebraWidget):
         output_dir: str | os.PathLike | None = None,
     ):
         super().__init__(viewer, parent)
-        from .annotate import default_project_dir
+        from napari_vertebra.annotation.session import default_project_dir
 
         self.paths: dict[str, Path] = {}
         self.summary: dict = {}
         self._fractions: dict[str, float] = {}
-        proj = Path(project_dir) if project_dir else default_project_dir()
+        open_project = self.session.project  # the one 'Annotate vertebrae' opened
+        if project_dir:
+            proj = Path(project_dir)
+        else:
+            proj = open_project.folder if open_project is not None else default_project_dir()
         self.project_dir = FileEdit(mode="d", value=str(proj), label="project folder")
         self.use_project = CheckBox(value=True, label="use the project's MIPs")
         self.coco_files = FileEdit(mode="rm", filter="*.json", label="COCO files (optional)")
@@ -121,6 +125,12 @@ class ExportDatasetWidget(VertebraWidget):
         self.summary_label = Label(value="")
         self.add(self.summary_label)
         self.add_status()
+        self._listen(self.session.annotation.project_changed, self._on_project_changed)
+
+    def _on_project_changed(self, project: Any) -> None:
+        """Follow the project opened in 'Annotate vertebrae' (through the session)."""
+        if project is not None:
+            self.project_dir.value = str(project.folder)
 
     def inputs(self) -> list[Any]:
         """The builder's inputs: the project's images (with pixels) and the COCO files."""

@@ -2,36 +2,44 @@
 
 Pick a checkpoint and an Image layer: a 2D MIP (e.g. "MIP <ct>" of 'Preprocess CT') or a
 3D CT, which is preprocessed first (:func:`napari_vertebra.core.run_pipeline`). The
-model runs on a worker thread; the raw detections are kept on the widget, so the score
-slider re-filters them (score threshold, duplicate suppression, anatomical order: the
-same post-processing as :class:`napari_vertebra.model.predict.Predictor`) without
-predicting again. Output layers: "predicted vertebrae <image>" (Labels, one colour per class
-T1..L5) and "predicted boxes <image>" (Shapes rectangles with "L1 0.97" text). "Show in
-3D" carries the MIP labels back into the CT (:func:`~napari_vertebra.core.
+model runs on a worker thread (:mod:`._predict_jobs`, through the model's
+``Predictor``); the raw detections are kept, so the score slider re-filters them (score
+threshold, duplicate suppression, anatomical order: the model's ``postprocess``) without
+predicting again. Output layers: "predicted vertebrae <image>" (Labels, one colour per
+class T1..L5) and "predicted boxes <image>" (Shapes rectangles with "L1 0.97" text).
+"Show in 3D" carries the MIP labels back into the CT (:func:`~napari_vertebra.core.
 mip_labels_to_volume`): a first estimate, not a 3D segmentation.
 
-The module also holds the small look-ups the model widgets share: finding a docked
-widget (:func:`find_dock_widget`) and the open annotation project.
+The widget talks to the viewer's :class:`~._session.Session` only: it takes the
+checkpoint from it (``checkpoint_changed``, e.g. from 'Train model'), the pipeline
+result behind a MIP and the preprocessing parameters, and publishes the prediction it
+shows (``prediction_changed``, followed by 'Review predictions').
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import weakref
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, FloatSlider, Label, PushButton
-from qtpy.QtCore import QTimer, Signal
+from qtpy.QtCore import QTimer
 
 from napari_vertebra.core.labels import class_colour, class_name
-from napari_vertebra.core.progress import ProgressCallback, report, scaled
 
 from ._base import VertebraWidget, layer_combo
 from ._layers import class_label_colormap, class_label_features, find_layer, layer_kwargs
+from ._predict_jobs import (
+    RawPrediction,
+    avoid_triton,
+    back_to_3d,
+    back_to_3d_job,
+    boxes_to_rectangles,
+    predict_job,
+)
+from ._session import ShownPrediction
 
 if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
     import napari.viewer
@@ -41,10 +49,8 @@ __all__ = [
     "PredictWidget",
     "RawPrediction",
     "avoid_triton",
+    "back_to_3d",
     "boxes_to_rectangles",
-    "find_annotation_project",
-    "find_dock_widget",
-    "register_widget",
 ]
 
 BACK3D_TIP = (
@@ -53,213 +59,6 @@ BACK3D_TIP = (
     "where each vertebra lies in 3D (about 0.6-0.7 Dice per vertebra on the lumbar\n"
     "sample), not a 3D segmentation."
 )
-
-# ------------------------------------------------------------------ shared look-ups
-_REGISTRY: dict[tuple[int, str], weakref.ref] = {}
-
-
-def register_widget(viewer: Any, widget: Any) -> None:
-    """Remember ``widget`` for :func:`find_dock_widget` (also when it is not docked)."""
-    _REGISTRY[(id(viewer), type(widget).__name__)] = weakref.ref(widget)
-
-
-def find_dock_widget(
-    viewer: Any, cls: type | str, dock_name: str | None = None, dock: bool = True
-) -> Any:
-    """The widget of class ``cls`` (a class or its name) working on ``viewer``, or None.
-
-    Looks at the viewer's docked widgets, then at widgets registered with
-    :func:`register_widget`; with ``dock`` and a ``dock_name`` (the manifest's display
-    name), docks the plugin's widget when there is none yet.
-    """
-    if viewer is None:
-        return None
-    name = cls if isinstance(cls, str) else cls.__name__
-
-    def matches(w: Any) -> bool:
-        return any(k.__name__ == name for k in type(w).__mro__)
-
-    window = getattr(viewer, "window", None)
-    try:
-        docked = list(window.dock_widgets.values()) if window is not None else []
-    except (AttributeError, RuntimeError):
-        docked = []
-    for w in docked:
-        if matches(w):
-            return w
-    ref = _REGISTRY.get((id(viewer), name))
-    w = ref() if ref is not None else None
-    if w is not None:
-        try:
-            w.isVisible()  # raises RuntimeError once Qt deleted it
-            return w
-        except RuntimeError:
-            _REGISTRY.pop((id(viewer), name), None)
-        except AttributeError:
-            return w
-    if dock and dock_name and window is not None:
-        try:
-            _, w = window.add_plugin_dock_widget("napari-vertebra", dock_name)
-            return w
-        except Exception:
-            return None
-    return None
-
-
-def find_annotation_project(viewer: Any) -> Any:
-    """The :class:`~napari_vertebra.annotation.project.AnnotationProject` open in
-    'Annotate vertebrae', or None."""
-    w = find_dock_widget(viewer, "AnnotateWidget", dock=False)
-    if w is None:
-        return None
-    return getattr(w, "project", None)
-
-
-# ------------------------------------------------------------------ pure helpers
-def boxes_to_rectangles(boxes: np.ndarray) -> list[np.ndarray]:
-    """napari rectangles ((4, 2) (row, col) corners) of (N, 4) (x0, y0, x1, y1) boxes.
-
-    Box coordinates are pixel edges (torchvision), napari's are pixel centres: the
-    rectangle is shifted by half a pixel so that it hugs the mask's outer pixels.
-    """
-    out = []
-    for x0, y0, x1, y1 in np.asarray(boxes, float).reshape(-1, 4):
-        r0, c0, r1, c1 = y0 - 0.5, x0 - 0.5, y1 - 0.5, x1 - 0.5
-        out.append(np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]]))
-    return out
-
-
-@dataclass
-class RawPrediction:
-    """What the model said about one MIP, before the score threshold.
-
-    ``detections`` is :func:`~napari_vertebra.model.predict.raw_detections` of the MIP at
-    score 0 (CPU tensors: every box detection with ``class_probs``, masks only of the at
-    most 17 that survive the duplicate suppression, which covers every slider value),
-    ``mip`` the 2D image (windowed HU), ``result`` the :class:`PipelineResult` behind
-    the MIP when known (needed for "Show in 3D"), ``image_name`` the layer predicted on.
-    """
-
-    detections: dict
-    mip: np.ndarray
-    checkpoint: str
-    image_name: str
-    result: Any = None
-    default_min_score: float = 0.9
-
-    def __post_init__(self) -> None:
-        self._at: dict[tuple[float, bool], Any] = {}
-
-    @property
-    def n_raw(self) -> int:
-        """Detections before the score threshold."""
-        return len(self.detections["scores"])
-
-    def at(self, min_score: float, order: bool = True) -> Any:
-        """The :class:`~napari_vertebra.model.predict.Prediction` at ``min_score``."""
-        key = (round(float(min_score), 6), bool(order))
-        if key not in self._at:
-            from napari_vertebra.model.predict import postprocess
-
-            self._at[key] = postprocess(self.detections, self.mip.shape, key[0], order)
-        return self._at[key]
-
-
-def _load_predictor(checkpoint: str, device: str) -> Any:
-    from napari_vertebra.model.predict import Predictor
-
-    return Predictor(checkpoint, device=device)
-
-
-def predict_job(
-    predictor: Any,
-    checkpoint: str,
-    device: str,
-    image: np.ndarray,
-    image_name: str,
-    ct: Any = None,
-    result: Any = None,
-    params: Any = None,
-    min_score: float | None = None,
-    progress: ProgressCallback | None = None,
-) -> tuple[Any, RawPrediction]:
-    """Worker-thread body: (pre-process a CT,) load the model (unless ``predictor`` is
-    given) and run it on the MIP. Returns (predictor, raw prediction)."""
-    if ct is not None:
-        from napari_vertebra.core import run_pipeline
-
-        report(progress, 0.0, "preprocessing the CT")
-        result = run_pipeline(ct, params, progress=scaled(progress, 0.0, 0.5))
-        image = result.mip
-    base = 0.5 if ct is not None else 0.0
-    avoid_triton()
-    _leave_a_core_for_the_viewer()
-    if predictor is None:
-        report(progress, base, "loading the model")
-        predictor = _load_predictor(checkpoint, device)
-    report(progress, base + 0.2 * (1 - base), "predicting")
-    from napari_vertebra.model.data import image_to_tensor
-    from napari_vertebra.model.predict import _check_image, raw_detections
-
-    mip = _check_image(np.asarray(image, np.float32))
-    # keep every detection (up to box_detections_per_img): the score slider filters them
-    predictor.model.roi_heads.score_thresh = 0.0
-    tensor = image_to_tensor(mip, predictor.hu_max).to(predictor.device)
-    det = raw_detections(predictor.model, [tensor], 0.0, predictor.box_iou)[0]
-    det = {k: v.detach().cpu() for k, v in det.items()}
-    report(progress, 1.0, f"{len(det['scores'])} detections")
-    raw = RawPrediction(
-        detections=det,
-        mip=mip,
-        checkpoint=checkpoint,
-        image_name=image_name,
-        result=result,
-        default_min_score=predictor.min_score,
-    )
-    if min_score is not None:
-        raw.at(min_score)  # post-process here, not on the GUI thread
-    return predictor, raw
-
-
-def avoid_triton() -> None:
-    """Keep Triton out of the viewer's process (call before the first torch import).
-
-    torchvision imports ``torch._dynamo``, which imports Triton when it is installed;
-    Triton bundles its own LLVM, and loading it into a process whose OpenGL runs on
-    Mesa's LLVM-based drivers (llvmpipe under Xvfb or a VM, radeonsi) segfaults napari.
-    Eager inference does not use Triton (only ``torch.compile`` does), so the widgets
-    hide it: ``import triton`` then raises ImportError and torch goes without. (Loaded
-    before the OpenGL context, Triton does no harm; then this does nothing.)
-    """
-    if "triton" not in sys.modules:
-        sys.modules["triton"] = None  # type: ignore[assignment]
-
-
-def _leave_a_core_for_the_viewer() -> None:
-    """Let torch use all CPU cores but one, so that the viewer stays responsive."""
-    import torch
-
-    want = max(1, (os.cpu_count() or 2) - 1)
-    if torch.get_num_threads() > want:
-        torch.set_num_threads(want)
-
-
-def back_to_3d(
-    label_image: np.ndarray, result: Any, progress: ProgressCallback | None = None
-) -> np.ndarray:
-    """uint8 class labels on the resampled grid from MIP labels (worker-thread body)."""
-    from napari_vertebra.core import mip_labels_to_volume
-
-    report(progress, 0.0, "back-projecting")
-    vol = mip_labels_to_volume(label_image, result).astype(np.uint8)
-    report(progress, 1.0, "done")
-    return vol
-
-
-def _back_to_3d_job(label_image: np.ndarray, result: Any, progress=None) -> tuple:
-    vol = back_to_3d(label_image, result, progress)
-    present = [int(c) for c in np.unique(label_image) if c and (vol == c).any()]
-    return vol, present
 
 
 # ------------------------------------------------------------------ the widget
@@ -274,14 +73,10 @@ class PredictWidget(VertebraWidget):
     :meth:`apply_score`, :meth:`show_in_3d`.
     """
 
-    #: Emitted (on the GUI thread) after the shown prediction changed.
-    predicted = Signal()
-
     def __init__(
         self, viewer: napari.viewer.Viewer, parent: Any = None, checkpoint: str | None = None
     ) -> None:
         super().__init__(viewer, parent)
-        register_widget(viewer, self)
         self.raw: RawPrediction | None = None
         self.prediction: Any = None
         self.labels_layer: Any = None
@@ -324,8 +119,10 @@ class PredictWidget(VertebraWidget):
         self.predict_button.changed.connect(lambda *_: self.run())
         self.show3d_button.changed.connect(lambda *_: self.show_in_3d())
         self.min_score.changed.connect(lambda *_: self.apply_score())
+        self._listen(self.session.checkpoint_changed, self._on_session_checkpoint)
         self.refresh_choices()
         self._update_buttons()
+        checkpoint = checkpoint or self.session.checkpoint
         if checkpoint:
             self.set_checkpoint(checkpoint)
 
@@ -344,21 +141,9 @@ class PredictWidget(VertebraWidget):
         self.refresh_choices()
         self.image_layer.value = layer
 
-    def _pipeline_result_for(self, layer: Any) -> Any:
-        """The PipelineResult behind a MIP layer, from 'Preprocess CT' (or None)."""
-        res = (layer.metadata or {}).get("pipeline_result")
-        if res is not None and hasattr(res, "mip"):
-            return res
-        pre = find_dock_widget(self.viewer, "PreprocessWidget", dock=False)
-        result = getattr(pre, "result", None)
-        if result is None:
-            return None
-        data = np.asarray(layer.data)
-        if data is result.mip or (
-            data.shape == result.mip.shape and np.array_equal(data, result.mip)
-        ):
-            return result
-        return None
+    def _on_session_checkpoint(self, path: str) -> None:
+        if path and str(self.checkpoint.value or "") != path:
+            self.set_checkpoint(path)
 
     # ----------------------------------------------------------------- predicting
     def run(self) -> bool:
@@ -389,14 +174,9 @@ class PredictWidget(VertebraWidget):
             except ValueError as e:
                 self.fail(f"Predict: {e}")
                 return False
-            pre = find_dock_widget(self.viewer, "PreprocessWidget", dock=False)
-            if pre is not None and hasattr(pre, "params"):
-                try:
-                    params = pre.params()
-                except ValueError:
-                    params = None
+            params = self.session.preprocess_params  # None: the defaults
         elif data.ndim == 2:
-            result = self._pipeline_result_for(layer)
+            result = self.session.result_for(layer)
         else:
             self.fail(
                 f"Predict: layer {layer.name!r} has shape {data.shape}; choose a 2D MIP or a 3D CT"
@@ -407,8 +187,6 @@ class PredictWidget(VertebraWidget):
         predictor = self._predictor if key == self._predictor_key else None
         self._pending_key = key
         self._source_layer = layer
-        from functools import partial
-
         job = partial(
             predict_job, predictor, ckpt, device, data if ct is None else None, layer.name,
             ct=ct, result=result, params=params, min_score=self.min_score.value,
@@ -420,6 +198,7 @@ class PredictWidget(VertebraWidget):
     def _on_predicted(self, out: tuple[Any, RawPrediction]) -> None:
         predictor, raw = out
         self._predictor, self._predictor_key = predictor, self._pending_key
+        self.session.predictor = predictor  # Annotate's click outlines use it
         self.raw = raw
         self._update_buttons()
         if raw.result is not None and np.asarray(self._source_layer.data).ndim == 3:
@@ -486,12 +265,19 @@ class PredictWidget(VertebraWidget):
     def _finish(self, pred: Any) -> None:
         n_raw = self.raw.n_raw
         names = ", ".join(f"{n} {s:.2f}" for n, s in zip(pred.names, pred.scores, strict=True))
+        levels = getattr(pred, "level_summary", "") if len(pred) else ""
         self.summary.value = (
             f"{len(pred)} vertebra(e) at score ≥ {self.min_score.value:.2f} "
             f"({n_raw} detections kept): {names or '-'}"
+            + (f"\nLevels: {levels}" if levels else "")
         )
         self.status.set(f"{len(pred)} vertebra(e) shown", "ok" if len(pred) else "warning")
-        self.predicted.emit()
+        self.session.set_prediction(
+            ShownPrediction(
+                pred, self.raw.image_name, self._target_layer(), self.labels_layer,
+                self.boxes_layer,
+            )
+        )  # fmt: skip
 
     def _placement(self) -> dict:
         base = self._target_layer()
@@ -564,12 +350,10 @@ class PredictWidget(VertebraWidget):
                 "that 'Preprocess CT' made in this session"
             )
             return False
-        from functools import partial
-
         label_image = self.prediction.label_image()
         name = self.raw.image_name.removeprefix("MIP ")
         return self.runner.start(
-            partial(_back_to_3d_job, label_image, result),
+            partial(back_to_3d_job, label_image, result),
             on_done=lambda out: self._show_volume(out[0], out[1], result, name),
             description="Carrying the vertebrae back to 3D",
         )

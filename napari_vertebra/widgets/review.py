@@ -1,9 +1,10 @@
 """The "Review predictions" widget: accept, reject or fix predicted vertebrae.
 
 A thin view over :class:`~napari_vertebra.annotation.review.ReviewController`: it lists
-the vertebrae of the prediction shown by 'Predict vertebrae' (class, score, state and,
-with a ground truth, Dice) and puts the controller's annotations into the open
-annotation project ('Annotate vertebrae': its Shapes layer, autosaved).
+the vertebrae of the prediction on screen (the viewer session's, published by 'Predict
+vertebrae': class, score, state and, with a ground truth, Dice) and puts the
+controller's annotations into the polygons on screen (the session's, shown by 'Annotate
+vertebrae': one undoable, autosaved step each).
 
 Nothing is lost: a prediction accepted for a vertebra that already has a polygon (drawn
 by hand, from 3D labels) asks first: replace it (Reject brings it back exactly) or keep
@@ -23,23 +24,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Label, PushButton
-from qtpy.QtCore import QTimer, Signal
-from qtpy.QtWidgets import QDockWidget, QMessageBox
+from qtpy.QtCore import Signal
 
 from napari_vertebra.annotation.polygons import annotations_to_label_image
 from napari_vertebra.annotation.review import (
     STATES,
-    Question,
     ReviewController,
     ReviewError,
     dice_scores,
 )
-from napari_vertebra.core.labels import VERTEBRAE, class_id, class_name
+from napari_vertebra.core.labels import VERTEBRAE, class_id, class_name, get_class_set
 
 from ._base import VertebraWidget
 from ._keys import KeyBindings
+from ._review_interaction import TOOLTIPS, ReviewInteraction
 from ._review_table import COLUMNS, ReviewTable
-from .predict import find_dock_widget, register_widget
+from ._shapes import shapes_to_annotations
 
 if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
     import napari.viewer
@@ -55,20 +55,9 @@ SHORTCUTS = {
 }
 GT_NONE = "none"
 GT_PROJECT = "project polygons"
-#: Tooltips of Accept, Reject, Fix and Accept all pending.
-TOOLTIPS = (
-    "The vertebra becomes a polygon of the project (source 'model', with its score).\n"
-    "If its vertebra already has a polygon (drawn by hand, from 3D labels) you are\n"
-    "asked: replace it (Reject brings it back exactly) or keep both.",
-    "Drop it; if it was accepted, its polygon goes and the one it replaced comes back",
-    "Add it as a polygon of the 'fix as' class and edit its vertices (D: direct select)",
-    "Accept every pending vertebra (the best-scored one per class). If some already\n"
-    "have polygons you are asked, with their number, whether to replace them or\n"
-    "accept only the others.",
-)
 
 
-class ReviewWidget(VertebraWidget):
+class ReviewWidget(ReviewInteraction, VertebraWidget):
     """Review the vertebrae predicted by 'Predict vertebrae'.
 
     Attributes: ``controller`` (the :class:`ReviewController`, None before a
@@ -85,12 +74,10 @@ class ReviewWidget(VertebraWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: Any = None) -> None:
         super().__init__(viewer, parent)
-        register_widget(viewer, self)
         self.prediction: Any = None
         self.controller: ReviewController | None = None
         self.image_name = ""
         self.dice: list[float | None] = []
-        self._source: Any = None
         self._dock: Any = None
         self.keys = KeyBindings({k: getattr(self, m) for k, (m, _) in SHORTCUTS.items()})
 
@@ -104,6 +91,9 @@ class ReviewWidget(VertebraWidget):
             "Class given to the vertebra by Fix (the predicted one by default)"
         )
         self.add_form(self.ground_truth, self.fix_class)
+        self.levels_label = Label(value="")  # the level confidence of the prediction
+        self.levels_label.native.setWordWrap(True)
+        self.add(self.levels_label)
         self._combos.append(self.ground_truth)
 
         self.table = ReviewTable()
@@ -143,8 +133,10 @@ class ReviewWidget(VertebraWidget):
         self.refresh_button.changed.connect(lambda *_: self.refresh())
         self.ground_truth.changed.connect(lambda *_: self._on_gt_changed())
         self.table.itemSelectionChanged.connect(self._on_row_selected)
+        self._listen(self.session.prediction_changed, self._on_prediction_changed)
         self.refresh_choices()
-        self.connect_predict()
+        if self.session.prediction is not None:
+            self.refresh()
 
     @property
     def states(self) -> list[str]:
@@ -160,43 +152,36 @@ class ReviewWidget(VertebraWidget):
                     out.append((layer.name, layer))
         return out
 
-    def connect_predict(self, widget: Any = None) -> Any:
-        """Follow ``widget`` (default: the 'Predict vertebrae' of this viewer)."""
-        widget = widget or find_dock_widget(self.viewer, "PredictWidget", dock=False)
-        if widget is None or widget is self._source:
-            return widget
-        if self._source is not None:
-            try:
-                self._source.predicted.disconnect(self.refresh)
-            except (TypeError, RuntimeError):
-                pass
-        self._source = widget
-        widget.predicted.connect(self.refresh)
-        if getattr(widget, "prediction", None) is not None:
+    def _on_prediction_changed(self, shown: Any) -> None:
+        if shown is not None:
             self.refresh()
-        return widget
 
-    def _annotate(self) -> Any:
-        return find_dock_widget(self.viewer, "AnnotateWidget", dock_name="Annotate vertebrae")
+    def _shown(self) -> Any:
+        """The session's :class:`~._session.ShownPrediction` (or None)."""
+        return self.session.prediction
 
     def _target(self) -> Any:
-        src = self._source
-        return src._target_layer() if src is not None and hasattr(src, "_target_layer") else None
+        shown = self._shown()
+        return shown.target if shown is not None else None
 
     # ----------------------------------------------------------------- table
     def refresh(self) -> None:
         """Reload the prediction shown by 'Predict vertebrae' (all vertebrae pending)."""
-        src = self.connect_predict() or self._source
-        pred = getattr(src, "prediction", None)
-        if pred is None:
+        shown = self._shown()
+        if shown is None or shown.prediction is None:
             self.status.set("no prediction yet: run 'Predict vertebrae'", "warning")
             return
-        self.prediction = pred
-        raw = getattr(src, "raw", None)
-        self.image_name = raw.image_name if raw is not None else ""
+        pred = self.prediction = shown.prediction
+        self.image_name = shown.image_name
         self.controller = ReviewController.from_prediction(
             pred.masks, pred.classes, pred.scores, before=self._project_polygons()
         )
+        n_cls = np.shape(pred.class_probs)[1] if np.ndim(pred.class_probs) == 2 else 17
+        levels = list(get_class_set("extended" if n_cls == 21 else "paper").levels)
+        if list(self.fix_class.choices) != levels:
+            self.fix_class.choices = levels
+        summary = getattr(pred, "level_summary", "") if len(pred) else ""
+        self.levels_label.value = f"Levels: {summary}" if summary else ""
         if len(pred):
             self.fix_class.value = class_name(int(pred.classes[0]))
         self._load_ground_truth()
@@ -209,14 +194,19 @@ class ReviewWidget(VertebraWidget):
 
     def _project_polygons(self) -> list:
         """The project's polygons of the predicted MIP now (before any review action)."""
-        ann = find_dock_widget(self.viewer, "AnnotateWidget", dock=False)
-        target = self._target()
-        if ann is None or target is None or getattr(ann, "project", None) is None:
+        target, annotation = self._target(), self.session.annotation
+        if target is None or annotation.project is None:
             return []
+        shown = self.session.polygons_of(target)
         try:
-            key = ann.key_for(target)
-            return ann.project.load(key) if key in ann.project else []
-        except (ValueError, OSError, AttributeError):
+            if shown is not None:
+                key = shown.key
+            else:
+                shape = np.asarray(target.data).shape[-2:]
+                key = annotation.key_for(target.name, target.metadata, shape)
+            return annotation.load(key)
+        except (ValueError, OSError) as e:
+            self.status.set(f"Review: the project's polygons could not be read ({e})", "warning")
             return []
 
     def _on_gt_changed(self) -> None:
@@ -266,7 +256,8 @@ class ReviewWidget(VertebraWidget):
         if i is None or self.controller is None:
             return
         self.fix_class.value = self.controller.items[i].name
-        boxes = getattr(self._source, "boxes_layer", None)
+        shown = self._shown()
+        boxes = shown.boxes_layer if shown is not None else None
         if boxes is not None and boxes in self.viewer.layers and i < len(boxes.data):
             boxes.selected_data = {i}
 
@@ -289,25 +280,6 @@ class ReviewWidget(VertebraWidget):
         return row
 
     # ----------------------------------------------------------------- actions
-    def ask(self, title: str, text: str, choices: dict[str, str]) -> str | None:
-        """Ask the user; returns the key of the chosen button of ``choices`` (key ->
-        button text), None for Cancel. Tests replace this method."""
-        box = QMessageBox(QMessageBox.Icon.Question, title, text, parent=self)
-        role = QMessageBox.ButtonRole.AcceptRole
-        buttons = {box.addButton(t, role): k for k, t in choices.items()}
-        box.addButton(QMessageBox.StandardButton.Cancel)
-        box.exec()
-        return buttons.get(box.clickedButton())
-
-    def _answer(self, question: Question | None) -> tuple[bool, str | None]:
-        """(go on, answer) for ``question`` (no question: go on without an answer)."""
-        if question is None:
-            return True, None
-        answer = self.ask(question.title, question.text, question.choices)
-        if answer is None:
-            self.status.set(f"{question.title}: nothing changed", "info")
-        return answer is not None, answer
-
     def accept(self, row: int | None = None) -> bool:
         """Make vertebra ``row`` (default: the selected one) a polygon of the project."""
         return self._accept(row, None)
@@ -382,22 +354,17 @@ class ReviewWidget(VertebraWidget):
 
     # ----------------------------------------------------------------- project
     def _current_annotations(self) -> list | None:
-        """The polygons of the predicted MIP in 'Annotate vertebrae' (None: not usable)."""
-        ann = self._annotate()
-        if ann is None:
-            self.fail("Review: open 'Annotate vertebrae' (it holds the project)")
-            return None
+        """The polygons of the predicted MIP on screen (None: not usable); asks the
+        session to show them ('Annotate vertebrae' is opened when needed)."""
         target = self._target()
-        if target is None:
+        if target is None or target not in self.viewer.layers:
             self.fail("Review: the predicted MIP layer is gone")
             return None
-        if getattr(ann, "_mip", None) is not target:
-            ann.refresh_choices()
-            ann.mip_layer.value = target
-        if getattr(ann, "shapes", None) is None:
-            self.fail("Review: 'Annotate vertebrae' has no Shapes layer for the MIP")
+        shown = self.session.show_polygons_of(target)
+        if shown is None:
+            self.fail("Review: open 'Annotate vertebrae' (it shows the MIP's polygons)")
             return None
-        return ann.annotations()
+        return shapes_to_annotations(shown.layer)[0]
 
     def _apply(self, action: Any, rows: list[int]) -> bool:
         """Run a controller action and put its annotations into the project; on any
@@ -405,7 +372,8 @@ class ReviewWidget(VertebraWidget):
         saved = copy.deepcopy(self.controller.items)
         try:
             new = action()
-            self._annotate().set_annotations(new)
+            if not self.session.replace_annotations(new, label="review"):
+                raise ValueError("no polygons on screen: open 'Annotate vertebrae'")
         except (ReviewError, ValueError, OSError) as e:
             self.controller.items = saved
             self.fail(f"Review: {e}")
@@ -424,7 +392,8 @@ class ReviewWidget(VertebraWidget):
 
     def _edit(self, added: Any) -> None:
         """Select the polygon Fix added and switch its layer to vertex editing."""
-        shapes = getattr(self._annotate(), "shapes", None)
+        polygons = self.session.polygons
+        shapes = polygons.layer if polygons is not None else None
         if shapes is None or added is None:
             return
         picked = {
@@ -436,59 +405,6 @@ class ReviewWidget(VertebraWidget):
         shapes.selected_data = picked
         shapes.mode = "direct"
         self.status.set(f"fix {class_name(added.class_id)}: drag its vertices (autosaved)", "info")
-
-    # ----------------------------------------------------------------- shortcuts
-    def bind_shortcuts(self, on: bool = True) -> None:
-        """Bind (or unbind) A / R / F / N on the viewer and the plugin's layers (predicted
-        boxes and labels, the vertebra polygons); unbinding gives their own keys back."""
-        if not on:
-            self.keys.unbind()
-            return
-        layers = [
-            getattr(self._source, "boxes_layer", None),
-            getattr(self._source, "labels_layer", None),
-            getattr(find_dock_widget(self.viewer, "AnnotateWidget", dock=False), "shapes", None),
-        ]
-        self.keys.bind(
-            [self.viewer, *(la for la in layers if la is not None and la in self.viewer.layers)]
-        )
-
-    def _on_layers_changed(self, *args: Any) -> None:
-        super()._on_layers_changed(*args)
-        if self.keys.active:
-            self.bind_shortcuts(True)
-
-    def showEvent(self, event: Any) -> None:
-        super().showEvent(event)
-        self._watch_dock()
-        QTimer.singleShot(0, self._sync_keys)
-        if self.prediction is None:
-            self.connect_predict()
-
-    def hideEvent(self, event: Any) -> None:
-        self.bind_shortcuts(False)
-        super().hideEvent(event)
-
-    def _watch_dock(self) -> None:
-        """Follow the dock's visibility: a tabbed dock whose tab is not the current one
-        stays "visible" to Qt (no hideEvent), but the user does not see it."""
-        dock = self.parentWidget()
-        while dock is not None and not isinstance(dock, QDockWidget):
-            dock = dock.parentWidget()
-        if dock is not None and dock is not self._dock:
-            self._dock = dock
-            dock.visibilityChanged.connect(lambda *_: QTimer.singleShot(0, self._sync_keys))
-
-    def _sync_keys(self) -> None:
-        """Keys bound exactly while the widget is on screen."""
-        try:
-            self.bind_shortcuts(self.isVisible() and not self.visibleRegion().isEmpty())
-        except RuntimeError:  # deleted meanwhile
-            pass
-
-    def close_widget(self) -> None:
-        self.bind_shortcuts(False)
-        super().close_widget()
 
 
 def _same_outline(a: np.ndarray, b: np.ndarray) -> bool:

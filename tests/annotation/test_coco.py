@@ -110,7 +110,7 @@ def test_malformed_coco_lists_every_problem(tmp_path):
             {"id": 4, "image_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]},
             {"id": 5, "image_id": 1, "category_id": 2, "segmentation": [[1, 1, 5, 1, 5, 5]]},
         ],
-        "categories": [{"id": 1, "name": "T1"}, {"id": 2, "name": "sacrum"}],
+        "categories": [{"id": 1, "name": "T1"}, {"id": 2, "name": "pelvis"}],
     }
     p = tmp_path / "bad.json"
     p.write_text(json.dumps(data), encoding="utf-8")
@@ -124,7 +124,7 @@ def test_malformed_coco_lists_every_problem(tmp_path):
     assert "has 2 point(s); 3 needed" in msg
     assert "image_id 42 names no image" in msg
     assert "missing key(s) 'category_id'" in msg
-    assert "'sacrum'" in msg and "not a vertebra" in msg
+    assert "'pelvis'" in msg and "not a vertebra" in msg
     assert len(e.value.errors) == 7
     assert isinstance(e.value, ValueError)
 

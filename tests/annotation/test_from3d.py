@@ -79,3 +79,22 @@ def test_labels_to_coco_command(
     assert im.scan == "pat1" and im.file_name == "images/pat1.png"
     assert [a.name for a in im.annotations] == ["T12", "L1", "L2", "L3", "L4", "L5"]
     assert im.image.max() > 100  # HU
+
+
+def test_extended_class_set_outlines_the_sacrum_too(lumbar_pipeline, lumbar_annotated):
+    """The extended set adds the levels the label map has beyond T1..L5 (here the
+    sacrum as S1) and leaves the T1..L5 outlines as the paper set gives them."""
+    from napari_vertebra.core.labels import EXTENDED
+
+    ct, labels, result = lumbar_pipeline
+    ext = labels_to_annotations(
+        ct, labels, "totalsegmentator", result=result, scan="lumbar", class_set="extended"
+    )
+    names = [a.name for a in ext.annotations]
+    assert "S1" in names and names[-1] == "S1"  # superior to inferior
+    assert names == sorted(names, key=lambda n: EXTENDED.levels.index(n))
+    paper = {a.name: a for a in lumbar_annotated.annotations}
+    for a in ext.annotations:
+        if a.name in paper:
+            assert a.class_id == paper[a.name].class_id
+            assert np.allclose(np.concatenate(a.polygons), np.concatenate(paper[a.name].polygons))

@@ -73,7 +73,7 @@ def _float_category_id(d: dict) -> None:
 
 
 def _unknown_name(d: dict) -> None:
-    d["categories"][1]["name"] = "sacrum"
+    d["categories"][1]["name"] = "pelvis"
 
 
 #: (case id, edit of the valid COCO dict, words the message must hold)
@@ -88,7 +88,7 @@ MALFORMED = [
     ("annotation-id-bool", _bool_ann_id, ["id True", "is not an integer"]),
     ("annotation-id-list", _list_ann_id, ["id [2]", "is not an integer"]),
     ("category-id-float", _float_category_id, ["category_id 13.0 is not an integer"]),
-    ("category-not-vertebra", _unknown_name, ["id 2", "'sacrum'", "not a vertebra"]),
+    ("category-not-vertebra", _unknown_name, ["id 2", "'pelvis'", "not a vertebra"]),
 ]
 
 

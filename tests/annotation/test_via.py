@@ -90,7 +90,7 @@ def test_via_errors_unknown_attribute_class_and_size(tmp_path, files_in, cli):
         "b.png-1": {
             "filename": "b.png",
             "size": -1,
-            "regions": {"0": _region([1, 9, 9], [1, 1, 9], vertebra="S1")},
+            "regions": {"0": _region([1, 9, 9], [1, 1, 9], vertebra="S9")},
         },
     }
     p = tmp_path / "in" / "v1.json"
@@ -100,7 +100,7 @@ def test_via_errors_unknown_attribute_class_and_size(tmp_path, files_in, cli):
         read_via(p, image_size=(20, 20))
     msg = str(e.value)
     assert "no region attribute 'vertebra' (found: 'kind')" in msg
-    assert "'S1'" in msg and "unknown vertebra" in msg
+    assert "'S9'" in msg and "unknown vertebra" in msg
     only_a = tmp_path / "in" / "a.json"
     only_a.write_text(json.dumps({"a.png-1": meta["a.png-1"]}), encoding="utf-8")
     (im,) = read_via(only_a, class_attribute="kind", image_size={"a.png": (30, 20)})

@@ -23,15 +23,25 @@ def test_paper_set_is_todays_classes():
         assert PAPER.class_name(i) == L.class_name(i)
         assert PAPER.colour(i) == L.class_colour(i)
         assert PAPER.supercategory(i) == L.supercategory(i)
-    assert PAPER.colours_rgba() == L.class_colours_rgba()
+    every = L.class_colours_rgba()
+    assert PAPER.colours_rgba() == {k: every[k] for k in (0, *PAPER.ids)}
+    assert EXTENDED.colours_rgba() == every
     assert get_class_set(None) is PAPER and get_class_set("Paper") is PAPER
 
 
-def test_existing_functions_stay_paper_only():
+def test_module_functions_name_every_level_of_every_set():
+    # annotations store stable level ids; names and colours must not depend on the set
+    for cs in (PAPER, EXTENDED):
+        for i in cs.ids:
+            assert L.class_name(i) == cs.class_name(i) == L.level_name(i)
+            assert L.class_id(cs.class_name(i)) == i
+            assert L.class_colour(i) == cs.colour(i)
+            assert L.supercategory(i) == cs.supercategory(i)
+    assert L.class_id("sacrum") == L.class_id("S1") == 21
     with pytest.raises(ValueError, match="unknown vertebra"):
-        L.class_id("T13")
-    with pytest.raises(ValueError, match=r"outside 1\.\.17"):
-        L.class_name(18)
+        L.class_id("T14")
+    with pytest.raises(ValueError, match=r"outside 1\.\.21"):
+        L.class_name(22)
     assert L.load_convention("verse") == L.CONVENTIONS["verse"]
 
 

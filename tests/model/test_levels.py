@@ -180,13 +180,32 @@ def test_a_missed_vertebra_is_skipped_when_the_gap_says_so():
     assert list(decode_levels(probs(PAPER, names), PAPER, rows, p_skip=0.0).levels) != names
 
 
+def test_a_vertebra_outside_the_set_at_an_end_is_left_unnamed():
+    """C5 and C6 above C7 look most like C7 to a detector trained on the extended set;
+    they are left unnamed instead of pushing every level below them down."""
+    names = ["C7", "T1", "T2", "T3", "T4", "T5"]
+    p = probs(EXTENDED, names)
+    c7 = p[0]
+    p2 = np.vstack([c7, p])  # a C6 that the detector calls C7-like, above the real C7
+    rows = np.concatenate([[-18.0], centroids(names)])
+    d = decode_levels(p2, EXTENDED, centroids_mm=rows)
+    assert list(d.levels) == ["", *names] and d.class_ids[0] == 0
+    assert d.confidence > 0.8
+    no = decode_levels(p2, EXTENDED, centroids_mm=rows, p_outside=0.0)
+    assert list(no.levels) != ["", *names]  # without the option every level shifts
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match=r"\(N, 17\)"):
         decode_levels(np.ones((3, 21)), PAPER)
     with pytest.raises(ValueError, match="non-negative"):
         decode_levels(-np.ones((3, 17)), PAPER)
+    with pytest.raises(ValueError, match="cannot be named"):  # 17 levels + 3 at the ends
+        decode_levels(np.ones((21, 17)), PAPER)
     with pytest.raises(ValueError, match="cannot be named"):
-        decode_levels(np.ones((18, 17)), PAPER)
+        decode_levels(np.ones((18, 17)), PAPER, p_outside=0.0)
+    with pytest.raises(ValueError, match="p_outside"):
+        decode_levels(np.ones((2, 17)), PAPER, p_outside=1.0)
     with pytest.raises(ValueError, match="share a centroid"):
         decode_levels(np.ones((2, 17)), PAPER, centroids_mm=[5.0, 5.0])
     with pytest.raises(ValueError, match="heights_mm"):

@@ -236,9 +236,9 @@ def test_write_synth_columns(tmp_path):
         assert any(im.meta.get("view") == "full" for im in images)
         total += len(images)
     assert total == sum(counts.values())
-    with pytest.raises(ValueError, match="extended class set"):
-        write_synth_columns(tmp_path / "ext", 3, class_set="extended")
-    assert not (tmp_path / "ext").exists()
+    write_synth_columns(tmp_path / "ext", 3, views_per_column=1, class_set="extended", seed=1)
+    ext = read_coco(tmp_path / "ext" / "train" / "annotations.json")
+    assert {a.name for im in ext for a in im.annotations} >= {"C7", "S1"}
 
 
 def test_column_errors():

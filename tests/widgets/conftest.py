@@ -76,3 +76,33 @@ def thread_spy(monkeypatch):
             return bool(calls) and not any(calls)
 
     return Spy()
+
+
+@pytest.fixture
+def gap_meter():
+    """``meter = gap_meter()`` starts a 50 ms QTimer; ``meter.stop()`` returns the largest
+    interval between its ticks (s): a figure of the machine's load to print, never to
+    assert (benchmarks/widget_gaps.py measures it)."""
+    import time
+
+    from qtpy.QtCore import QTimer
+
+    class GapMeter:
+        def __init__(self):
+            self.max_gap = 0.0
+            self._last = time.perf_counter()
+            self._timer = QTimer()
+            self._timer.setInterval(50)
+            self._timer.timeout.connect(self._tick)
+            self._timer.start()
+
+        def _tick(self):
+            now = time.perf_counter()
+            self.max_gap = max(self.max_gap, now - self._last)
+            self._last = now
+
+        def stop(self) -> float:
+            self._timer.stop()
+            return self.max_gap
+
+    return GapMeter

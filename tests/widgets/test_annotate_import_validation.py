@@ -36,15 +36,21 @@ def widget(make_napari_viewer, tmp_path):
 @pytest.fixture
 def notes(monkeypatch):
     """Every notification the widget module sends: [(level, message)]."""
-    from napari_vertebra.widgets import _base, annotate
+    from napari_vertebra.widgets import (
+        _annotate_drawing,
+        _annotate_files,
+        _annotate_saving,
+        _base,
+        annotate,
+    )
 
     seen: list[tuple[str, str]] = []
 
     def record(message, level="info"):
         seen.append((level, message))
 
-    monkeypatch.setattr(annotate, "notify", record)
-    monkeypatch.setattr(_base, "notify", record)
+    for module in (annotate, _annotate_drawing, _annotate_files, _annotate_saving, _base):
+        monkeypatch.setattr(module, "notify", record)
     return seen
 
 

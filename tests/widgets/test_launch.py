@@ -42,6 +42,42 @@ def test_demo_docks_the_widgets_and_fills_the_mip(make_napari_viewer, qtbot, tmp
     assert {"L1", "L2", "L3", "L4", "L5"} <= names, ann.status.value
     # the polygons were autosaved in the project
     assert ann.project.load(ann.image_key.value)
+    _assert_first_screen(viewer, widgets)
+
+    # a second launch on the same project: the polygons come back, still on top
+    viewer.close()
+    viewer2 = make_napari_viewer()
+    widgets2 = launch.dock_widgets(viewer2, project=tmp_path / "proj")
+    ready.clear()
+    launch.start_demo(viewer2, widgets2, on_ready=lambda: ready.append(True))
+    qtbot.waitUntil(lambda: bool(ready), timeout=120_000)
+    ann2 = widgets2["Annotate vertebrae"]
+    assert {"L1", "L5"} <= set(ann2.shapes.features["vertebra"]), ann2.status.value
+    _assert_first_screen(viewer2, widgets2)
+
+
+def _assert_first_screen(viewer, widgets):
+    """Annotate in front, its polygons active and on top, full tab titles, no slider."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QTabBar
+
+    from napari_vertebra.widgets._view import sliders_needed
+
+    ann = widgets["Annotate vertebrae"]
+    layers = viewer.layers
+    assert layers.selection.active is ann.shapes
+    assert layers[-1] is ann.shapes  # above "MIP labels": the names stay readable
+    assert layers[-1].text.visible
+    qt_viewer = viewer.window._qt_viewer
+    assert not sliders_needed(viewer)  # only the 2D MIP layers are visible
+    assert not qt_viewer.dims.isVisibleTo(qt_viewer)
+    bars = [b for b in viewer.window._qt_window.findChildren(QTabBar) if b.count() >= 3]
+    assert bars, "the widgets are tabbed together"
+    bar = bars[0]
+    titles = [bar.tabText(i) for i in range(bar.count())]
+    assert {launch.TAB_TITLES[t] for t in widgets} <= set(titles)  # short titles
+    assert bar.tabText(bar.currentIndex()) == launch.TAB_TITLES["Annotate vertebrae"]
+    assert bar.elideMode() == Qt.TextElideMode.ElideNone  # never cut to "Tr..."
 
 
 @pytest.mark.parametrize(

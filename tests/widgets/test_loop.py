@@ -19,8 +19,10 @@ from napari_vertebra.annotation.polygons import dice, mask_to_polygons, rasteriz
 pytestmark = [pytest.mark.gui, pytest.mark.torch, pytest.mark.slow]
 
 
-def test_preprocess_train_predict_review(make_napari_viewer, qtbot, tmp_path, thread_spy):
-    from test_train_widget import SMOKE, TINY, GapMeter
+def test_preprocess_train_predict_review(
+    make_napari_viewer, qtbot, tmp_path, thread_spy, gap_meter
+):
+    from widget_helpers import SMOKE, TINY
 
     from napari_vertebra.widgets import predict as predict_module
     from napari_vertebra.widgets import train as train_module
@@ -63,7 +65,7 @@ def test_preprocess_train_predict_review(make_napari_viewer, qtbot, tmp_path, th
     train.epochs.value = 1
     train.device.value = "cpu"
     train.config_overrides = dict(TINY)
-    gaps = GapMeter()
+    gaps = gap_meter()
     with qtbot.waitSignal(train.finished, timeout=240_000) as finished:
         assert train.start(), train.status.value
     run = tmp_path / "run"
@@ -78,7 +80,7 @@ def test_preprocess_train_predict_review(make_napari_viewer, qtbot, tmp_path, th
     assert predict.checkpoint.value == run / "best.pt"
     predict.set_image_layer(mip)
     predict.min_score.value = 0.0
-    gaps = GapMeter()
+    gaps = gap_meter()
     assert predict.run()
     qtbot.waitUntil(lambda: not predict.busy, timeout=180_000)
     gaps.stop()

@@ -55,14 +55,12 @@ def test_boxes_to_rectangles_hug_the_pixels():
 
 
 def test_predict_slider_and_back_to_3d(
-    make_napari_viewer, sample_result, random_checkpoint, qtbot, thread_spy
+    make_napari_viewer, sample_result, random_checkpoint, qtbot, thread_spy, gap_meter
 ):
-    from test_train_widget import GapMeter
-
     from napari_vertebra.widgets import predict as predict_module
 
     thread_spy(predict_module, "predict_job")
-    thread_spy(predict_module, "_back_to_3d_job")
+    thread_spy(predict_module, "back_to_3d_job")
     viewer = make_napari_viewer()
     mip_layer = add_mip(viewer, sample_result)
     w = PredictWidget(viewer)
@@ -71,7 +69,7 @@ def test_predict_slider_and_back_to_3d(
     w.set_checkpoint(random_checkpoint)
     w.set_image_layer(mip_layer)
     w.min_score.value = 0.0
-    gaps = GapMeter()
+    gaps = gap_meter()
     assert w.run()
     qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
     gaps.stop()
@@ -83,6 +81,11 @@ def test_predict_slider_and_back_to_3d(
     assert 0 < len(pred) <= 17
     assert set(np.unique(pred.classes)) <= set(range(1, 18))
     assert list(pred.classes) == sorted(pred.classes)  # anatomical order, top to bottom
+    # the level confidence of the naming is shown under the list (issue 11)
+    assert pred.levels is not None and pred.level_summary
+    assert f"Levels: {pred.level_summary}" in w.summary.value
+    # a long summary wraps: it never widens the panel past the dock (controls cut off)
+    assert w._inner.minimumSizeHint().width() < 400
 
     labels = w.labels_layer
     assert labels.data.shape == sample_result.mip.shape
@@ -113,7 +116,7 @@ def test_predict_slider_and_back_to_3d(
     assert len(w.prediction) == len(pred)
 
     # back to 3D: the labels lie on the resampled grid, behind their MIP pixels
-    gaps = GapMeter()
+    gaps = gap_meter()
     assert w.show_in_3d()
     qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
     gaps.stop()
@@ -134,7 +137,7 @@ def test_predict_slider_and_back_to_3d(
     # what the widget controls is that the work runs off the GUI thread
     print(f"event-loop gaps: predict {predict_gap:.3f} s, show in 3D {gaps.max_gap:.3f} s")
     assert thread_spy.ran_off_gui_thread("predict_job")
-    assert thread_spy.ran_off_gui_thread("_back_to_3d_job")
+    assert thread_spy.ran_off_gui_thread("back_to_3d_job")
 
 
 def test_predict_on_a_ct_preprocesses_first(make_napari_viewer, random_checkpoint, qtbot):

@@ -327,10 +327,10 @@ def test_ask_returns_the_clicked_button_or_none_for_cancel(make_napari_viewer):
 )
 def test_plugin_menu_opens_the_model_widgets(make_napari_viewer, title, cls):
     from napari_vertebra.widgets._layers import unwrap
-    from napari_vertebra.widgets.predict import find_dock_widget
+    from napari_vertebra.widgets._session import session_for
 
     viewer = make_napari_viewer()
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-vertebra", title)
     assert type(widget).__name__ == cls
     assert unwrap(widget.viewer) is viewer
-    assert find_dock_widget(viewer, cls, dock=False) is widget
+    assert widget.session is session_for(viewer)  # napari hands it a proxy: same session

@@ -1,40 +1,59 @@
-"""The "Train model" widget: a real training subprocess, stop and resume, cluster job,
-loading a run folder."""
+"""The "Train model" widget: progress per step from the trainer's progress.jsonl, every
+error as a notification, stop and resume of a real training process, cluster job,
+loading a run folder.
+
+Most tests replace the trainer's command by a small fake trainer (a Python one-liner
+that writes progress lines as the real one does), so they follow the widget, not
+torch; the slow tests start the real ``napari-vertebra train``.
+"""
 
 from __future__ import annotations
 
+import json
 import os
-import signal
-import time
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from widget_helpers import SMOKE, TINY
 
-from napari_vertebra.widgets.train import (
-    STOP_NAME,
-    TrainWidget,
-    completed_epochs,
-    read_log,
-    train_command,
-    write_cluster_job,
-)
+from napari_vertebra.model import run as run_module
+from napari_vertebra.model.cluster import write_cluster_job
+from napari_vertebra.model.run import PROGRESS_NAME, STOP_NAME, completed_epochs, read_log
+from napari_vertebra.widgets import _train_plot
+from napari_vertebra.widgets.train import TrainWidget
 
 pytestmark = pytest.mark.gui
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "napari_vertebra" / "configs" / "smoke.yaml"
-#: A very small model and run: seconds per epoch on a laptop CPU.
-TINY = {
-    "min_size": 128,
-    "max_size": 128,
-    "batch_size": 2,
-    "max_steps_per_epoch": 1,
-    "val_max_images": 1,
-    "workers": 0,
-    "warmup_iters": 0,
-    "lr_schedule": "constant",
-}
+
+#: A fake trainer: ``python -c FAKE RUN``: 10 steps of one epoch; after step 3 it waits
+#: for RUN/GO (so the test sees the run mid-way), then validates and finishes; with
+#: RUN/FAIL it prints a traceback ending in that file's text and exits 1 instead.
+FAKE = r"""
+import json, os, sys, time
+run = sys.argv[1]
+def w(**e):
+    with open(os.path.join(run, "progress.jsonl"), "a") as f:
+        f.write(json.dumps(e) + "\n")
+def wait_for(name):
+    end = time.time() + 120
+    while not os.path.exists(os.path.join(run, name)) and time.time() < end:
+        time.sleep(0.02)
+w(phase="setup", message="loading the data and building the model")
+w(phase="start", epoch=0, epochs=1, step=0, steps_in_epoch=10, total_steps=10)
+for k in range(1, 11):
+    w(phase="train", epoch=1, epochs=1, step=k, step_in_epoch=k, steps_in_epoch=10,
+      total_steps=10, loss=3.0 / k, loss_mask=1.0 / k, lr=0.001)
+    if k == 3:
+        wait_for("GO")
+    if os.path.exists(os.path.join(run, "FAIL")):
+        print("Traceback (most recent call last):\n  File 'x', line 1", file=sys.stderr)
+        print(open(os.path.join(run, "FAIL")).read(), file=sys.stderr)
+        sys.exit(1)
+w(phase="validate", epoch=1, epochs=1, step=10)
+w(phase="epoch", epoch=1, step=10, loss=1.0, val_mask_mAP=0.4, val_box_mAP=0.5, val_id_rate=0.6)
+w(phase="done", epoch=1, epochs=1, step=10, message="finished")
+"""
 
 
 @pytest.fixture(scope="module")
@@ -52,60 +71,220 @@ def train_widget(make_napari_viewer):
     viewer = make_napari_viewer()
     widget = TrainWidget(viewer)
     yield widget
-    # never leave a training process behind
-    for proc in [widget.process]:
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    widget._timer.stop()
+    if widget.run is not None:  # never leave a training process behind
+        widget.run.kill()
+    widget.close_widget()
 
 
-class GapMeter:
-    """Largest interval between ticks of a 50 ms QTimer: how long the event loop stalled."""
+@pytest.fixture
+def notes(monkeypatch):
+    """Every napari notification: [(level, message)]."""
+    import napari.utils.notifications as notifications
 
-    def __init__(self):
-        from qtpy.QtCore import QTimer
-
-        self.max_gap = 0.0
-        self._last = time.perf_counter()
-        self._timer = QTimer()
-        self._timer.setInterval(50)
-        self._timer.timeout.connect(self._tick)
-        self._timer.start()
-
-    def _tick(self):
-        now = time.perf_counter()
-        self.max_gap = max(self.max_gap, now - self._last)
-        self._last = now
-
-    def stop(self):
-        self._timer.stop()
+    shown: list[tuple[str, str]] = []
+    for level in ("error", "warning", "info"):
+        monkeypatch.setattr(
+            notifications, f"show_{level}", lambda msg, level=level: shown.append((level, msg))
+        )
+    return shown
 
 
-def test_read_log_ignores_partial_line(tmp_path):
-    p = tmp_path / "log.csv"
-    assert read_log(p) == {}
-    p.write_text("epoch,loss,val_mask_mAP\n1,2.5,0.1\n2,2.0,", encoding="utf-8")
-    log = read_log(p)
-    assert list(log["epoch"]) == [1.0]
-    assert completed_epochs(log) == 1
-    p.write_text("epoch,loss,val_mask_mAP\n1,2.5,0.1\n2,2.0,\n", encoding="utf-8")
-    log = read_log(p)
-    assert list(log["epoch"]) == [1.0, 2.0] and np.isnan(log["val_mask_mAP"][1])
+@pytest.fixture
+def fake_trainer(monkeypatch):
+    """The widget starts FAKE instead of `napari-vertebra train`."""
+    monkeypatch.setattr(
+        run_module, "train_command",
+        lambda config, data, run_dir, resume=False, device=None: [
+            sys.executable, "-c", FAKE, str(run_dir)
+        ],
+    )  # fmt: skip
 
 
-def test_train_command_is_the_cli(tmp_path):
-    cmd = train_command(tmp_path / "c.yaml", tmp_path / "d", tmp_path / "r", resume=True,
-                        device="cpu")  # fmt: skip
-    assert cmd[1:4] == ["-m", "napari_vertebra.cli", "train"]
-    assert "--resume" in cmd and cmd[cmd.index("--device") + 1] == "cpu"
-    assert cmd[cmd.index("-o") + 1] == str(tmp_path / "r")
+def _coco(folder: Path, val_images: int = 1) -> Path:
+    """The smallest dataset folder the widget accepts (the fake trainer reads nothing)."""
+    for split, n in (("train", 2), ("val", val_images)):
+        (folder / split).mkdir(parents=True)
+        images = [{"id": i + 1, "file_name": f"{i}.png"} for i in range(n)]
+        (folder / split / "annotations.json").write_text(json.dumps({"images": images}))
+    return folder
 
 
+def _form(w: TrainWidget, data: Path, run: Path) -> None:
+    w.config_file.value = str(SMOKE)
+    w.data_dir.value = str(data)
+    w.run_folder.value = str(run)
+    w.weights.value = None
+
+
+# ------------------------------------------------------------------ progress
+def test_progress_bar_and_plot_follow_the_steps(
+    train_widget, fake_trainer, tmp_path, qtbot, notes, thread_spy
+):
+    """The bar shows the steps of the run (3 of 10: 30 %, never 100 % while it runs) and
+    the plot a loss point per step from the first step on; validation per epoch. It
+    used to read 100 % from the export on and plot nothing until an epoch ended."""
+    thread_spy(_train_plot, "render")
+    w = train_widget
+    run = tmp_path / "run"
+    _form(w, _coco(tmp_path / "data"), run)
+    assert w.start(), w.status.value
+    assert w.running and w.progress_bar.value == 0
+    # the bar and the plot follow the same poll; wait for both (a loaded machine may
+    # show the plot's third point one event-loop turn before the bar's value)
+    qtbot.waitUntil(lambda: w.plot.n_points == 3 and w.progress_bar.value == 30, timeout=60_000)
+    assert w.running
+    assert "epoch 1/1, step 3/10" in w.progress_bar.native.format()
+    assert "step 3/10" in w.status.value
+    qtbot.waitUntil(lambda: w.plot.n_draws >= 2 and not w.plot.runner.busy, timeout=30_000)
+    lines = {ln.get_label(): ln for ln in w.plot.ax_loss.get_lines()}
+    assert len(lines["loss (total)"].get_xdata()) == 3  # one point per step
+    assert list(lines["loss (total)"].get_xdata()) == pytest.approx([0.1, 0.2, 0.3])
+    assert w.plot.ax_map.get_lines() == []  # no epoch validated yet
+    with qtbot.waitSignal(w.finished, timeout=60_000) as done:
+        (run / "GO").write_text("")
+    assert done.args == [0] and w.progress_bar.value == 100
+    qtbot.waitUntil(lambda: not w.plot.runner.busy, timeout=30_000)
+    labels = {ln.get_label() for ln in w.plot.ax_map.get_lines()}
+    assert labels == {"val mask mAP", "val box mAP", "val id rate"}
+    assert w.status.level == "ok" and "finished" in w.status.value
+    assert not [n for n in notes if n[0] == "error"]
+    # what is under the widget's control: the figure is drawn off the GUI thread (and
+    # the training runs in another process)
+    assert thread_spy.ran_off_gui_thread("render")
+    assert w.process.pid != os.getpid()
+
+
+def test_a_followed_run_shows_its_progress(train_widget, tmp_path, qtbot, notes):
+    """Load run on a folder whose trainer runs (train.pid): the widget follows
+    progress.jsonl as it grows, a partial last line included."""
+    import subprocess
+
+    run = tmp_path / "run"
+    run.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (run / "train.pid").write_text(str(proc.pid))
+        start = dict(phase="start", epoch=0, epochs=2, step=0, steps_in_epoch=5, total_steps=10)
+        steps = [
+            dict(
+                phase="train",
+                epoch=1,
+                epochs=2,
+                step=k,
+                step_in_epoch=k,
+                steps_in_epoch=5,
+                total_steps=10,
+                loss=1.0 / k,
+            )
+            for k in (1, 2, 3)
+        ]
+        text = "".join(json.dumps(e) + "\n" for e in [start, *steps[:2]])
+        (run / PROGRESS_NAME).write_text(text + json.dumps(steps[2])[:20])
+        w = train_widget
+        w.load_run(run)
+        assert w.running and "following" in w.status.value
+        assert w.progress_bar.value == 20 and w.plot.n_points == 2
+        with open(run / PROGRESS_NAME, "a") as f:
+            f.write(json.dumps(steps[2])[20:] + "\n")
+        qtbot.waitUntil(lambda: w.plot.n_points == 3, timeout=30_000)
+        assert w.progress_bar.value == 30
+    finally:
+        proc.kill()
+        proc.wait(10)
+    with qtbot.waitSignal(w.finished, timeout=30_000):
+        pass
+    assert not w.running
+    # killed mid-run: no "done" in progress.jsonl
+    assert notes[-1][0] == "error" and "ended before it finished" in notes[-1][1]
+
+
+# ------------------------------------------------------------------ errors
+def test_start_errors_are_notifications(train_widget, tmp_path, monkeypatch, notes):
+    w = train_widget
+    w.data_dir.value = str(tmp_path)  # no train/ split
+    w.run_folder.value = str(tmp_path / "run")
+    # the paper configuration names detectron2's COCO R101 file, which is not here
+    monkeypatch.chdir(tmp_path)
+    assert w.preset.value == "paper" and w.weights.value is not None
+    assert not w.start()
+    assert "model_final_a3ec72.pkl: no such file" in w.status.value
+    assert "random weights" in w.status.value and w.status.level == "error"
+    assert notes[-1] == ("error", w.status.value)
+    w.weights.value = None  # train from random weights: the next problem is the data
+    assert not w.start()
+    assert notes[-1][0] == "error" and "has no train split" in notes[-1][1]
+    assert "train/annotations.json" in notes[-1][1]
+    assert w.process is None
+    assert not w.resume()  # nothing to resume
+    assert notes[-1][0] == "error" and "no last.pt to resume" in notes[-1][1]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"x")
+    _coco(tmp_path / "data")
+    w.data_dir.value = str(tmp_path / "data")
+    assert not w.start()
+    assert notes[-1][0] == "error" and "already holds a run" in notes[-1][1]
+    assert "Resume" in notes[-1][1] and w.process is None
+    w.stop()
+    assert notes[-1] == ("warning", "Train: no training is running")
+
+
+def test_a_failing_trainer_is_a_notification_with_its_reason(
+    train_widget, fake_trainer, tmp_path, qtbot, notes
+):
+    w = train_widget
+    run = tmp_path / "run"
+    _form(w, _coco(tmp_path / "data"), run)
+    run.mkdir()
+    (run / "FAIL").write_text("ValueError: w.pt: not a checkpoint this version reads")
+    (run / "GO").write_text("")
+    with qtbot.waitSignal(w.finished, timeout=60_000) as done:
+        assert w.start()
+    assert done.args == [1]
+    level, msg = notes[-1]
+    assert level == "error" and msg == w.status.value
+    assert "ValueError: w.pt: not a checkpoint this version reads" in msg
+    assert "Traceback" not in msg and str(run / "train.out") in msg
+    assert w.progress_bar.value < 100
+
+
+def test_an_empty_val_split_is_a_warning(train_widget, fake_trainer, tmp_path, qtbot, notes):
+    """A COCO folder with an empty val: training starts, validating on train, and says so."""
+    w = train_widget
+    run = tmp_path / "run"
+    _form(w, _coco(tmp_path / "data", val_images=0), run)
+    run.mkdir()
+    (run / "GO").write_text("")
+    with qtbot.waitSignal(w.finished, timeout=60_000) as done:
+        assert w.start()
+    assert done.args == [0]
+    warnings = [m for level, m in notes if level == "warning"]
+    assert any("val split" in m and "validating on the train split" in m for m in warnings)
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_a_bad_checkpoint_is_one_plain_sentence(train_widget, synth_data, tmp_path, qtbot, notes):
+    """Random bytes as starting weights: the real trainer fails; the notification names
+    the file in plain words, without torch's text."""
+    w = train_widget
+    bad = tmp_path / "random.pt"
+    bad.write_bytes(os.urandom(4096))
+    _form(w, synth_data, tmp_path / "run")
+    w.weights.value = str(bad)
+    w.device.value = "cpu"
+    w.config_overrides = dict(TINY)
+    with qtbot.waitSignal(w.finished, timeout=300_000) as done:
+        assert w.start(), w.status.value
+    assert done.args != [0]
+    level, msg = notes[-1]
+    assert level == "error" and "random.pt" in msg
+    assert "weights_only" not in msg and "file an issue" not in msg
+
+
+# ------------------------------------------------------------------ the rest
 def test_fields_follow_the_config_and_override_it(train_widget, tmp_path):
     w = train_widget
     w.config_file.value = str(SMOKE)
-    w._fill_from_config()
     assert w.backbone.value == "resnet18"
     w.epochs.value = 3
     w.lr.value = 0.0005
@@ -118,22 +297,17 @@ def test_fields_follow_the_config_and_override_it(train_widget, tmp_path):
         w.config()
 
 
-def test_start_refuses_bad_input(train_widget, tmp_path, monkeypatch):
+def test_the_class_set_field_follows_the_config_and_reaches_the_run(train_widget, tmp_path):
     w = train_widget
-    w.data_dir.value = str(tmp_path)  # no train/ split
-    w.run_folder.value = str(tmp_path / "run")
-    # the paper configuration names detectron2's COCO R101 file, which is not here
-    monkeypatch.chdir(tmp_path)
-    assert w.preset.value == "paper" and w.weights.value is not None
-    assert not w.start()
-    assert "model_final_a3ec72.pkl: no such file" in w.status.value
-    assert "random weights" in w.status.value and w.status.level == "error"
-    w.weights.value = None  # train from random weights: the next problem is the data
-    assert not w.start()
-    assert "train/annotations.json" in w.status.value and w.status.level == "error"
-    assert w.process is None
-    assert not w.resume()  # nothing to resume
-    assert "last.pt" in w.status.value
+    w.config_file.value = str(SMOKE)
+    assert w.class_set.value == "paper"
+    ext = tmp_path / "ext.yaml"
+    ext.write_text(SMOKE.read_text(encoding="utf-8") + "\nclass_set: extended\n")
+    w.config_file.value = str(ext)
+    assert w.class_set.value == "extended"
+    assert w.config().class_set == "extended"
+    w.class_set.value = "paper"
+    assert w.config().class_set == "paper"
 
 
 def test_write_cluster_job(train_widget, synth_data, tmp_path):
@@ -161,6 +335,7 @@ def test_write_cluster_job(train_widget, synth_data, tmp_path):
 
 
 def test_load_run_shows_curves_and_checkpoints(train_widget, tmp_path, qtbot):
+    """A run folder written before progress.jsonl: its log.csv, per epoch."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "log.csv").write_text(
@@ -173,49 +348,59 @@ def test_load_run_shows_curves_and_checkpoints(train_widget, tmp_path, qtbot):
     (run / "best.pt").write_bytes(b"x")
     w = train_widget
     w.load_run(run)
-    assert w.plot.n_rows == 3
-    assert completed_epochs(w.log) == 3
+    assert completed_epochs(w.log) == 3 and w.plot.n_points == 3
     assert w.progress_bar.value == 50  # 3 of 6 epochs
     assert w.selected_checkpoint() == run / "best.pt"  # best first
     assert [Path(v).name for v in w.checkpoint.choices] == ["best.pt", "last.pt"]
-    assert w.backbone.value == "resnet50"
-    w.plot.wait()
-    qtbot.waitUntil(lambda: w.plot.n_draws >= 2)  # the empty plot, then the log
+    assert w.backbone.value == "resnet50" and w.status.level == "ok"
+    qtbot.waitUntil(lambda: w.plot.n_draws >= 2 and not w.plot.runner.busy)
     lines = w.plot.ax_loss.get_lines()
     assert {ln.get_label() for ln in lines} >= {"loss (total)", "mask"}
     assert len(w.plot.ax_map.get_lines()) == 2  # box and mask mAP
 
 
-def test_load_run_on_a_folder_that_is_not_a_run_says_so(train_widget, tmp_path):
+def test_load_run_on_a_folder_that_is_not_a_run_says_so(train_widget, tmp_path, notes):
     """It used to say, in green, "loaded 0 epochs"."""
     w = train_widget
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.png").write_bytes(b"x")
     w.load_run(tmp_path / "photos")
     assert w.status.level == "error" and "is not a training run" in w.status.value
+    assert notes[-1] == ("error", w.status.value)
     w.load_run(tmp_path / "nowhere")
     assert w.status.level == "error" and "no such folder" in w.status.value
 
 
-@pytest.mark.slow
-def test_stop_and_resume_continue_the_epochs(train_widget, synth_data, tmp_path, qtbot):
-    """A real `napari-vertebra train` process: wait for epoch 1's last.pt, stop (STOP
-    file), resume (--resume): the log's epochs go on from where it stopped."""
-    w = train_widget
-    w.config_file.value = str(SMOKE)
-    w.data_dir.value = str(synth_data)
+def test_use_checkpoint_hands_it_to_the_session(train_widget, tmp_path):
+    """'Use for prediction' talks to the viewer's session, not to another widget."""
     run = tmp_path / "run"
-    w.run_folder.value = str(run)
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"x")
+    w = train_widget
+    w.load_run(run)
+    seen = []
+    w.session.checkpoint_changed.connect(seen.append)
+    w.use_checkpoint()
+    assert seen == [str(run / "best.pt")] and w.session.checkpoint == str(run / "best.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_stop_and_resume_continue_the_steps(train_widget, synth_data, tmp_path, qtbot):
+    """A real `napari-vertebra train` process: wait for epoch 1's last.pt, stop (STOP
+    file), resume (--resume): the steps and epochs go on from where it stopped."""
+    w = train_widget
+    _form(w, synth_data, tmp_path / "run")
+    run = tmp_path / "run"
     w.epochs.value = 50
     w.device.value = "cpu"
     w.config_overrides = dict(TINY)
-    gaps = GapMeter()
     assert w.start(), w.status.value
     assert w.running and (run / "train.pid").is_file()
     qtbot.waitUntil(
-        lambda: (run / "last.pt").is_file() and completed_epochs(w.log) >= 1, timeout=180_000
+        lambda: (run / "last.pt").is_file() and completed_epochs(w.log) >= 1, timeout=300_000
     )
-    assert w.plot.n_rows >= 1 and w.progress_bar.value >= 2
+    assert w.plot.n_points >= 1 and 2 <= w.progress_bar.value < 100
     with qtbot.waitSignal(w.finished, timeout=120_000) as blocker:
         w.stop()
         assert (run / STOP_NAME).is_file()
@@ -227,16 +412,15 @@ def test_stop_and_resume_continue_the_epochs(train_widget, synth_data, tmp_path,
 
     assert w.resume(), w.status.value
     assert not (run / STOP_NAME).exists()
-    qtbot.waitUntil(lambda: completed_epochs(w.log) >= stopped_at + 1, timeout=180_000)
+    qtbot.waitUntil(lambda: completed_epochs(w.log) >= stopped_at + 1, timeout=300_000)
     with qtbot.waitSignal(w.finished, timeout=120_000):
         w.stop()
-    gaps.stop()
     epochs = list(read_log(run / "log.csv")["epoch"].astype(int))
     assert epochs == list(range(1, len(epochs) + 1))  # continued, never restarted
     assert len(epochs) > stopped_at
+    steps = w.run.progress.steps
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= len(epochs)
     assert (run / "train.out").read_text(encoding="utf-8").count("--resume") == 1
-    print(f"train stop/resume: max event-loop gap {gaps.max_gap:.3f} s, stopped at {stopped_at}")
-    assert gaps.max_gap < 0.5, f"event loop blocked {gaps.max_gap:.2f} s"
 
 
 def test_shipped_configs_are_listed_by_name(train_widget):

@@ -1,0 +1,253 @@
+"""Naming the right level on partial views, measured the field's way (issue 11).
+
+    .venv/bin/python benchmarks/partial_views.py [--epochs 6] [--columns 12] [--views 5]
+        [--test-columns 8] [--arms paper-resize,paper-fixed,extended-resize,extended-fixed]
+        [--threads 2] [--device cpu] [--out DIR]
+
+Synthetic sagittal MIPs at 1 mm per pixel (napari_vertebra.synth.synth_column: whole
+vertebrae, patient scale +-10 %, 11/12/13 thoracic and 5/6 lumbar, short last ribs, the
+sacrum) and the paper's partial views of 4..17 vertebrae. Training columns over-sample
+transitional spines (11 / 13 thoracic 15 % each, 6 lumbar 25 %) so that T13 and L6 are
+seen at all in a CPU-sized set; the test columns are drawn apart (another seed) at the
+same rates, plus full columns.
+
+Each arm trains the shipped smoke configuration (ResNet-18-FPN from scratch) for the same
+number of epochs on the same images, changing only:
+- the class set: ``paper`` (T1..L5; C7, T13, L6 and the sacrum unlabelled) or
+  ``extended`` (C7, T1..T13, L1..L6, S1);
+- the scale: ``resize`` (today's: short side to 256 px, long side at most 512) or
+  ``fixed`` (``pixels_per_mm: 1.0``, images up to 704 px: a full column fits).
+
+Then, on the held-apart test images, the VerSe identification rate (a true vertebra is
+identified when the prediction carrying its label lies within 20 mm of its centroid and
+it is the closest true vertebra; mean over images) for: views with a landmark (C7, the
+sacrum, or the thoracolumbar junction visible), views without one, full columns,
+transitional spines, and the share of T13 / L6 vertebrae named as such. The level
+confidence (model/levels.py) is checked against the truth: the share of views called
+certain (confidence >= --certain) and their identification rate, for several
+``level_evidence_weight`` values. Prints one table; the train time of each arm is the
+CPU (or GPU) budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ARMS = ("paper-resize", "paper-fixed", "extended-resize", "extended-fixed")
+TRAIN_RATES = {
+    "thoracic_rates": {11: 0.15, 12: 0.70, 13: 0.15},
+    "lumbar_rates": {5: 0.75, 6: 0.25},
+}
+WEIGHTS = (1.0, 0.5, 0.3)
+
+
+def make_data(out: Path, columns: int, views: int, test_columns: int, seed: int) -> dict:
+    """Write extended-set and paper-set COCO splits of the same images; return the test
+    images (extended labels) with their meta."""
+    from napari_vertebra.annotation.coco import write_coco
+    from napari_vertebra.core.labels import PAPER
+    from napari_vertebra.synth import synth_column_dataset
+
+    def paper_copy(images):
+        out_ims = []
+        for im in images:
+            c = replace(im, annotations=[a for a in im.annotations if a.class_id in PAPER.ids])
+            out_ims.append(c)
+        return out_ims
+
+    split = {
+        "train": synth_column_dataset(
+            columns, views, "extended", seed=seed, prefix="train", **TRAIN_RATES
+        ),
+        "val": synth_column_dataset(
+            max(2, columns // 6), 2, "extended", seed=seed + 1, prefix="val", **TRAIN_RATES
+        ),
+        "test": synth_column_dataset(
+            test_columns, views * 2, "extended", seed=seed + 2, prefix="test", **TRAIN_RATES
+        ),
+    }
+    for name, images in split.items():
+        write_coco(images, out / "extended" / name, class_set="extended")
+        write_coco(paper_copy(images), out / "paper" / name, class_set="paper")
+    return split
+
+
+def arm_config(arm: str, epochs: int, seed: int):
+    from napari_vertebra.model.config import load_config
+
+    cset, scale = arm.split("-")
+    over = {"epochs": epochs, "seed": seed, "class_set": cset, "val_max_images": 3}
+    if scale == "fixed":
+        over.update(pixels_per_mm=1.0, max_size=704)
+    return load_config("smoke", over)
+
+
+def group_of(meta: dict) -> list[str]:
+    """The table rows an image counts in."""
+    groups = ["all"]
+    if meta.get("view") == "full":
+        groups.append("full")
+    else:
+        groups.append("landmark" if meta.get("landmarks") else "no landmark")
+        groups.append("partial")
+    if (int(meta.get("thoracic", 12)), int(meta.get("lumbar", 5))) != (12, 5):
+        groups.append("transitional")
+    return groups
+
+
+def evaluate_arm(
+    run_dir: Path, cfg, test_images: list, certain: float, min_score: float | None = None
+) -> dict:
+    from napari_vertebra.annotation.polygons import rasterize
+    from napari_vertebra.core.labels import class_id, get_class_set
+    from napari_vertebra.model.metrics import centroids, identification
+    from napari_vertebra.model.predict import Predictor
+
+    cs = get_class_set(cfg.class_set)
+    ms = cfg.min_score if min_score is None else float(min_score)
+    predictor = Predictor(run_dir / "last.pt", min_score=ms)
+    rows: dict[str, list[float]] = {}
+    trans = {"n": 0, "named": 0}
+    calib = {w: [] for w in WEIGHTS}
+    t0 = time.time()
+    for im in test_images:
+        anns = [a for a in im.annotations if a.class_id in cs.ids]
+        if not anns:
+            continue
+        shape = (im.height, im.width)
+        g_cls = np.array([a.class_id for a in anns])
+        g_cen = centroids(np.stack([rasterize(a.polygons, shape) for a in anns]))
+        det = predictor.detect(im.image, predictor.min_score)
+        for w in WEIGHTS:
+            predictor.config = predictor.config.replace(level_evidence_weight=w)
+            pred = predictor.finish(det, shape)
+            ident = identification(g_cls, g_cen, pred.classes, pred.centroids(), pred.scores)
+            rate = float(ident.identified.mean())
+            conf = pred.levels.confidence if pred.levels is not None and len(pred) else 0.0
+            calib[w].append((conf, rate))
+            if w != WEIGHTS[0]:
+                continue
+            for g in group_of(im.meta):
+                rows.setdefault(g, []).append(rate)
+            for k, c in enumerate(g_cls):  # transitional levels named as such
+                if c in (class_id("T13"), class_id("L6")):
+                    trans["n"] += 1
+                    trans["named"] += int(ident.identified[k])
+    out = {g: (float(np.mean(v)), len(v)) for g, v in rows.items()}
+    out["transitional_named"] = (
+        (trans["named"] / trans["n"], trans["n"]) if trans["n"] else (None, 0)
+    )
+    out["calibration"] = {}
+    for w, pairs in calib.items():
+        conf = np.array([p[0] for p in pairs])
+        rate = np.array([p[1] for p in pairs])
+        sure = conf >= certain
+        out["calibration"][w] = {
+            "share_certain": float(sure.mean()) if len(sure) else 0.0,
+            "id_certain": float(rate[sure].mean()) if sure.any() else None,
+            "id_uncertain": float(rate[~sure].mean()) if (~sure).any() else None,
+            "mean_confidence": float(conf.mean()) if len(conf) else 0.0,
+            "id_all": float(rate.mean()) if len(rate) else 0.0,
+        }
+    out["eval_s"] = time.time() - t0
+    out["min_score"] = ms
+    return out
+
+
+def _f(v) -> str:
+    return "    -" if v is None else f"{v:5.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--columns", type=int, default=12, help="training columns (scans)")
+    ap.add_argument("--views", type=int, default=5, help="partial views per training column")
+    ap.add_argument("--test-columns", type=int, default=8)
+    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--certain", type=float, default=0.9, help="level confidence cut-off")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--reuse", action="store_true", help="evaluate the runs already in --out (no training)"
+    )
+    args = ap.parse_args()
+    import torch
+
+    from napari_vertebra.model.train import train
+
+    torch.set_num_threads(args.threads)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    bad = [a for a in arms if a not in ARMS]
+    if bad:
+        raise SystemExit(f"unknown arm(s) {bad}; choose from {', '.join(ARMS)}")
+    out = args.out or Path(tempfile.mkdtemp(prefix="vertebra_partial_"))
+    t0 = time.time()
+    split = make_data(out / "data", args.columns, args.views, args.test_columns, args.seed)
+    # the same images again (same seeds) when reusing runs
+    n = {k: len(v) for k, v in split.items()}
+    print(f"data in {out / 'data'}: {n} images ({time.time() - t0:.0f} s)", flush=True)
+    results = {}
+    for arm in arms:
+        cfg = arm_config(arm, args.epochs, args.seed)
+        run_dir = out / arm
+        t = time.time()
+        if args.reuse and (run_dir / "last.pt").is_file():
+            import csv
+
+            with (run_dir / "log.csv").open() as f:
+                train_s = float(list(csv.DictReader(f))[-1]["time_s"])
+        else:
+            train(cfg, out / "data" / cfg.class_set, run_dir, device=args.device)
+            train_s = time.time() - t
+        # at the config's operating threshold, and at 0 (every detection, one per class,
+        # named jointly: how well the levels are named, whatever the threshold)
+        for tag, ms in (("", None), ("@0", 0.0)):
+            res = evaluate_arm(run_dir, cfg, split["test"], args.certain, ms)
+            res["train_s"] = train_s
+            results[arm + tag] = res
+        print(f"{arm}: trained {train_s:.0f} s, evaluated {res['eval_s']:.0f} s", flush=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    print("\n(arm@0: the same model at min_score 0, every detection named jointly)")
+    print(
+        f"\npartial views: {args.epochs} epochs of the smoke config on {n['train']} images "
+        f"({args.columns} columns + {args.views} views each), {dev}, "
+        f"{torch.get_num_threads()} threads; test {n['test']} images of {args.test_columns} "
+        "unseen columns; VerSe identification rate (mean over images)"
+    )
+    groups = ("landmark", "no landmark", "partial", "full", "transitional", "all")
+    print(f"{'arm':<16}{'train s':>8}" + "".join(f"{g:>14}" for g in groups) + f"{'T13/L6':>12}")
+    for arm, r in results.items():
+        cells = "".join(
+            f"{_f(r[g][0]) if g in r else '    -':>9} ({r[g][1] if g in r else 0:>3})"
+            for g in groups
+        )
+        tn = r["transitional_named"]
+        print(f"{arm:<16}{r['train_s']:>8.0f}{cells}{_f(tn[0]):>7} ({tn[1]:>2})")
+    print(
+        f"\nlevel confidence (cut-off {args.certain}): share of test images called certain, "
+        "identification among them / among the rest, mean confidence vs mean identification"
+    )
+    for arm, r in results.items():
+        for w, c in r["calibration"].items():
+            print(
+                f"{arm:<16} weight {w:<4} certain {c['share_certain']:5.2f}  id certain "
+                f"{_f(c['id_certain'])}  id rest {_f(c['id_uncertain'])}  mean conf "
+                f"{c['mean_confidence']:5.2f} vs id {c['id_all']:5.2f}"
+            )
+    print(f"\nresults: {out / 'results.json'}  (total {time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Saving, checks and the undo history of 'Annotate vertebrae' (a mixin of
+:class:`~.annotate.AnnotateWidget`). The files are written by the session's project on
+its background thread (:class:`~napari_vertebra.annotation.session.AnnotationSession`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import QListWidgetItem
+
+from napari_vertebra.annotation.history import shift_levels
+from napari_vertebra.annotation.polygons import check_image_annotations
+
+from ._shapes import shapes_to_annotations
+from ._threading import error_message, notify
+
+__all__ = ["AnnotateSaving"]
+
+#: History entries shown in the widget (newest first).
+_HISTORY_SHOWN = 6
+
+
+class AnnotateSaving:
+    """Mixin: load / save the polygons, the Checks list, undo / redo, shift levels.
+
+    Uses the widget's ``session``, ``shapes``, ``_mip``, ``image_key``, ``status``,
+    ``autosave_label``, ``warnings_list``, ``history_list``, ``undo_button``,
+    ``redo_button`` and the drawing mixin's ``annotations`` / ``set_annotations``.
+    """
+
+    def _load_saved(self, key: str) -> None:
+        if self.project is None or self.shapes is None:
+            return
+        try:
+            saved = self.session.annotation.load(key)
+        except ValueError as e:
+            self.fail(f"Annotate: {error_message(e)}")
+            return
+        if saved:
+            self.set_annotations(saved, save=False)
+            self.status.set(f"loaded {len(saved)} vertebrae of {key} from the project", "ok")
+            self.autosave_label.value = (
+                f"saved · {len(saved)} vertebrae in {self.project.folder.name} "
+                "(every change is autosaved)"
+            )
+        self._show_history()
+
+    def _after_change(self, save: bool = True, label: str = "edit") -> None:
+        anns, msgs = shapes_to_annotations(self.shapes) if self.shapes is not None else ([], [])
+        shape = None
+        if self._mip is not None:
+            shape = tuple(np.asarray(self._mip.data).shape[-2:])
+        msgs = list(msgs or []) + check_image_annotations(anns or [], shape)
+        self._show_warnings(msgs)
+        if not save or not self.save(label=label):
+            self._show_history()
+
+    def _show_warnings(self, msgs: list[str]) -> None:
+        self.warnings = msgs
+        self.warnings_list.clear()
+        for m in msgs:
+            item = QListWidgetItem(f"⚠ {m}")
+            self.warnings_list.addItem(item)
+        if not msgs:
+            self.warnings_list.addItem(QListWidgetItem("no problems found"))
+        new = [m for m in msgs if m not in self._notified]
+        if new:
+            notify("Vertebra annotations: " + "; ".join(new), "warning")
+        self._notified = set(msgs)
+
+    def save(self, explicit: bool = False, label: str = "edit") -> bool:
+        """Save the current polygons (and the MIP, once) to the project, as one step of
+        its history named ``label`` (none when nothing changed); True on success.
+
+        The files are written on a background thread; the MIP's PNG (once) is not."""
+        if self.shapes is None or self._mip is None:
+            return False
+        if self.project is None and not self._open_project():
+            return False
+        session = self.session.annotation
+        key = self.image_key.value or self.key_for(self._mip)
+        new_image = key not in session
+        try:
+            anns = self.annotations()
+            stamp = session.save(
+                key, anns, label, image=np.asarray(self._mip.data, np.float32),
+                scan=self.scan_for(self._mip), meta={"layer": self._mip.name},
+                explicit=explicit,
+            )  # fmt: skip
+        except (ValueError, OSError) as e:
+            self.fail(f"Could not save annotations: {error_message(e)}")
+            return False
+        if new_image:
+            self._refresh_project_images()
+        self.n_saves += 1
+        self.autosave_label.value = (
+            f"autosaved {stamp} · {len(anns)} vertebrae in {self.project.folder.name}"
+        )
+        if explicit:
+            self.status.set(f"saved {len(anns)} vertebrae to {self.project.folder}", "ok")
+        else:
+            self.status.set(f"autosaved {stamp}: {label}", "ok")
+        self._show_history()
+        return True
+
+    # -- history -------------------------------------------------------------------------
+    def _history(self) -> Any:
+        if self._mip is None:
+            return None
+        return self.session.annotation.history(self.image_key.value)
+
+    def _show_history(self) -> None:
+        """The last changes (newest first, undone ones greyed) and the buttons' state."""
+        hist = self._history()
+        self.history_list.clear()
+        steps = hist.steps if hist is not None else []
+        cursor = hist.cursor if hist is not None else -1
+        first = max(0, len(steps) - _HISTORY_SHOWN)
+        for i in range(len(steps) - 1, first - 1, -1):
+            st = steps[i]
+            mark = "▶ " if i == cursor else "   "
+            what = "opened" if i == 0 and st["label"] == "start" else st["label"]
+            item = QListWidgetItem(f"{mark}{st.get('time', '')}  {what}")
+            if i > cursor:
+                item.setForeground(QColor("#888888"))
+            self.history_list.addItem(item)
+        if not steps:
+            self.history_list.addItem(QListWidgetItem("no changes yet"))
+        can_undo = hist is not None and hist.can_undo
+        can_redo = hist is not None and hist.can_redo
+        self.undo_button.enabled = can_undo
+        self.redo_button.enabled = can_redo
+        self.undo_button.tooltip = f"Undo: {hist.undo_label}" if can_undo else "Nothing to undo"
+        self.redo_button.tooltip = f"Redo: {hist.redo_label}" if can_redo else "Nothing to redo"
+
+    def undo(self) -> bool:
+        """Take back the last change of this MIP (also one made before a restart)."""
+        return self._undo_redo(redo=False)
+
+    def redo(self) -> bool:
+        """Bring back the last undone change."""
+        return self._undo_redo(redo=True)
+
+    def _undo_redo(self, redo: bool) -> bool:
+        hist = self._history()
+        if self.shapes is None or hist is None:
+            self.status.set("nothing to undo: choose a MIP image first", "warning")
+            return False
+        if getattr(self.shapes, "_is_creating", False):
+            self.cancel_drawing()  # a polygon half drawn is dropped first
+        what = hist.redo_label if redo else hist.undo_label
+        key = self.image_key.value
+        try:
+            session = self.session.annotation
+            anns = session.redo(key) if redo else session.undo(key)
+        except (ValueError, OSError) as e:
+            self.fail(f"{'Redo' if redo else 'Undo'}: {error_message(e)}")
+            return False
+        if anns is None:
+            self.status.set(f"nothing to {'redo' if redo else 'undo'}", "info")
+            self._show_history()
+            return False
+        self.set_annotations(anns, save=False)
+        self._show_history()
+        self.status.set(f"{'redid' if redo else 'undid'}: {what}", "ok")
+        return True
+
+    def shift_levels(self, step: int) -> bool:
+        """Move every label of this MIP ``step`` levels (-1 up, +1 down): one undoable
+        step; refused with a message when a label would leave T1..L5."""
+        if self.shapes is None:
+            self.fail("Shift levels: choose a MIP image first")
+            return False
+        if getattr(self.shapes, "_is_creating", False):
+            self.cancel_drawing()
+        anns = self.annotations()
+        if not anns:
+            self.status.set("Shift levels: no polygons on this MIP", "warning")
+            return False
+        try:
+            moved = shift_levels(anns, step)
+        except ValueError as e:
+            self.fail(f"Shift levels: {e}")
+            return False
+        way = "up" if step < 0 else "down"
+        self.set_annotations(moved, label=f"shift levels {way}")
+        self.status.set(
+            f"shifted {len(moved)} labels {way} ({anns[0].name} → {moved[0].name}); Ctrl+Z undoes",
+            "ok",
+        )
+        return True

@@ -1,0 +1,92 @@
+"""The class set chosen in the config reaches every step: files, dataset, model, prediction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_vertebra.core.labels import EXTENDED, PAPER, class_id
+from napari_vertebra.model.config import load_config
+
+
+def _column(class_set, seed=11, **kw):
+    from napari_vertebra.synth import synth_column
+
+    return synth_column(np.random.default_rng(seed), class_set, name=f"c{seed}", **kw)
+
+
+@pytest.mark.parametrize("cs", [PAPER, EXTENDED], ids=lambda c: c.name)
+def test_class_sets_round_trip_through_coco_and_via(tmp_path, cs):
+    from napari_vertebra.annotation.coco import read_coco, write_coco
+    from napari_vertebra.annotation.via import read_via, write_via
+
+    col = _column(cs, thoracic=13, lumbar=6)
+    ids = [a.class_id for a in col.annotations]
+    if cs is EXTENDED:
+        assert {class_id(n) for n in ("C7", "T13", "L6", "S1")} <= set(ids)
+    else:
+        assert set(ids) <= set(PAPER.ids)
+    path = write_coco([col], tmp_path / "coco")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert [c["name"] for c in data["categories"]] == [c["name"] for c in cs.coco_categories()]
+    back = read_coco(path)[0]
+    assert [a.class_id for a in back.annotations] == ids
+    via = write_via([col], tmp_path / "via" / "project.json")
+    vdata = json.loads(via.read_text(encoding="utf-8"))
+    options = vdata["_via_attributes"]["region"]
+    assert list(next(iter(options.values()))["options"]) == list(cs.levels)
+    assert sorted(a.class_id for a in read_via(via)[0].annotations) == sorted(ids)
+
+
+def test_a_paper_model_refuses_extended_labels_with_the_fix_in_the_message(
+    tmp_path, tiny_overrides
+):
+    from napari_vertebra.annotation.coco import write_coco
+    from napari_vertebra.model.data import VertebraDataset
+
+    write_coco([_column(EXTENDED, thoracic=13, lumbar=5)], tmp_path)
+    with pytest.raises(ValueError, match=r"T13 .*class_set: extended") as e:
+        VertebraDataset(tmp_path, load_config(None, tiny_overrides))
+    assert "C7" in str(e.value) and "S1" in str(e.value)
+    ds = VertebraDataset(tmp_path, load_config(None, {**tiny_overrides, "class_set": "extended"}))
+    assert int(ds[0][1]["labels"].max()) == class_id("S1")
+
+
+def test_extended_model_predicts_with_its_classes_and_names_a_13th_thoracic(tiny_overrides):
+    from napari_vertebra.model.build import build_model
+    from napari_vertebra.model.predict import Predictor, logits_dim, postprocess
+
+    cfg = load_config(None, {**tiny_overrides, "class_set": "extended"})
+    model = build_model(cfg)
+    assert logits_dim(model) == EXTENDED.num_classes == 22
+    pred = Predictor(model, config=cfg, min_score=0.0).predict(
+        np.random.default_rng(1).uniform(0, 1500, (96, 48)).astype(np.float32)
+    )
+    assert pred.class_probs.shape[1] == 21 and pred.levels is not None
+    with pytest.raises(ValueError, match="class set"):  # a model/config mismatch is caught
+        Predictor(model, config=load_config(None, tiny_overrides))
+
+    # five vertebrae whose class probabilities say T11, T12, T13, L1, L2 (constructed)
+    names = ["T11", "T12", "T13", "L1", "L2"]
+    n, h, w = len(names), 200, 40
+    probs = torch.full((n, 22), 0.002)
+    masks = torch.zeros((n, 1, h, w))
+    for k, name in enumerate(names):
+        probs[k, class_id(name)] = 0.9
+        masks[k, 0, 10 + 35 * k : 35 + 35 * k, 10:30] = 1.0
+    det = {
+        "boxes": torch.tensor([[10, 10 + 35 * k, 30, 35 + 35 * k] for k in range(n)]).float(),
+        "labels": torch.tensor([class_id(x) for x in names]),
+        "scores": torch.full((n,), 0.9),
+        "class_probs": probs / probs.sum(1, keepdim=True),
+        "masks": masks,
+    }
+    out = postprocess(det, (h, w), 0.5, class_set="extended")
+    assert out.names == names
+    assert out.levels.variant == (13, 5) and out.levels.confidence > 0.5
+    assert "T11..L2" in out.level_summary
+    legacy = postprocess(det, (h, w), 0.5, order=False)
+    assert legacy.levels is None and legacy.names == names
