@@ -76,6 +76,11 @@ def make_data(out: Path, columns: int, views: int, test_columns: int, seed: int)
     for name, images in split.items():
         write_coco(images, out / "extended" / name, class_set="extended")
         write_coco(paper_copy(images), out / "paper" / name, class_set="paper")
+    # spines with a T13 or an L6 (the test columns rarely draw one): for the T13 / L6 row
+    n_t = max(1, test_columns // 2)
+    split["transitional"] = synth_column_dataset(
+        n_t, views * 2, "extended", seed=seed + 3, prefix="t13", thoracic=13
+    ) + synth_column_dataset(n_t, views * 2, "extended", seed=seed + 4, prefix="l6", lumbar=6)
     return split
 
 
@@ -213,6 +218,9 @@ def main() -> None:
         # named jointly: how well the levels are named, whatever the threshold)
         for tag, ms in (("", None), ("@0", 0.0)):
             res = evaluate_arm(run_dir, cfg, split["test"], args.certain, ms)
+            forced = evaluate_arm(run_dir, cfg, split["transitional"], args.certain, ms)
+            res["transitional_named"] = forced["transitional_named"]
+            res["forced_transitional_all"] = forced["all"]
             res["train_s"] = train_s
             results[arm + tag] = res
         print(f"{arm}: trained {train_s:.0f} s, evaluated {res['eval_s']:.0f} s", flush=True)
@@ -227,6 +235,10 @@ def main() -> None:
         "unseen columns; VerSe identification rate (mean over images)"
     )
     groups = ("landmark", "no landmark", "partial", "full", "transitional", "all")
+    print(
+        "(T13/L6: share of the T13 and L6 vertebrae named as such, on "
+        f"{n['transitional']} extra images of columns with 13 thoracic or 6 lumbar vertebrae)"
+    )
     print(f"{'arm':<16}{'train s':>8}" + "".join(f"{g:>14}" for g in groups) + f"{'T13/L6':>12}")
     for arm, r in results.items():
         cells = "".join(
