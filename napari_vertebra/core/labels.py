@@ -42,6 +42,7 @@ __all__ = [
     "class_id",
     "class_name",
     "class_set_for",
+    "class_set_of_size",
     "get_class_set",
     "level_name",
     "load_convention",
@@ -379,6 +380,15 @@ def get_class_set(class_set: str | ClassSet | None = None) -> ClassSet:
     if key not in CLASS_SETS:
         raise ValueError(f"unknown class set {class_set!r}: use one of {', '.join(CLASS_SETS)}")
     return CLASS_SETS[key]
+
+
+def class_set_of_size(n_levels: int) -> ClassSet:
+    """The shipped class set with ``n_levels`` classes (a model's logits minus background,
+    the width of its class probabilities): 17 paper, 21 extended."""
+    for cs in CLASS_SETS.values():
+        if len(cs.ids) == int(n_levels):
+            return cs
+    raise ValueError(f"no class set has {n_levels} classes")
 
 
 def class_set_for(class_ids) -> ClassSet:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from napari_vertebra.annotation.polygons import mask_to_polygons
 from napari_vertebra.annotation.types import VertebraAnnotation
-from napari_vertebra.core.labels import ClassSet, class_name, get_class_set
+from napari_vertebra.core.labels import ClassSet, class_name, class_set_of_size, get_class_set
 
 from .anatomy import MaskSuppressor, box_suppression, mask_overlap_suppression, order_classes
 from .build import model_from_checkpoint
@@ -93,6 +93,8 @@ class Prediction:
     @property
     def level_summary(self) -> str:
         """``"T9..L2, level confidence 0.72; one level up: 0.21"`` ("" when not decoded)."""
+        if self.levels is None and self.meta.get("levels_error"):
+            return f"levels not decoded jointly ({self.meta['levels_error']})"
         return self.levels.summary() if self.levels is not None else ""
 
     def centroids(self) -> np.ndarray:
@@ -582,8 +584,9 @@ def postprocess(
         )
     rows = np.array([np.nonzero(m)[0].mean() for m in masks]) if len(masks) else np.zeros(0)
     n_cls = probs.shape[1]
-    cs = get_class_set(class_set) if class_set is not None else _set_of_size(n_cls)
+    cs = get_class_set(class_set) if class_set is not None else class_set_of_size(n_cls)
     decoding = None
+    meta: dict[str, Any] = {}
     if order and len(masks):
         top_first = np.argsort(rows, kind="stable")
         cen = None
@@ -592,8 +595,9 @@ def postprocess(
             cen = np.stack([rows, cols], 1)[top_first] * float(pixel_mm)
         try:
             d = decode_levels(probs[top_first], cs, cen, evidence_weight=evidence_weight)
-        except ValueError:  # e.g. two instances at one centroid: no joint naming
+        except ValueError as e:  # e.g. two instances at one centroid: no joint naming
             classes = order_classes(probs, rows) if n_cls == 17 else probs.argmax(1) + 1
+            meta["levels_error"] = str(e)  # said by level_summary, never a silent 0
         else:
             classes = np.empty(len(masks), int)
             classes[top_first] = d.class_ids
@@ -621,18 +625,9 @@ def postprocess(
         class_probs=probs[top].reshape(-1, n_cls),
         shape=tuple(shape),
         vertebra_scores=vscores[top],
-        levels=decoding if decoding is not None or not order else _no_levels(cs),
+        levels=decoding if decoding is not None or not order or meta else _no_levels(cs),
+        meta=meta,
     )
-
-
-def _set_of_size(n_cls: int) -> ClassSet:
-    """The shipped class set with ``n_cls`` classes (the model's logits minus background)."""
-    from napari_vertebra.core.labels import CLASS_SETS
-
-    for cs in CLASS_SETS.values():
-        if len(cs.ids) == n_cls:
-            return cs
-    raise ValueError(f"no class set has {n_cls} classes")
 
 
 def _no_levels(cs: ClassSet) -> LevelDecoding:

@@ -33,7 +33,7 @@ from napari_vertebra.annotation.review import (
     ReviewError,
     dice_scores,
 )
-from napari_vertebra.core.labels import VERTEBRAE, class_id, class_name, get_class_set
+from napari_vertebra.core.labels import VERTEBRAE, class_id, class_name, class_set_of_size
 
 from ._base import VertebraWidget
 from ._keys import KeyBindings
@@ -177,7 +177,7 @@ class ReviewWidget(ReviewInteraction, VertebraWidget):
             pred.masks, pred.classes, pred.scores, before=self._project_polygons()
         )
         n_cls = np.shape(pred.class_probs)[1] if np.ndim(pred.class_probs) == 2 else 17
-        levels = list(get_class_set("extended" if n_cls == 21 else "paper").levels)
+        levels = list(class_set_of_size(n_cls).levels)
         if list(self.fix_class.choices) != levels:
             self.fix_class.choices = levels
         summary = getattr(pred, "level_summary", "") if len(pred) else ""
