@@ -7,9 +7,11 @@
 Synthetic sagittal MIPs at 1 mm per pixel (napari_vertebra.synth.synth_column: whole
 vertebrae, patient scale +-10 %, 11/12/13 thoracic and 5/6 lumbar, short last ribs, the
 sacrum) and the paper's partial views of 4..17 vertebrae. Training columns over-sample
-transitional spines (11 / 13 thoracic 15 % each, 6 lumbar 25 %) so that T13 and L6 are
-seen at all in a CPU-sized set; the test columns are drawn apart (another seed) at the
-same rates, plus full columns.
+transitional spines (11 thoracic 15 %, 13 thoracic 30 %, 6 lumbar 35 %) so that T13 and
+L6 are seen at all in a CPU-sized set; the decoder divides that training share out
+(``level_class_prior``) and weighs the variants by their population frequencies. The test
+columns are drawn apart (another seed; 11 / 13 thoracic 15 % each, 6 lumbar 25 %), plus
+full columns.
 
 Each arm trains the shipped smoke configuration (ResNet-18-FPN from scratch) for the same
 number of epochs on the same images, changing only:
@@ -22,11 +24,15 @@ Then, on the held-apart test images, the VerSe identification rate (a true verte
 identified when the prediction carrying its label lies within 20 mm of its centroid and
 it is the closest true vertebra; mean over images) for: views with a landmark (C7, the
 sacrum, or the thoracolumbar junction visible), views without one, full columns,
-transitional spines, and the share of T13 / L6 vertebrae named as such. The level
-confidence (model/levels.py) is checked against the truth: the share of views called
-certain (confidence >= --certain) and their identification rate, for several
-``level_evidence_weight`` values. Prints one table; the train time of each arm is the
-CPU (or GPU) budget.
+transitional spines, and the share of T13 / L6 vertebrae named as such on extra forced
+columns: all of them, and those on views that show what it takes to count them (C7..L1
+for a T13, the last thoracic vertebra..sacrum for an L6; see :func:`countable`). Each
+arm is also decoded at ``min_score`` 0 ("@0") and without the class prior ("/no
+prior"). The level confidence (model/levels.py) is checked against the truth: the share
+of views called certain (confidence >= --certain) and their identification rate, for
+several ``level_evidence_weight`` values, and the weight the val split would pick.
+Prints the tables; the train time of each arm is the CPU (or GPU) budget. ``--reuse``
+evaluates the runs already in ``--out`` again (same data, no training).
 """
 
 from __future__ import annotations
@@ -42,10 +48,16 @@ import numpy as np
 
 ARMS = ("paper-resize", "paper-fixed", "extended-resize", "extended-fixed")
 TRAIN_RATES = {
+    "thoracic_rates": {11: 0.15, 12: 0.55, 13: 0.30},
+    "lumbar_rates": {5: 0.65, 6: 0.35},
+}
+#: the test columns: transitional spines over-sampled less than in training (T13 and L6
+#: have their own row on forced columns)
+TEST_RATES = {
     "thoracic_rates": {11: 0.15, 12: 0.70, 13: 0.15},
     "lumbar_rates": {5: 0.75, 6: 0.25},
 }
-WEIGHTS = (1.0, 0.5, 0.3)
+WEIGHTS = (1.0, 0.7, 0.5, 0.3)
 
 
 def make_data(out: Path, columns: int, views: int, test_columns: int, seed: int) -> dict:
@@ -67,10 +79,10 @@ def make_data(out: Path, columns: int, views: int, test_columns: int, seed: int)
             columns, views, "extended", seed=seed, prefix="train", **TRAIN_RATES
         ),
         "val": synth_column_dataset(
-            max(2, columns // 6), 2, "extended", seed=seed + 1, prefix="val", **TRAIN_RATES
+            max(3, columns // 4), 3, "extended", seed=seed + 1, prefix="val", **TRAIN_RATES
         ),
         "test": synth_column_dataset(
-            test_columns, views * 2, "extended", seed=seed + 2, prefix="test", **TRAIN_RATES
+            test_columns, views * 2, "extended", seed=seed + 2, prefix="test", **TEST_RATES
         ),
     }
     for name, images in split.items():
@@ -107,19 +119,36 @@ def group_of(meta: dict) -> list[str]:
     return groups
 
 
+def countable(meta: dict, level: str) -> bool:
+    """Whether a view shows what it takes to count a T13 or an L6: nothing in a vertebra
+    tells a T13 from a T12 or an L6 from an L5, only the count does. A T13 needs C7 and
+    L1 in view (the thoracic vertebrae counted from C7), an L6 the last thoracic vertebra
+    and the sacrum (the lumbar ones counted between them)."""
+    vis = set(meta.get("visible", []))
+    if level == "T13":
+        return {"C7", "L1"} <= vis
+    return {f"T{int(meta.get('thoracic', 12))}", "S1"} <= vis
+
+
 def evaluate_arm(
-    run_dir: Path, cfg, test_images: list, certain: float, min_score: float | None = None
+    run_dir: Path,
+    cfg,
+    test_images: list,
+    certain: float,
+    min_score: float | None = None,
+    class_prior: bool = True,
 ) -> dict:
     from napari_vertebra.annotation.polygons import rasterize
-    from napari_vertebra.core.labels import class_id, get_class_set
+    from napari_vertebra.core.labels import class_id, class_name, get_class_set
     from napari_vertebra.model.metrics import centroids, identification
     from napari_vertebra.model.predict import Predictor
 
     cs = get_class_set(cfg.class_set)
     ms = cfg.min_score if min_score is None else float(min_score)
     predictor = Predictor(run_dir / "last.pt", min_score=ms)
+    predictor.config = predictor.config.replace(level_class_prior=class_prior)
     rows: dict[str, list[float]] = {}
-    trans = {"n": 0, "named": 0}
+    trans = {"n": 0, "named": 0, "n_countable": 0, "named_countable": 0}
     calib = {w: [] for w in WEIGHTS}
     t0 = time.time()
     for im in test_images:
@@ -145,9 +174,17 @@ def evaluate_arm(
                 if c in (class_id("T13"), class_id("L6")):
                     trans["n"] += 1
                     trans["named"] += int(ident.identified[k])
+                    if countable(im.meta, class_name(c)):
+                        trans["n_countable"] += 1
+                        trans["named_countable"] += int(ident.identified[k])
     out = {g: (float(np.mean(v)), len(v)) for g, v in rows.items()}
     out["transitional_named"] = (
         (trans["named"] / trans["n"], trans["n"]) if trans["n"] else (None, 0)
+    )
+    out["transitional_countable"] = (
+        (trans["named_countable"] / trans["n_countable"], trans["n_countable"])
+        if trans["n_countable"]
+        else (None, 0)
     )
     out["calibration"] = {}
     for w, pairs in calib.items():
@@ -216,10 +253,15 @@ def main() -> None:
             train_s = time.time() - t
         # at the config's operating threshold, and at 0 (every detection, one per class,
         # named jointly: how well the levels are named, whatever the threshold)
-        for tag, ms in (("", None), ("@0", 0.0)):
-            res = evaluate_arm(run_dir, cfg, split["test"], args.certain, ms)
-            forced = evaluate_arm(run_dir, cfg, split["transitional"], args.certain, ms)
+        # and without the class prior (the training share of each class not divided out)
+        for tag, ms, prior in (("", None, True), ("@0", 0.0, True), ("/no prior", None, False)):
+            res = evaluate_arm(run_dir, cfg, split["test"], args.certain, ms, prior)
+            forced = evaluate_arm(run_dir, cfg, split["transitional"], args.certain, ms, prior)
             res["transitional_named"] = forced["transitional_named"]
+            res["transitional_countable"] = forced["transitional_countable"]
+            val = evaluate_arm(run_dir, cfg, split["val"], args.certain, ms, prior)
+            ids = {w: c["id_all"] for w, c in val["calibration"].items()}
+            res["val_weight"] = max(ids, key=lambda w: (round(ids[w], 3), w))
             res["forced_transitional_all"] = forced["all"]
             res["train_s"] = train_s
             results[arm + tag] = res
@@ -227,7 +269,16 @@ def main() -> None:
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
 
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    print("\n(arm@0: the same model at min_score 0, every detection named jointly)")
+    print(
+        "\n(arm@0: the same model at min_score 0, every detection named jointly; "
+        "arm/no prior: without dividing out the training share of each class)"
+    )
+    variants: dict[str, int] = {}
+    for im in split["train"]:
+        if im.meta.get("view") == "full":
+            v = f"{im.meta['thoracic']}T+{im.meta['lumbar']}L"
+            variants[v] = variants.get(v, 0) + 1
+    print(f"training columns by spine variant: {dict(sorted(variants.items()))}")
     print(
         f"\npartial views: {args.epochs} epochs of the smoke config on {n['train']} images "
         f"({args.columns} columns + {args.views} views each), {dev}, "
@@ -237,16 +288,25 @@ def main() -> None:
     groups = ("landmark", "no landmark", "partial", "full", "transitional", "all")
     print(
         "(T13/L6: share of the T13 and L6 vertebrae named as such, on "
-        f"{n['transitional']} extra images of columns with 13 thoracic or 6 lumbar vertebrae)"
+        f"{n['transitional']} extra images of columns with 13 thoracic or 6 lumbar vertebrae;"
+        "\n countable: on the views that show what it takes to count them, C7..L1 for a T13,"
+        " the last thoracic vertebra..sacrum for an L6; level_evidence_weight 1.0)"
     )
-    print(f"{'arm':<16}{'train s':>8}" + "".join(f"{g:>14}" for g in groups) + f"{'T13/L6':>12}")
+    print(
+        f"{'arm':<25}{'train s':>8}"
+        + "".join(f"{g:>14}" for g in groups)
+        + f"{'T13/L6':>12}{'countable':>12}"
+    )
     for arm, r in results.items():
         cells = "".join(
             f"{_f(r[g][0]) if g in r else '    -':>9} ({r[g][1] if g in r else 0:>3})"
             for g in groups
         )
-        tn = r["transitional_named"]
-        print(f"{arm:<16}{r['train_s']:>8.0f}{cells}{_f(tn[0]):>7} ({tn[1]:>2})")
+        tn, tc = r["transitional_named"], r["transitional_countable"]
+        print(
+            f"{arm:<25}{r['train_s']:>8.0f}{cells}{_f(tn[0]):>7} ({tn[1]:>2})"
+            f"{_f(tc[0]):>7} ({tc[1]:>2})"
+        )
     print(
         f"\nlevel confidence (cut-off {args.certain}): share of test images called certain, "
         "identification among them / among the rest, mean confidence vs mean identification"
@@ -254,10 +314,21 @@ def main() -> None:
     for arm, r in results.items():
         for w, c in r["calibration"].items():
             print(
-                f"{arm:<16} weight {w:<4} certain {c['share_certain']:5.2f}  id certain "
+                f"{arm:<25} weight {w:<4} certain {c['share_certain']:5.2f}  id certain "
                 f"{_f(c['id_certain'])}  id rest {_f(c['id_uncertain'])}  mean conf "
                 f"{c['mean_confidence']:5.2f} vs id {c['id_all']:5.2f}"
             )
+    print(
+        f"\nthe weight a user would pick on the val split ({n['val']} images, best "
+        "identification), and what it gives on the test images:"
+    )
+    for arm, r in results.items():
+        w = r["val_weight"]
+        c = r["calibration"][w]
+        print(
+            f"{arm:<25} weight {w:<4} id {c['id_all']:5.2f}  certain {c['share_certain']:5.2f} "
+            f"at {_f(c['id_certain'])}"
+        )
     print(f"\nresults: {out / 'results.json'}  (total {time.time() - t0:.0f} s)")
 
 

@@ -57,6 +57,7 @@ RESUME_MUTABLE = frozenset(
         # inference only
         "min_score",
         "level_evidence_weight",
+        "level_class_prior",
         "dedup_box_iou",
         "box_score_thresh",
         "rpn_pre_nms_top_n_test",
@@ -124,6 +125,10 @@ class TrainConfig(Mapping):
     #: weight of the class evidence in the joint level decoding (model/levels.py): below 1
     #: when one image's detections share one bias (benchmarks/partial_views.py fits it)
     level_evidence_weight: float = 1.0
+    #: divide the class evidence by each class's share of the training vertebrae (stored
+    #: in the checkpoint) before the level decoding, so that a level rare in training
+    #: (T13, L6) is weighed by the spine-variant prior alone, not twice (model/levels.py)
+    level_class_prior: bool = True
     #: class-agnostic box IoU above which a lower-scored detection is a duplicate (None:
     #: mask overlap only)
     dedup_box_iou: float | None = 0.5
@@ -263,6 +268,7 @@ _SPEC: dict[str, tuple[str, float | None, float | None]] = {
     "box_score_thresh": ("float", 0, 1),
     "min_score": ("float", 0, 1),
     "level_evidence_weight": ("float", 0.01, 10),
+    "level_class_prior": ("bool", None, None),
     "dedup_box_iou": ("float?", 0, 1),
     "hu_max": ("float", 1e-6, None),
     "sync_bn": ("bool", None, None),

@@ -95,6 +95,17 @@ class VertebraDataset(torch.utils.data.Dataset):
         self.epoch = 0
         self._masks: list[list[_CroppedMask]] = [_rasterize_cropped(im) for im in images]
 
+    def class_counts(self) -> np.ndarray:
+        """Annotated vertebrae per class of the config's class set: (K,) ints, column j =
+        class id j + 1 (stored in checkpoints for the level decoder's class prior)."""
+        from napari_vertebra.core.labels import get_class_set
+
+        counts = np.zeros(len(get_class_set(self.cfg.class_set).ids), dtype=np.int64)
+        for im in self.images:  # ids are 1..K, checked against the set when loaded
+            for a in im.annotations:
+                counts[int(a.class_id) - 1] += 1
+        return counts
+
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation random numbers of ``epoch`` (for integer indices)."""
         self.epoch = int(epoch)

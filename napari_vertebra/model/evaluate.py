@@ -530,6 +530,7 @@ def model_results(
                 class_set=predictor.class_set,
                 pixel_mm=predictor.pixel_mm,
                 evidence_weight=predictor.config.level_evidence_weight,
+                class_frequencies=predictor.class_frequencies,
             )
         else:
             pred = postprocess(det, a.shape, min_score, order, box_iou)

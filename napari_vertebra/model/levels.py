@@ -37,6 +37,7 @@ __all__ = [
     "DISC_HEIGHT_MM",
     "VARIANT_PRIORS",
     "LevelDecoding",
+    "class_frequencies",
     "decode_levels",
     "expected_spacing_mm",
     "fit_evidence_weight",
@@ -169,6 +170,27 @@ def _logsumexp(a: np.ndarray, axis: int | None = None) -> np.ndarray:
 
 def _norm_logpdf(x: np.ndarray, sd: float) -> np.ndarray:
     return -0.5 * (x / sd) ** 2 - np.log(sd * np.sqrt(2 * np.pi))
+
+
+def class_frequencies(
+    counts: np.ndarray | list[int], pseudo_count: float = 1.0, max_boost: float = 10.0
+) -> np.ndarray:
+    """Training share of each class, for :func:`decode_levels` ``class_frequencies``.
+
+    ``counts``: annotated vertebrae per class (column j = class id j + 1), as the
+    trainer stores them in checkpoints (``class_counts``). Smoothed with ``pseudo_count``
+    per class and floored at the median share / ``max_boost``, so that a class seen a
+    few times (or never) in training is not promoted more than ``max_boost`` times over
+    a typical one: its probabilities are the least trustworthy.
+    """
+    c = np.asarray(counts, dtype=float).reshape(-1)
+    if c.size == 0 or not np.all(np.isfinite(c)) or (c < 0).any():
+        raise ValueError("class counts must be non-negative numbers, one per class")
+    if not pseudo_count > 0 or not max_boost >= 1:
+        raise ValueError("pseudo_count must be positive and max_boost at least 1")
+    f = (c + pseudo_count) / (c + pseudo_count).sum()
+    f = np.maximum(f, np.median(f) / max_boost)
+    return f / f.sum()
 
 
 def decode_levels(

@@ -37,6 +37,7 @@ from .config import TrainConfig, as_config
 from .data import image_to_tensor
 from .device import resolve_device
 from .levels import LevelDecoding, decode_levels
+from .levels import class_frequencies as _training_shares
 from .scale import TILE_OVERLAP_MM, row_tiles
 
 __all__ = [
@@ -367,12 +368,14 @@ class Predictor:
         box_iou: float | Literal["config"] | None = "config",
     ):
         self.device = resolve_device(device)
+        counts = None
         if isinstance(checkpoint, torch.nn.Module):
             self.model = checkpoint
             self.config = as_config(config)
         else:
             self.model, ckpt = model_from_checkpoint(checkpoint, "cpu")
             self.config = as_config(ckpt["config"])
+            counts = ckpt.get("class_counts")
         if settings:
             apply_test_settings(self.model, settings)
             self.config = self.config.replace(**settings)
@@ -392,6 +395,19 @@ class Predictor:
         #: mm per MIP pixel for the level decoder's size prior: our MIPs are 1 mm; only a
         #: model that sees a fixed physical scale (``pixels_per_mm``) uses the prior
         self.pixel_mm = 1.0 if self.config.pixels_per_mm is not None else None
+        #: annotated vertebrae per class in the training set (from the checkpoint; None
+        #: for older checkpoints): the level decoder's class prior (``level_class_prior``)
+        self.class_counts = None if counts is None else np.asarray(counts, dtype=float)
+        if self.class_counts is not None and len(self.class_counts) != len(self.class_set.ids):
+            self.class_counts = None  # not this model's classes: decode without it
+
+    @property
+    def class_frequencies(self) -> np.ndarray | None:
+        """Training share of each class the level decoder divides out, or None (config
+        ``level_class_prior`` off, or no counts in the checkpoint)."""
+        if self.class_counts is None or not self.config.level_class_prior:
+            return None
+        return _training_shares(self.class_counts)
 
     @property
     def tile_rows(self) -> int | None:
@@ -448,6 +464,7 @@ class Predictor:
             class_set=self.class_set,
             pixel_mm=self.pixel_mm,
             evidence_weight=self.config.level_evidence_weight,
+            class_frequencies=self.class_frequencies,
         )
 
     __call__ = predict
@@ -525,6 +542,7 @@ def postprocess(
     class_set: str | ClassSet | None = None,
     pixel_mm: float | None = None,
     evidence_weight: float = 1.0,
+    class_frequencies: np.ndarray | None = None,
 ) -> Prediction:
     """Score filter, duplicate suppression, one instance per class at most, level decoding.
 
@@ -544,8 +562,9 @@ def postprocess(
     instances jointly from their class probabilities (consecutive top to bottom, spine
     variants of ``class_set``; default: the set whose size matches ``class_probs``), with
     the size prior on centroid spacing when ``pixel_mm`` (mm per image pixel) is given,
-    and ``evidence_weight`` on the class evidence; ``Prediction.levels`` holds the
-    decoding and its level confidence.
+    ``evidence_weight`` on the class evidence and ``class_frequencies`` (the training
+    share of each class, divided out); ``Prediction.levels`` holds the decoding and its
+    level confidence.
     """
     scores = detection_scores(det)
     vscores = vertebra_scores(det)
@@ -594,7 +613,13 @@ def postprocess(
             cols = np.array([np.nonzero(m)[1].mean() for m in masks])
             cen = np.stack([rows, cols], 1)[top_first] * float(pixel_mm)
         try:
-            d = decode_levels(probs[top_first], cs, cen, evidence_weight=evidence_weight)
+            d = decode_levels(
+                probs[top_first],
+                cs,
+                cen,
+                evidence_weight=evidence_weight,
+                class_frequencies=class_frequencies,
+            )
         except ValueError as e:  # e.g. two instances at one centroid: no joint naming
             classes = order_classes(probs, rows) if n_cls == 17 else probs.argmax(1) + 1
             meta["levels_error"] = str(e)  # said by level_summary, never a silent 0

@@ -58,6 +58,7 @@ __all__ = [
     "TrainingRun",
     "checkpoints",
     "completed_epochs",
+    "dataset_class_set",
     "default_run_dir",
     "export_project_dataset",
     "is_run_folder",
@@ -767,6 +768,42 @@ def check_dataset(data_dir: str | os.PathLike | None) -> Path:
             "that 'Export dataset' wrote, or train on the open annotation project"
         )
     return data
+
+
+def dataset_class_set(data_dir: str | os.PathLike | None) -> str | None:
+    """The class set a COCO dataset folder's labels need, or None when it cannot tell.
+
+    ``dataset.json``'s ``class_set`` (written by ``dataset build`` / Export dataset: the
+    smallest set holding every level used), else the levels the train split's
+    annotations use: ``"extended"`` when they hold C7, T13, L6 or S1, else ``"paper"``.
+    """
+    from napari_vertebra.core.labels import class_set_for
+
+    if not data_dir or str(data_dir) in ("", "."):
+        return None
+    data = Path(data_dir).expanduser()
+    try:
+        meta = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
+        name = meta.get("class_set") if isinstance(meta, dict) else None
+        if isinstance(name, str) and name:
+            return name
+    except (OSError, ValueError):
+        pass
+    try:
+        coco = json.loads((data / "train" / "annotations.json").read_text(encoding="utf-8"))
+        names = {int(c["id"]): str(c["name"]) for c in coco.get("categories") or []}
+        used = {names.get(int(a["category_id"])) for a in coco.get("annotations") or []}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    from napari_vertebra.core.labels import LEVEL_IDS
+
+    ids = [LEVEL_IDS[n] for n in used if n in LEVEL_IDS]
+    if not ids:
+        return None
+    try:
+        return class_set_for(ids).name
+    except ValueError:
+        return None
 
 
 def validation_note(data_dir: str | os.PathLike) -> str:

@@ -359,6 +359,8 @@ def train(
 
     _seed_all(cfg.seed + rank)
     train_set = VertebraDataset(_split(data_dir, "train"), cfg, train=True)
+    # the training prior of each class, for the level decoder (model/levels.py)
+    class_counts = [int(c) for c in train_set.class_counts()]
     val_dir = _val_split(data_dir, warn=rank == 0)
     val_set = VertebraDataset(val_dir, cfg, max_images=cfg.val_max_images)
     # the architecture comes from the config alone: frozen stages and norm layers are
@@ -494,6 +496,7 @@ def train(
             rng=rngs,
             world=world,
             trainable=trainable,
+            class_counts=class_counts,
         )
         _save_checkpoint(path, **fields)
         if extra_best:

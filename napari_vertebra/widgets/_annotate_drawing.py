@@ -20,6 +20,8 @@ from ._threading import error_message, notify
 __all__ = ["BOUND_KEYS", "DIRECTIONS", "NUMBER_KEYS", "VIEWER_KEYS", "AnnotateDrawing"]
 
 #: What the class picker does after a polygon is drawn.
+#: Levels the picker does not move to by itself (chosen by hand): T13 and L6.
+_TRANSITIONAL = frozenset({class_id("T13"), class_id("L6")})
 DIRECTIONS = ("down the spine (T1 → L5)", "up the spine (L5 → T1)", "stay")
 #: Keys bound on the vertebra Shapes layer: next / previous class, set class, save,
 #: cancel the polygon being drawn, undo, redo (the last two also on the viewer).
@@ -81,6 +83,14 @@ class AnnotateDrawing:
     def levels_order(self) -> tuple[int, ...]:
         """Class ids of the chosen class set, superior to inferior."""
         return get_class_set(self.class_set.value).ids_in_order()
+
+    @property
+    def walk_order(self) -> tuple[int, ...]:
+        """:attr:`levels_order` without T13 and L6 (unless the picker is on one): the
+        picker moves on by itself from T12 to L1 and from L5 to the sacrum, as in most
+        spines; a transitional level is chosen by hand (or with the arrows)."""
+        keep = self.current_class
+        return tuple(c for c in self.levels_order if c not in _TRANSITIONAL or c == keep)
 
     def _on_class_set_changed(self, *_: Any) -> None:
         levels = list(get_class_set(self.class_set.value).levels)
@@ -147,7 +157,7 @@ class AnnotateDrawing:
         step = 1 if d == DIRECTIONS[0] else -1
         if present is None:
             present = [a.class_id for a in self.annotations()]
-        order = self.levels_order
+        order = self.walk_order
         i = order.index(self.current_class) + step
         if not 0 <= i < len(order):
             i = min(len(order) - 1, max(0, i))
@@ -160,7 +170,7 @@ class AnnotateDrawing:
         chosen direction (then the other way); stays when all are drawn."""
         step = -1 if self.direction.value == DIRECTIONS[1] else 1
         present = [a.class_id for a in self.annotations()]
-        nxt = next_missing(present, self.current_class, step, self.levels_order)
+        nxt = next_missing(present, self.current_class, step, self.walk_order)
         if nxt is not None:
             self.vertebra.value = class_name(nxt)
 

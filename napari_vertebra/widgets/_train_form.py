@@ -116,6 +116,7 @@ class TrainForm:
         self.config_file.changed.connect(lambda *_: self.fill_from_config())
         self.config_file.changed.connect(lambda *_: self._sync_preset())
         self.source.changed.connect(self._on_source_changed)
+        self.data_dir.changed.connect(lambda *_: self.follow_data())
 
     @property
     def fields(self) -> tuple[Any, ...]:
@@ -139,12 +140,32 @@ class TrainForm:
             self.backbone.choices = [*self.backbone.choices, cfg.backbone]
         self.backbone.value = cfg.backbone
         self.class_set.value = cfg.class_set
+        self.follow_data()
         self.epochs.value = cfg.epochs
         self.lr.value = cfg.lr
         self.batch_size.value = cfg.batch_size
         # the file's starting weights, or none: a field left from another config would
         # start this one from weights it does not name
         self.weights.value = str(cfg.weights) if cfg.weights else None
+
+    def follow_data(self) -> None:
+        """Switch the classes to the extended set when the chosen dataset's labels hold C7,
+        T13, L6 or S1 (training the paper set on them would stop with an error), and say
+        so; a paper-set dataset leaves the field as it is."""
+        if self.source.value == SOURCE_PROJECT:
+            return
+        from napari_vertebra.model.run import dataset_class_set
+
+        need = dataset_class_set(self.data_dir.value)
+        if need is None or need == self.class_set.value or need == "paper":
+            return
+        if need in self.class_set.choices:
+            self.class_set.value = need
+            self.on_error(
+                f"classes set to '{need}': the dataset's labels hold levels outside the "
+                "paper's T1..L5 (C7, T13, L6 or the sacrum)",
+                "info",
+            )
 
     def _on_preset(self, name: str) -> None:
         path = self.shipped.get(name)

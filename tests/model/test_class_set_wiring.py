@@ -18,6 +18,25 @@ def _column(class_set, seed=11, **kw):
     return synth_column(np.random.default_rng(seed), class_set, name=f"c{seed}", **kw)
 
 
+def _stacked(names, h, w, peak, rest, pitch, height) -> dict:
+    """Detections of an extended model: one box per name, stacked ``pitch`` px apart,
+    whose class probabilities peak (``peak``, else ``rest``) at that name (constructed)."""
+    n = len(names)
+    probs = torch.full((n, 22), rest)
+    masks = torch.zeros((n, 1, h, w))
+    for k, name in enumerate(names):
+        probs[k, class_id(name)] = peak
+        masks[k, 0, 10 + pitch * k : 10 + pitch * k + height, 10:30] = 1.0
+    boxes = [[10, 10 + pitch * k, 30, 10 + pitch * k + height] for k in range(n)]
+    return {
+        "boxes": torch.tensor(boxes).float(),
+        "labels": torch.tensor([class_id(x) for x in names]),
+        "scores": torch.full((n,), peak),
+        "class_probs": probs / probs.sum(1, keepdim=True),
+        "masks": masks,
+    }
+
+
 @pytest.mark.parametrize("cs", [PAPER, EXTENDED], ids=lambda c: c.name)
 def test_class_sets_round_trip_through_coco_and_via(tmp_path, cs):
     from napari_vertebra.annotation.coco import read_coco, write_coco
@@ -71,22 +90,37 @@ def test_extended_model_predicts_with_its_classes_and_names_a_13th_thoracic(tiny
 
     # five vertebrae whose class probabilities say T11, T12, T13, L1, L2 (constructed)
     names = ["T11", "T12", "T13", "L1", "L2"]
-    n, h, w = len(names), 200, 40
-    probs = torch.full((n, 22), 0.002)
-    masks = torch.zeros((n, 1, h, w))
-    for k, name in enumerate(names):
-        probs[k, class_id(name)] = 0.9
-        masks[k, 0, 10 + 35 * k : 35 + 35 * k, 10:30] = 1.0
-    det = {
-        "boxes": torch.tensor([[10, 10 + 35 * k, 30, 35 + 35 * k] for k in range(n)]).float(),
-        "labels": torch.tensor([class_id(x) for x in names]),
-        "scores": torch.full((n,), 0.9),
-        "class_probs": probs / probs.sum(1, keepdim=True),
-        "masks": masks,
-    }
+    h, w = 200, 40
+    det = _stacked(names, h, w, peak=0.9, rest=0.002, pitch=35, height=25)
     out = postprocess(det, (h, w), 0.5, class_set="extended")
     assert out.names == names
     assert out.levels.variant == (13, 5) and out.levels.confidence > 0.5
     assert "T11..L2" in out.level_summary
     legacy = postprocess(det, (h, w), 0.5, order=False)
     assert legacy.levels is None and legacy.names == names
+
+
+def test_the_predictor_divides_out_the_training_share_stored_in_the_checkpoint(
+    tiny_overrides,
+):
+    from napari_vertebra.model.build import build_model
+    from napari_vertebra.model.predict import Predictor
+
+    cfg = load_config(None, {**tiny_overrides, "class_set": "extended"})
+    predictor = Predictor(build_model(cfg), config=cfg, min_score=0.0)
+    assert predictor.class_counts is None and predictor.class_frequencies is None
+    # T8..T13, the last one a lone T13 at the bottom edge: its probability 0.6 against
+    # about 0.02 for L1 does not beat the 1 % prior of 13 thoracic vertebrae by itself
+    names = ["T8", "T9", "T10", "T11", "T12", "T13"]
+    h, w = 260, 40
+    det = _stacked(names, h, w, peak=0.6, rest=0.02, pitch=40, height=28)
+    assert predictor.finish(det, (h, w)).names[-1] == "L1"
+    # a training set where T13 and L6 were 20 times rarer than the other levels: the same
+    # probability is strong evidence once that share is divided out
+    counts = np.full(21, 200)
+    counts[[class_id("T13") - 1, class_id("L6") - 1]] = 10
+    predictor.class_counts = counts
+    out = predictor.finish(det, (h, w))
+    assert out.names == names and out.levels.variant == (13, 5)
+    predictor.config = predictor.config.replace(level_class_prior=False)
+    assert predictor.finish(det, (h, w)).names[-1] == "L1"

@@ -248,3 +248,19 @@ def test_fit_evidence_weight_tempers_overconfident_evidence():
     assert d.probability_of(samples_mixed[0]["truth"]) > 0.01
     with pytest.raises(ValueError, match="at least one"):
         fit_evidence_weight([], PAPER)
+
+
+def test_class_frequencies_smooth_and_cap_the_boost_of_rare_classes():
+    from napari_vertebra.model.levels import class_frequencies
+
+    counts = np.array([100] * 17 + [50, 3, 0, 40])  # T13 seen 3 times, L6 never
+    f = class_frequencies(counts)
+    assert f.shape == (21,) and np.isclose(f.sum(), 1.0) and (f > 0).all()
+    typical = np.median(f)
+    assert f[18] < f[17] < typical  # rarer in training, smaller share
+    assert typical / f.min() <= 10 + 1e-9  # a never-seen class is boosted 10x at most
+    assert np.isclose(f[19], f.min())
+    with pytest.raises(ValueError, match="non-negative"):
+        class_frequencies([1, -1, 2])
+    with pytest.raises(ValueError, match="max_boost"):
+        class_frequencies([1, 2], max_boost=0.5)

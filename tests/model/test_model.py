@@ -177,6 +177,18 @@ def test_train_writes_run_and_predictor(trained_run, tiny_data):
     assert TrainConfig.from_dict(ckpt["config"]) == beside
     assert beside.epochs == 1 and beside.fpn_channels == 16
     pred = Predictor(trained_run / "best.pt", min_score=0.0)
+    # the training vertebrae per class, for the level decoder's class prior
+    train_ds = VertebraDataset(tiny_data / "train", beside)
+    counts = np.bincount(
+        [a.class_id for im in train_ds.images for a in im.annotations], minlength=18
+    )[1:]
+    assert ckpt["class_counts"] == counts.tolist() and counts.sum() > 0
+    assert np.array_equal(pred.class_counts, counts)
+    freq = pred.class_frequencies
+    assert freq is not None and freq.shape == (17,) and np.isclose(freq.sum(), 1.0)
+    pred.config = pred.config.replace(level_class_prior=False)
+    assert pred.class_frequencies is None
+    pred.config = pred.config.replace(level_class_prior=True)
     ds = VertebraDataset(tiny_data / "test")
     out = pred.predict(ds.images[0].image)
     assert out.masks.shape[1:] == (ds.images[0].height, ds.images[0].width)

@@ -81,4 +81,15 @@ def test_the_picker_follows_the_extended_class_set(make_napari_viewer, column, t
     widget.vertebra.value = "C7"
     widget.pick_first_missing()
     assert widget.vertebra.value == "C7"
+    # after a drawn polygon the picker moves on past T13 and L6, which are rare: T12 is
+    # followed by L1 and L5 by the sacrum, unless one of them is chosen
+    widget.vertebra.value = "T12"
+    widget._advance(present=[class_id("T12")])
+    assert widget.vertebra.value == "L1"
+    widget.vertebra.value = "T13"
+    widget._advance(present=[class_id("T12"), class_id("T13")])
+    assert widget.vertebra.value == "L1"
+    widget.vertebra.value = "L5"
+    widget._advance(present=[class_id("L5")])
+    assert widget.vertebra.value == "S1"
     assert widget.shapes.features["class_id"].tolist() == [class_id("L5"), class_id("S1")]

@@ -310,6 +310,62 @@ def test_the_class_set_field_follows_the_config_and_reaches_the_run(train_widget
     assert w.config().class_set == "paper"
 
 
+def _labelled_coco(folder: Path, levels: list[str]) -> Path:
+    """A train split whose annotations use ``levels`` (COCO category ids = class ids)."""
+    from napari_vertebra.core.labels import EXTENDED, class_id
+
+    (folder / "train").mkdir(parents=True)
+    anns = [
+        {"id": k + 1, "image_id": 1, "category_id": class_id(lv)} for k, lv in enumerate(levels)
+    ]
+    coco = {
+        "images": [{"id": 1, "file_name": "0.png"}],
+        "annotations": anns,
+        "categories": EXTENDED.coco_categories(),
+    }
+    (folder / "train" / "annotations.json").write_text(json.dumps(coco))
+    return folder
+
+
+def test_the_class_set_field_follows_a_dataset_that_needs_the_extended_set(
+    train_widget, tmp_path, notes
+):
+    from napari_vertebra.model.run import dataset_class_set
+
+    w = train_widget
+    w.config_file.value = str(SMOKE)
+    paper = _labelled_coco(tmp_path / "paper", ["T11", "T12", "L1"])
+    ext = _labelled_coco(tmp_path / "ext", ["T12", "T13", "L1"])
+    # 21 categories written, but only paper levels used: the paper set is enough
+    assert dataset_class_set(paper) == "paper" and dataset_class_set(ext) == "extended"
+    assert dataset_class_set(tmp_path / "nowhere") is None
+    w.data_dir.value = str(paper)
+    assert w.class_set.value == "paper" and not notes
+    w.data_dir.value = str(ext)
+    assert w.class_set.value == "extended"
+    assert notes and notes[-1][0] == "info" and "extended" in notes[-1][1]
+    w.config_file.value = str(SMOKE)  # a config that says paper does not undo it
+    assert w.class_set.value == "extended" and w.config().class_set == "extended"
+    # dataset.json (written by `dataset build`) is read first
+    (paper / "dataset.json").write_text(json.dumps({"class_set": "extended"}))
+    assert dataset_class_set(paper) == "extended"
+
+
+def test_a_dataset_the_config_cannot_name_stops_before_the_process(
+    train_widget, fake_trainer, tmp_path, notes
+):
+    """The open project exported with T13: a paper config is refused before the trainer
+    starts, the field is switched and the message says to press Start again."""
+    w = train_widget
+    _form(w, _labelled_coco(tmp_path / "data", ["T12", "T13", "L1"]), tmp_path / "run")
+    w.class_set.value = "paper"
+    w._launch(tmp_path / "run", w.config(), tmp_path / "data", False)
+    assert w.run is None
+    level, msg = notes[-1]
+    assert level == "error" and "press Start again" in msg and "T13" in msg
+    assert w.class_set.value == "extended" and w.config().class_set == "extended"
+
+
 def test_write_cluster_job(train_widget, synth_data, tmp_path):
     w = train_widget
     w.config_file.value = str(SMOKE)
