@@ -100,11 +100,9 @@ class VertebraDataset(torch.utils.data.Dataset):
         class id j + 1 (stored in checkpoints for the level decoder's class prior)."""
         from napari_vertebra.core.labels import get_class_set
 
-        counts = np.zeros(len(get_class_set(self.cfg.class_set).ids), dtype=np.int64)
-        for im in self.images:  # ids are 1..K, checked against the set when loaded
-            for a in im.annotations:
-                counts[int(a.class_id) - 1] += 1
-        return counts
+        k = len(get_class_set(self.cfg.class_set).ids)  # ids 1..K, checked when loaded
+        ids = [int(a.class_id) for im in self.images for a in im.annotations]
+        return np.bincount(ids, minlength=k + 1)[1:].astype(np.int64)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation random numbers of ``epoch`` (for integer indices)."""

@@ -777,7 +777,7 @@ def dataset_class_set(data_dir: str | os.PathLike | None) -> str | None:
     smallest set holding every level used), else the levels the train split's
     annotations use: ``"extended"`` when they hold C7, T13, L6 or S1, else ``"paper"``.
     """
-    from napari_vertebra.core.labels import class_set_for
+    from napari_vertebra.core.labels import LEVEL_IDS, class_set_for
 
     if not data_dir or str(data_dir) in ("", "."):
         return None
@@ -794,16 +794,9 @@ def dataset_class_set(data_dir: str | os.PathLike | None) -> str | None:
         names = {int(c["id"]): str(c["name"]) for c in coco.get("categories") or []}
         used = {names.get(int(a["category_id"])) for a in coco.get("annotations") or []}
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return None
-    from napari_vertebra.core.labels import LEVEL_IDS
-
-    ids = [LEVEL_IDS[n] for n in used if n in LEVEL_IDS]
-    if not ids:
-        return None
-    try:
-        return class_set_for(ids).name
-    except ValueError:
-        return None
+        return None  # unreadable: the trainer says what is wrong with it
+    ids = [LEVEL_IDS[n] for n in used if n in LEVEL_IDS]  # every level is in a set
+    return class_set_for(ids).name if ids else None
 
 
 def validation_note(data_dir: str | os.PathLike) -> str:

@@ -19,9 +19,9 @@ from ._threading import error_message, notify
 
 __all__ = ["BOUND_KEYS", "DIRECTIONS", "NUMBER_KEYS", "VIEWER_KEYS", "AnnotateDrawing"]
 
-#: What the class picker does after a polygon is drawn.
 #: Levels the picker does not move to by itself (chosen by hand): T13 and L6.
 _TRANSITIONAL = frozenset({class_id("T13"), class_id("L6")})
+#: What the class picker does after a polygon is drawn.
 DIRECTIONS = ("down the spine (T1 → L5)", "up the spine (L5 → T1)", "stay")
 #: Keys bound on the vertebra Shapes layer: next / previous class, set class, save,
 #: cancel the polygon being drawn, undo, redo (the last two also on the viewer).

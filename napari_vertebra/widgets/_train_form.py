@@ -116,7 +116,7 @@ class TrainForm:
         self.config_file.changed.connect(lambda *_: self.fill_from_config())
         self.config_file.changed.connect(lambda *_: self._sync_preset())
         self.source.changed.connect(self._on_source_changed)
-        self.data_dir.changed.connect(lambda *_: self.follow_data())
+        self.data_dir.changed.connect(lambda *_: self._follow_data_folder())
 
     @property
     def fields(self) -> tuple[Any, ...]:
@@ -140,7 +140,7 @@ class TrainForm:
             self.backbone.choices = [*self.backbone.choices, cfg.backbone]
         self.backbone.value = cfg.backbone
         self.class_set.value = cfg.class_set
-        self.follow_data()
+        self._follow_data_folder()
         self.epochs.value = cfg.epochs
         self.lr.value = cfg.lr
         self.batch_size.value = cfg.batch_size
@@ -148,19 +148,26 @@ class TrainForm:
         # start this one from weights it does not name
         self.weights.value = str(cfg.weights) if cfg.weights else None
 
-    def follow_data(self) -> None:
-        """Switch the classes to the extended set when the chosen dataset's labels hold C7,
-        T13, L6 or S1 (training the paper set on them would stop with an error), and say
-        so; a paper-set dataset leaves the field as it is."""
-        if self.source.value == SOURCE_PROJECT:
-            return
+    def follow_data(self, data_dir: Any) -> str | None:
+        """Switch the classes to the class set the labels of ``data_dir`` need when the
+        field's set cannot name them (C7, T13, L6 or S1 under ``paper``: training would
+        stop with an error); returns the set switched to, else None."""
         from napari_vertebra.model.run import dataset_class_set
 
-        need = dataset_class_set(self.data_dir.value)
-        if need is None or need == self.class_set.value or need == "paper":
+        need = dataset_class_set(data_dir)
+        if need is None or need == "paper" or need == self.class_set.value:
+            return None
+        if need not in self.class_set.choices:
+            return None
+        self.class_set.value = need
+        return need
+
+    def _follow_data_folder(self) -> None:
+        """:meth:`follow_data` for the chosen COCO folder, said as information."""
+        if self.source.value == SOURCE_PROJECT:
             return
-        if need in self.class_set.choices:
-            self.class_set.value = need
+        need = self.follow_data(self.data_dir.value)
+        if need is not None:
             self.on_error(
                 f"classes set to '{need}': the dataset's labels hold levels outside the "
                 "paper's T1..L5 (C7, T13, L6 or the sacrum)",

@@ -27,7 +27,6 @@ from napari_vertebra.model.run import (
     TrainingRun,
     check_dataset,
     completed_epochs,
-    dataset_class_set,
     export_project_dataset,
     validation_note,
 )
@@ -227,10 +226,8 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
         )
 
     def _launch(self, run_dir: Path, cfg: TrainConfig, data: Path, resume: bool) -> None:
-        need = dataset_class_set(data)
-        if need is not None and need != "paper" and cfg.class_set != need and not resume:
-            if need in self.class_set.choices:
-                self.class_set.value = need
+        need = None if resume else self.form.follow_data(data)
+        if need is not None:  # the config was made with the field's old class set
             self._message(
                 f"Train: the dataset's labels hold levels outside the {cfg.class_set} class "
                 f"set (C7, T13, L6 or the sacrum); classes set to '{need}': press Start again"
