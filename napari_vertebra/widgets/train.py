@@ -103,6 +103,7 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
         self.plot = LossPlot()
         self.add(self.plot, stretch=1)
         self.checkpoint = ComboBox(label="checkpoint", choices=[])
+        self._default_checkpoint: str | None = None  # the first choice, set by a refresh
         self.checkpoint.tooltip = "Checkpoints of the run folder (best.pt first)"
         self.add_form(self.checkpoint)
         self.use_button = _button(
@@ -367,8 +368,17 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
     def _refresh_checkpoints(self) -> None:
         paths = self.run.checkpoints() if self.run is not None else []
         choices = [(p.name, str(p)) for p in paths]
-        if [str(c) for c in self.checkpoint.choices] != [c[1] for c in choices]:
+        before = [str(c) for c in self.checkpoint.choices]
+        if before != [c[1] for c in choices]:
+            value = self.checkpoint.value
+            # the default (best.pt first) follows the run: a best.pt written just after
+            # last.pt replaces last.pt; a checkpoint the user picked stays picked
+            default = value is None or str(value) == self._default_checkpoint
+            self.checkpoint.choices = []  # the combo appends new items: keep the order
             self.checkpoint.choices = choices
+            self._default_checkpoint = choices[0][1] if choices else None
+            if not default and str(value) in dict(choices).values():
+                self.checkpoint.value = str(value)
         self._update_buttons()
 
     def selected_checkpoint(self) -> Path | None:

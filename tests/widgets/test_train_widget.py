@@ -440,6 +440,24 @@ def test_use_checkpoint_hands_it_to_the_session(train_widget, tmp_path):
     assert seen == [str(run / "best.pt")] and w.session.checkpoint == str(run / "best.pt")
 
 
+def test_best_pt_written_after_last_pt_becomes_the_choice(train_widget, tmp_path):
+    """The trainer writes last.pt, then best.pt: a refresh in between used to leave the
+    combo on last.pt for good (CI saw it). A checkpoint the user picked stays picked."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"x")
+    w = train_widget
+    w.load_run(run)
+    assert w.selected_checkpoint() == run / "last.pt"
+    (run / "best.pt").write_bytes(b"x")
+    w._refresh_checkpoints()
+    assert w.selected_checkpoint() == run / "best.pt"
+    w.checkpoint.value = str(run / "last.pt")  # the user's choice
+    (run / "epoch3.pt").write_bytes(b"x")
+    w._refresh_checkpoints()
+    assert len(w.checkpoint.choices) == 3 and w.selected_checkpoint() == run / "last.pt"
+
+
 @pytest.mark.slow
 @pytest.mark.torch
 def test_stop_and_resume_continue_the_steps(train_widget, synth_data, tmp_path, qtbot):
