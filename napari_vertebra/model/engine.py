@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -165,8 +165,14 @@ def evaluate(
     rank: int = 0,
     world: int = 1,
     gt: dict | None = None,
+    class_counts: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Validation metrics of ``model`` on ``dataset`` (a VertebraDataset, no augmentation).
+
+    The predictions at ``min_score`` are named as ``Predictor`` names them: the dataset's
+    config (class set, fixed-scale tiling, level decoder settings) and ``class_counts``
+    (the training vertebrae per class: the decoder's class prior), so ``id_rate`` and the
+    level confidence's check (``level_certain_share`` ...) are what prediction gives.
 
     Each rank predicts its share of the images (every ``world``-th from ``rank``); the
     COCO results are gathered on rank 0, which computes the metrics of
@@ -177,8 +183,11 @@ def evaluate(
     the metrics with list/dict values left out (numbers and None only).
     """
     from .evaluate import detection_metrics, ground_truth, model_results
+    from .predict import Predictor
 
     idx = list(range(rank, len(dataset), world))
+    predictor = Predictor(model, device, min_score, config=dataset.cfg, box_iou=box_iou)
+    predictor.set_class_counts(class_counts)
     raw, kept = model_results(
         model,
         [dataset.images[i].image for i in idx],
@@ -188,6 +197,7 @@ def evaluate(
         True,
         ids=[i + 1 for i in idx],
         device=device,
+        predictor=predictor,
     )
     if world > 1:
         import torch.distributed as dist

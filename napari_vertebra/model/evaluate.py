@@ -15,6 +15,11 @@ ground truth:
 - ``box_mAP_at_threshold`` / ``mask_mAP_at_threshold``: the same on the predictions at
   the operating threshold (``min_score`` on the class probability, duplicates removed,
   anatomical order): a truncated precision-recall curve, not comparable with the above.
+- ``level_certain_share``, ``level_certain_id_rate``, ``level_uncertain_id_rate``: is
+  the level confidence honest on these images? The share of images whose naming is
+  called certain (level confidence >= :data:`~napari_vertebra.model.levels.CERTAIN`),
+  and the identification rate of those images and of the rest (None when no image is
+  in the group; absent when the predictions carry no ``level_confidence``: ours do).
 
 Distances use each image's pixel spacing in mm (``spacing`` or ``spacing_mm`` of the COCO
 image entry or its ``meta``; 1 mm, the preprocessed MIP's, when absent). Identification,
@@ -42,6 +47,7 @@ import numpy as np
 from napari_vertebra.core.labels import EXTENDED, PAPER, class_id, class_name, class_set_for
 from napari_vertebra.core.progress import ProgressCallback, report
 
+from .levels import CERTAIN
 from .metrics import centroids, dice, identification, one_per_label
 
 __all__ = [
@@ -52,6 +58,7 @@ __all__ = [
     "format_table",
     "ground_truth",
     "image_spacing",
+    "level_calibration",
     "model_results",
     "read_results",
     "run_evaluation",
@@ -302,6 +309,9 @@ def read_results(
             "segmentation": _rle(m),
             "score": float(r["score"]),
         }
+        conf = r.get("level_confidence")
+        if isinstance(conf, (int, float)) and not isinstance(conf, bool) and 0 <= conf <= 1:
+            entry["level_confidence"] = float(conf)
         if isinstance(r.get("bbox"), list) and len(r["bbox"]) == 4:
             entry["bbox"] = [float(v) for v in r["bbox"]]
         else:
@@ -388,6 +398,7 @@ def detection_metrics(
     dices: dict[int, list[float]] = {c: [] for c in PAPER.ids}
     confusions: dict[str, int] = {}
     per_image, rates, dists = [], {}, []
+    level_conf: dict[str, float] = {}
     n_true = n_id = n_pred = 0
     for key, im in zip(_image_keys(gt["images"]), gt["images"], strict=True):
         shape = (int(im["height"]), int(im["width"]))
@@ -399,6 +410,7 @@ def detection_metrics(
         pr = [pr[j] for j in sel]
         p_cls = np.array([r["category_id"] for r in pr], int)
         p_masks = _decode([r["segmentation"] for r in pr], shape)
+        confs = [r["level_confidence"] for r in pr if r.get("level_confidence") is not None]
         ident = identification(
             g_cls, centroids(g_masks), p_cls, centroids(p_masks),
             max_dist=max_dist, spacing=spacing,
@@ -433,6 +445,9 @@ def detection_metrics(
                 "spacing_mm": list(spacing),
             }
         )
+        if confs:  # one naming per image: its entries share the confidence
+            level_conf[key] = float(max(confs))
+            per_image[-1]["level_confidence"] = level_conf[key]
     defined = [r for r in rates.values() if r is not None]
     all_d = [v for vs in dices.values() for v in vs]
     dices = {c: dices[c] for c in sorted(dices, key=EXTENDED.rank)}  # superior first
@@ -458,7 +473,28 @@ def detection_metrics(
             "_dice_values": {class_name(c): v for c, v in dices.items()},
         }
     )
+    if level_conf:
+        metrics.update(level_calibration(rates, level_conf))
     return metrics
+
+
+def level_calibration(
+    rates: dict[str, float | None], confidence: dict[str, float], cutoff: float = CERTAIN
+) -> dict[str, Any]:
+    """Whether a level confidence is honest: of the images that show vertebrae
+    (``rates``: identification rate per image, None for none), the share called certain
+    (``confidence`` >= ``cutoff``; an image without a confidence, e.g. with no
+    prediction, is not certain) and the mean identification rate of those and of the rest.
+    """
+    shown = {k: r for k, r in rates.items() if r is not None}
+    sure = [r for k, r in shown.items() if confidence.get(k, 0.0) >= cutoff]
+    rest = [r for k, r in shown.items() if confidence.get(k, 0.0) < cutoff]
+    return {
+        "level_certain_cutoff": float(cutoff),
+        "level_certain_share": len(sure) / len(shown) if shown else None,
+        "level_certain_id_rate": float(np.mean(sure)) if sure else None,
+        "level_uncertain_id_rate": float(np.mean(rest)) if rest else None,
+    }
 
 
 # ------------------------------------------------------------------- our model
@@ -534,7 +570,11 @@ def model_results(
             )
         else:
             pred = postprocess(det, a.shape, min_score, order, box_iou)
-        kept += coco_results(img_id, pred.masks, pred.boxes, pred.classes, pred.scores)
+        entries = coco_results(img_id, pred.masks, pred.boxes, pred.classes, pred.scores)
+        if order and pred.levels is not None and len(pred):
+            for e in entries:
+                e["level_confidence"] = float(pred.levels.confidence)
+        kept += entries
         del det, t
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -551,12 +591,15 @@ def evaluate_model(
     max_dist: float = ID_MAX_DIST_MM,
     device=None,
     progress: ProgressCallback | None = None,
+    class_counts: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """:func:`detection_metrics` of ``model`` on a
+    """:func:`detection_metrics` of a model (not a checkpoint) on a
     :class:`~napari_vertebra.model.data.VertebraDataset` (no augmentation; image ids
-    1..N; spacing from each image's ``meta``). The validation entry point of training:
-    ``mask_mAP``/``box_mAP`` of the raw detections, ``*_at_threshold``, ``id_rate`` ...
-    at ``min_score`` (the class probability)."""
+    1..N; spacing from each image's ``meta``): ``mask_mAP``/``box_mAP`` of the raw
+    detections, ``*_at_threshold``, ``id_rate`` ... at ``min_score`` (the class
+    probability), levels named with the dataset's config and ``class_counts`` (the
+    training vertebrae per class, the level decoder's class prior). Training validates
+    with :func:`napari_vertebra.model.engine.evaluate` (ranks, the same naming)."""
     from .predict import Predictor
 
     hu_max = dataset.cfg.hu_max
@@ -565,6 +608,7 @@ def evaluate_model(
         model, device=device or next(model.parameters()).device, min_score=min_score,
         order=order, config=dataset.cfg, box_iou=box_iou,
     )  # fmt: skip
+    predictor.set_class_counts(class_counts)
     raw, kept = model_results(
         model,
         images,
@@ -610,6 +654,25 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _level_lines(metrics: dict[str, Any]) -> list[str]:
+    share = metrics.get("level_certain_share")
+    if share is None:
+        return []
+    cut = metrics.get("level_certain_cutoff", CERTAIN)
+    sure, rest = metrics.get("level_certain_id_rate"), metrics.get("level_uncertain_id_rate")
+    lines = [
+        f"level confidence: {share:.0%} of images called certain (>= {cut:g}), identified "
+        f"at {_fmt(sure)}; the rest at {_fmt(rest)}"
+    ]
+    if sure is not None and sure < cut:
+        lines.append(
+            f"  warning: the images called certain are identified at {sure:.2f}, below "
+            f"{cut:g}: on these images the level confidence overstates how sure the naming "
+            "is (see docs/levels.md)"
+        )
+    return lines
+
+
 def format_table(metrics: dict[str, Any]) -> str:
     """A plain-text summary table of :func:`detection_metrics`'s metrics."""
     lines = [
@@ -629,6 +692,7 @@ def format_table(metrics: dict[str, Any]) -> str:
         f"{metrics['id_rate_pooled']:.3f})  localisation {_fmt(metrics['localisation_mm'], '.1f')}"
         f" mm  mean Dice {metrics['mean_dice']:.3f}  neighbour confusions "
         f"{metrics['n_neighbour_confusions']}",
+        *_level_lines(metrics),
         "",
         f"{'vertebra':<9}{'n':>4}{'Dice':>8}",
     ]

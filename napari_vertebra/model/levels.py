@@ -34,6 +34,7 @@ from napari_vertebra.core.labels import LEVEL_IDS, ClassSet, get_class_set
 
 __all__ = [
     "BODY_HEIGHT_MM",
+    "CERTAIN",
     "DISC_HEIGHT_MM",
     "VARIANT_PRIORS",
     "LevelDecoding",
@@ -71,6 +72,10 @@ _P_LUMBAR = {5: 0.95, 6: 0.05}
 VARIANT_PRIORS: dict[tuple[int, int], float] = {
     (t, lum): pt * pl for t, pt in _P_THORACIC.items() for lum, pl in _P_LUMBAR.items()
 }
+
+#: The level confidence at which a naming is called *certain* (evaluate and the
+#: benchmark report how often such namings are right; docs/levels.md).
+CERTAIN = 0.9
 
 #: Log-normal sd of the patient scale, of one spacing and of one body height.
 SCALE_SD = 0.10

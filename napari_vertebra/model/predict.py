@@ -20,6 +20,7 @@ it never lets a detection through.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -36,7 +37,7 @@ from .build import model_from_checkpoint
 from .config import TrainConfig, as_config
 from .data import image_to_tensor
 from .device import resolve_device
-from .levels import LevelDecoding, decode_levels
+from .levels import CERTAIN, LevelDecoding, decode_levels
 from .levels import class_frequencies as _training_shares
 from .scale import TILE_OVERLAP_MM, row_tiles
 
@@ -96,7 +97,19 @@ class Prediction:
         """``"T9..L2, level confidence 0.72; one level up: 0.21"`` ("" when not decoded)."""
         if self.levels is None and self.meta.get("levels_error"):
             return f"levels not decoded jointly ({self.meta['levels_error']})"
-        return self.levels.summary() if self.levels is not None else ""
+        if self.levels is None:
+            return ""
+        text = self.levels.summary()
+        # how far a "certain" naming of this model is to be trusted: its validation
+        val = self.meta.get("level_validation") or {}
+        sure = val.get("certain_id_rate")
+        if sure is not None and self.levels.confidence >= CERTAIN:
+            only = "only " if sure < CERTAIN else ""
+            text += (
+                f" (on this model's validation images, namings called certain were "
+                f"identified at {only}{sure:.2f})"
+            )
+        return text
 
     def centroids(self) -> np.ndarray:
         """(N, 2) (row, col) mask centroids, px."""
@@ -369,6 +382,9 @@ class Predictor:
     ):
         self.device = resolve_device(device)
         counts = None
+        #: the checkpoint's validation figures (``val_*`` numbers; {} for a bare model):
+        #: ``val_level_certain_id_rate`` tells how far a "certain" naming can be trusted
+        self.validation: dict[str, float] = {}
         if isinstance(checkpoint, torch.nn.Module):
             self.model = checkpoint
             self.config = as_config(config)
@@ -376,6 +392,16 @@ class Predictor:
             self.model, ckpt = model_from_checkpoint(checkpoint, "cpu")
             self.config = as_config(ckpt["config"])
             counts = ckpt.get("class_counts")
+            metrics = ckpt.get("metrics")
+            if isinstance(metrics, dict):
+                self.validation = {
+                    k: float(v)
+                    for k, v in metrics.items()
+                    if k.startswith("val_")
+                    and isinstance(v, (int, float))
+                    and not isinstance(v, bool)
+                    and np.isfinite(v)
+                }
         if settings:
             apply_test_settings(self.model, settings)
             self.config = self.config.replace(**settings)
@@ -397,9 +423,14 @@ class Predictor:
         self.pixel_mm = 1.0 if self.config.pixels_per_mm is not None else None
         #: annotated vertebrae per class in the training set (from the checkpoint; None
         #: for older checkpoints): the level decoder's class prior (``level_class_prior``)
-        self.class_counts = None if counts is None else np.asarray(counts, dtype=float)
-        if self.class_counts is not None and len(self.class_counts) != len(self.class_set.ids):
-            self.class_counts = None  # not this model's classes: decode without it
+        self.class_counts: np.ndarray | None = None
+        self.set_class_counts(counts)
+
+    def set_class_counts(self, counts: Sequence[float] | np.ndarray | None) -> None:
+        """Set :attr:`class_counts` (None, or one count per class of the class set; other
+        lengths are not this model's classes: decoded without a class prior)."""
+        c = None if counts is None else np.asarray(counts, dtype=float).reshape(-1)
+        self.class_counts = c if c is not None and len(c) == len(self.class_set.ids) else None
 
     @property
     def class_frequencies(self) -> np.ndarray | None:
@@ -455,7 +486,7 @@ class Predictor:
     ) -> Prediction:
         """:func:`postprocess` of :meth:`detect`'s output with this predictor's settings."""
         ms = self.min_score if min_score is None else float(min_score)
-        return postprocess(
+        pred = postprocess(
             det,
             shape,
             ms,
@@ -466,6 +497,13 @@ class Predictor:
             evidence_weight=self.config.level_evidence_weight,
             class_frequencies=self.class_frequencies,
         )
+        share = self.validation.get("val_level_certain_share")
+        if pred.levels is not None and share is not None:
+            pred.meta["level_validation"] = {
+                "certain_share": share,
+                "certain_id_rate": self.validation.get("val_level_certain_id_rate"),
+            }
+        return pred
 
     __call__ = predict
 

@@ -28,6 +28,7 @@ Imports neither Qt nor napari nor torch.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -789,14 +790,23 @@ def dataset_class_set(data_dir: str | os.PathLike | None) -> str | None:
             return name
     except (OSError, ValueError):
         pass
+    ann = data / "train" / "annotations.json"
     try:
-        coco = json.loads((data / "train" / "annotations.json").read_text(encoding="utf-8"))
-        names = {int(c["id"]): str(c["name"]) for c in coco.get("categories") or []}
-        used = {names.get(int(a["category_id"])) for a in coco.get("annotations") or []}
+        st = ann.stat()
+        used = _used_levels(str(ann), st.st_mtime_ns, st.st_size)
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None  # unreadable: the trainer says what is wrong with it
     ids = [LEVEL_IDS[n] for n in used if n in LEVEL_IDS]  # every level is in a set
     return class_set_for(ids).name if ids else None
+
+
+@functools.lru_cache(maxsize=8)
+def _used_levels(path: str, mtime_ns: int, size: int) -> frozenset[str | None]:
+    """The category names a COCO file's annotations use; read once per version of the
+    file (the Train form asks on every change of the folder and again at Start)."""
+    coco = json.loads(Path(path).read_text(encoding="utf-8"))
+    names = {int(c["id"]): str(c["name"]) for c in coco.get("categories") or []}
+    return frozenset(names.get(int(a["category_id"])) for a in coco.get("annotations") or [])
 
 
 def validation_note(data_dir: str | os.PathLike) -> str:

@@ -546,8 +546,9 @@ def train(
                 for b in model.buffers():
                     torch.distributed.broadcast(b, 0)
             val = evaluate(
-                model, val_set, dev, cfg.min_score, cfg.dedup_box_iou, rank, world, val_gt
-            )
+                model, val_set, dev, cfg.min_score, cfg.dedup_box_iou, rank, world, val_gt,
+                class_counts,
+            )  # fmt: skip
             metrics = {f"val_{k}": v for k, v in val.items()}
             position[:] = [epoch + 1, 0]
             value = _metric_value(metrics, cfg.best_metric)
@@ -660,6 +661,23 @@ def _main(args: argparse.Namespace) -> int:
             f"mask mAP {fmt('val_mask_mAP')}, box mAP {fmt('val_box_mAP')} "
             f"(raw detections); run folder {out['run_dir']}"
         )
+        share = m.get("val_level_certain_share")
+        if share is not None:
+            from .levels import CERTAIN
+
+            sure = m.get("val_level_certain_id_rate")
+            print(
+                f"level confidence on the val images: {share:.0%} called certain (>= "
+                f"{CERTAIN:g}), identified at {fmt('val_level_certain_id_rate')}; the rest "
+                f"at {fmt('val_level_uncertain_id_rate')}"
+            )
+            if sure is not None and sure < CERTAIN:
+                print(
+                    "warning: on the val images the level confidence overstates how sure "
+                    "the naming is; do not trust a high one on your scans yet (see "
+                    "docs/levels.md)",
+                    file=sys.stderr,
+                )
     return 0
 
 

@@ -124,3 +124,29 @@ def test_the_predictor_divides_out_the_training_share_stored_in_the_checkpoint(
     assert out.names == names and out.levels.variant == (13, 5)
     predictor.config = predictor.config.replace(level_class_prior=False)
     assert predictor.finish(det, (h, w)).names[-1] == "L1"
+
+
+def test_a_certain_naming_says_how_this_model_did_on_its_validation(tiny_overrides):
+    """A level confidence of 0.99 from a model whose "certain" namings were right on only
+    65 % of its validation images must say so where it is shown."""
+    from napari_vertebra.model.build import build_model
+    from napari_vertebra.model.predict import Predictor
+
+    cfg = load_config(None, {**tiny_overrides, "class_set": "extended"})
+    predictor = Predictor(build_model(cfg), config=cfg, min_score=0.0)
+    names = ["C7", "T1", "T2", "T3", "T4"]  # C7 above: a landmark, a sure naming
+    h, w = 240, 40
+    det = _stacked(names, h, w, peak=0.9, rest=0.005, pitch=24, height=18)
+    plain = predictor.finish(det, (h, w))
+    assert plain.names == names and plain.levels.confidence >= 0.9
+    assert "validation" not in plain.level_summary  # a bare model: nothing to say
+    predictor.validation = {"val_level_certain_share": 0.8, "val_level_certain_id_rate": 0.65}
+    out = predictor.finish(det, (h, w))
+    assert out.level_summary.startswith(plain.level_summary)
+    assert "namings called certain were identified at only 0.65" in out.level_summary
+    predictor.validation["val_level_certain_id_rate"] = 0.97
+    assert "identified at 0.97)" in predictor.finish(det, (h, w)).level_summary
+    # an unsure naming is not "certain": no such note
+    flat = _stacked(names, h, w, peak=0.05, rest=0.05, pitch=24, height=18)  # no evidence
+    unsure = predictor.finish(flat, (h, w))
+    assert unsure.levels.confidence < 0.9 and "validation" not in unsure.level_summary

@@ -103,6 +103,37 @@ def test_ground_truth_as_predictions(tmp_path, split):
     assert m["n_true"] == m["n_identified"] == 9
 
 
+def test_the_level_confidence_is_checked_against_the_truth(tmp_path, split, capsys):
+    """Is "level confidence 0.97" honest? evaluate says how often a naming called certain
+    (>= 0.9) is right, and warns when those images are identified below 0.9."""
+    gt = truth(split)
+
+    def named(shift_second: bool, conf: tuple[float, float]) -> list[dict]:
+        out = []
+        for k, (i, cls, ms) in enumerate(gt):
+            for c, m in zip(cls, ms, strict=True):
+                r = result(i, c - 1 if (k == 1 and shift_second) else c, m)
+                out.append({**r, "level_confidence": conf[k]})
+        return out
+
+    # the second image named one level off, and called certain all the same
+    m = evaluate(tmp_path, split, named(True, (0.95, 0.97)))
+    assert m["level_certain_share"] == 1.0 and m["level_certain_id_rate"] == 0.5
+    assert m["level_uncertain_id_rate"] is None
+    assert [p["level_confidence"] for p in m["per_image"]] == [0.95, 0.97]
+    out = capsys.readouterr().out
+    assert "100% of images called certain (>= 0.9), identified at 0.500" in out
+    assert "overstates" in out
+    # the same off-by-one naming, now with a low confidence: honest, no warning
+    m = evaluate(tmp_path, split, named(True, (0.95, 0.40)))
+    assert m["level_certain_share"] == 0.5 and m["level_certain_id_rate"] == 1.0
+    assert m["level_uncertain_id_rate"] == 0.0
+    assert "overstates" not in capsys.readouterr().out
+    # results without a level confidence (another tool's): no such figures
+    plain = [{k: v for k, v in r.items() if k != "level_confidence"} for r in named(False, (1, 1))]
+    assert "level_certain_share" not in evaluate(tmp_path, split, plain)
+
+
 def test_every_class_shifted_by_one_level(tmp_path, split):
     gt = truth(split)
     results = [result(i, c - 1, m) for i, cls, ms in gt for c, m in zip(cls, ms, strict=True)]
@@ -276,3 +307,7 @@ def test_checkpoint_and_its_predictions_file_agree(tiny_data, tiny_config, tmp_p
         assert a[key] == pytest.approx(b[key]), key
     assert a["id_rate_per_image"] == b["id_rate_per_image"]
     assert "mask_mAP_at_threshold" in a  # raw and thresholded mAP, named apart
+    # both carry each image's level confidence, so the same check of it
+    assert a["level_certain_share"] is not None
+    for key in ("level_certain_share", "level_certain_id_rate", "level_uncertain_id_rate"):
+        assert a[key] == pytest.approx(b[key]), key

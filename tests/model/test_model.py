@@ -195,10 +195,48 @@ def test_train_writes_run_and_predictor(trained_run, tiny_data):
     assert len(out) <= 17
     if len(out) > 1:
         assert np.all(np.diff(out.classes) > 0)  # anatomical order
+    # validation names the levels as prediction does (the class prior included): its
+    # figures are those of `evaluate` on the val split with the saved model
+    from napari_vertebra.model.evaluate import run_evaluation
+
+    val = ckpt["metrics"]
+    ev = run_evaluation(trained_run / "last.pt", tiny_data / "val", trained_run / "ev")
+    assert ev["n_pred"] > 0 and val["val_level_certain_share"] is not None
+    for key in ("id_rate", "level_certain_share", "level_certain_id_rate"):
+        assert val[f"val_{key}"] == pytest.approx(ev[key]), key
+    # the Predictor keeps them: a "certain" naming can say how this model did
+    assert Predictor(trained_run / "last.pt").validation["val_level_certain_share"] == (
+        pytest.approx(val["val_level_certain_share"])
+    )
     with pytest.raises(ValueError, match="2D grayscale"):
         pred.predict(np.zeros((96, 48, 3), np.float32))
     with pytest.raises(ValueError, match="2D grayscale"):
         pred.predict(np.zeros((4, 96, 48), np.float32))
+
+
+def test_validation_decodes_with_the_training_class_prior(tiny_data, tiny_config, monkeypatch):
+    """Training validates as Predictor predicts: the level decoder gets the training
+    share of each class (and the spacing prior of a fixed-scale model)."""
+    from napari_vertebra.model import predict
+    from napari_vertebra.model.engine import evaluate
+    from napari_vertebra.model.levels import class_frequencies
+
+    seen = []
+    real = predict.postprocess
+
+    def spy(*args, **kw):
+        seen.append((kw.get("class_frequencies"), kw.get("pixel_mm")))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(predict, "postprocess", spy)
+    torch.manual_seed(0)
+    cfg = {**tiny_config, "pixels_per_mm": 1.0}
+    ds = VertebraDataset(tiny_data / "val", cfg)
+    counts = np.arange(1, 18)
+    metrics = evaluate(build_model(cfg), ds, torch.device("cpu"), 0.0, class_counts=counts)
+    assert len(seen) == len(ds) and "level_certain_share" in metrics
+    for freq, pixel_mm in seen:
+        assert np.allclose(freq, class_frequencies(counts)) and pixel_mm == 1.0
 
 
 @pytest.mark.parametrize("box_iou", [0.5, None])

@@ -314,7 +314,7 @@ def _labelled_coco(folder: Path, levels: list[str]) -> Path:
     """A train split whose annotations use ``levels`` (COCO category ids = class ids)."""
     from napari_vertebra.core.labels import EXTENDED, class_id
 
-    (folder / "train").mkdir(parents=True)
+    (folder / "train").mkdir(parents=True, exist_ok=True)
     anns = [
         {"id": k + 1, "image_id": 1, "category_id": class_id(lv)} for k, lv in enumerate(levels)
     ]
@@ -348,6 +348,11 @@ def test_the_class_set_field_follows_a_dataset_that_needs_the_extended_set(
     assert w.class_set.value == "extended" and w.config().class_set == "extended"
     # dataset.json (written by `dataset build`) is read first
     (paper / "dataset.json").write_text(json.dumps({"class_set": "extended"}))
+    assert dataset_class_set(paper) == "extended"
+    # the labels are read once per version of the file, and again when it changes
+    (paper / "dataset.json").unlink()
+    assert dataset_class_set(paper) == "paper"
+    _labelled_coco(paper, ["L4", "L5", "L6"])
     assert dataset_class_set(paper) == "extended"
 
 
