@@ -64,6 +64,7 @@ __all__ = [
     "export_project_dataset",
     "is_run_folder",
     "last_meaningful_line",
+    "level_check",
     "read_log",
     "train_command",
     "validation_note",
@@ -448,6 +449,8 @@ class Outcome:
     kind: str
     message: str
     returncode: int | None = None
+    #: a finished run whose validation says its level confidence overstates certainty
+    warning: str = ""
 
 
 class TrainingRun:
@@ -623,7 +626,9 @@ class TrainingRun:
             )
         if phase == "done" or rc == 0 or (rc is None and not phase):  # "": no progress.jsonl
             n = completed_epochs(self.log)
-            return Outcome("done", f"finished: {n} epoch(s) in {self.run_dir}", rc)
+            note, warning = level_check(self.progress)
+            message = f"finished: {n} epoch(s) in {self.run_dir}" + (f"; {note}" if note else "")
+            return Outcome("done", message, rc, warning)
         return Outcome("failed", self.failure_message(rc), rc)
 
     def failure_message(self, returncode: int | None) -> str:
@@ -769,6 +774,33 @@ def check_dataset(data_dir: str | os.PathLike | None) -> Path:
             "that 'Export dataset' wrote, or train on the open annotation project"
         )
     return data
+
+
+def level_check(progress: TrainProgress) -> tuple[str, str]:
+    """(sentence, warning) on the level confidence at the last validated epoch: how many
+    val images it called certain and how well those were identified; the warning (else
+    "") when they were identified below :data:`~napari_vertebra.model.levels.CERTAIN`.
+    ("", "") before any validation that reports it."""
+    from napari_vertebra.model.levels import CERTAIN
+
+    def last(key: str) -> float | None:
+        v = progress.val.get(key) or []
+        return v[-1] if v and math.isfinite(v[-1]) else None
+
+    share, sure = last("val_level_certain_share"), last("val_level_certain_id_rate")
+    if share is None:
+        return "", ""
+    note = f"level confidence on the val images: {share:.0%} called certain (>= {CERTAIN:g})"
+    if sure is None:
+        return note, ""
+    note += f", identified at {sure:.2f}"
+    if sure >= CERTAIN:
+        return note, ""
+    return note, (
+        f"the level confidence overstates certainty: the val images it called certain "
+        f"were identified at {sure:.2f}; check it on annotated scans of your own "
+        "(evaluate) before trusting a high one"
+    )
 
 
 def dataset_class_set(data_dir: str | os.PathLike | None) -> str | None:

@@ -28,6 +28,7 @@ from napari_vertebra.model.run import (
     check_dataset,
     completed_epochs,
     export_project_dataset,
+    level_check,
     validation_note,
 )
 
@@ -305,9 +306,14 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
             self._message(f"Load run: its last start failed: {run.progress.message}", "warning")
         else:
             n, ckpts = completed_epochs(run.log), len(self.checkpoint.choices)
+            note, warning = level_check(run.progress)
             self.status.set(
-                f"loaded {run.run_dir.name}: {n} epoch(s), {ckpts} checkpoint(s)", "ok"
+                f"loaded {run.run_dir.name}: {n} epoch(s), {ckpts} checkpoint(s)"
+                + (f"; {note}" if note else ""),
+                "ok",
             )
+            if warning:
+                self._message(f"Load run: {warning}", "warning")
         self._update_buttons()
 
     # ----------------------------------------------------------------- following
@@ -335,6 +341,8 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
             self.progress_bar.native.setFormat("%p% · " + outcome.message)
             self._message(outcome.message, "info")
             self.status.set(outcome.message, "ok")
+            if outcome.warning:
+                self._message(f"Train: {outcome.warning}", "warning")
         self._update_buttons()
         rc = outcome.returncode
         self.finished.emit(int(rc) if rc is not None else int(outcome.kind == "failed"))

@@ -136,6 +136,27 @@ def test_progress_folds_steps_epochs_and_a_resume():
     assert p.steps == [1, 2, 3, 4, 5] and p.val_epochs == [1]
 
 
+def test_level_check_reads_the_last_validated_epoch():
+    from napari_vertebra.model.run import level_check
+
+    p = TrainProgress()
+    assert level_check(p) == ("", "")  # nothing validated
+    p.update([dict(phase="epoch", epoch=1, step=4, val_id_rate=0.5)])
+    assert level_check(p) == ("", "")  # a run from before the check
+    epoch = dict(phase="epoch", epoch=2, step=8, val_level_certain_share=0.75)
+    p.update([{**epoch, "val_level_certain_id_rate": 0.96}])
+    note, warning = level_check(p)
+    assert note == "level confidence on the val images: 75% called certain (>= 0.9), " + (
+        "identified at 0.96"
+    )
+    assert warning == ""
+    p.update([{**epoch, "epoch": 3, "val_level_certain_id_rate": 0.6}])
+    note, warning = level_check(p)
+    assert note.endswith("identified at 0.60") and "overstates" in warning
+    p.update([{**epoch, "epoch": 4, "val_level_certain_share": 0.0}])  # none called certain
+    assert level_check(p) == ("level confidence on the val images: 0% called certain (>= 0.9)", "")
+
+
 def test_run_folder_names_are_new_and_sortable(tmp_path):
     now = time.mktime((2026, 3, 4, 5, 6, 7, 0, 0, -1))
     first = default_run_dir(tmp_path, now)

@@ -51,7 +51,8 @@ for k in range(1, 11):
         print(open(os.path.join(run, "FAIL")).read(), file=sys.stderr)
         sys.exit(1)
 w(phase="validate", epoch=1, epochs=1, step=10)
-w(phase="epoch", epoch=1, step=10, loss=1.0, val_mask_mAP=0.4, val_box_mAP=0.5, val_id_rate=0.6)
+w(phase="epoch", epoch=1, step=10, loss=1.0, val_mask_mAP=0.4, val_box_mAP=0.5, val_id_rate=0.6,
+  val_level_certain_share=0.8, val_level_certain_id_rate=0.65)
 w(phase="done", epoch=1, epochs=1, step=10, message="finished")
 """
 
@@ -146,8 +147,13 @@ def test_progress_bar_and_plot_follow_the_steps(
     qtbot.waitUntil(lambda: not w.plot.runner.busy, timeout=30_000)
     labels = {ln.get_label() for ln in w.plot.ax_map.get_lines()}
     assert labels == {"val mask mAP", "val box mAP", "val id rate"}
-    assert w.status.level == "ok" and "finished" in w.status.value
     assert not [n for n in notes if n[0] == "error"]
+    # the end says how honest the level confidence was on the val images, and warns:
+    # 80 % of them called certain, but those were identified at only 0.65
+    info = [m for lv, m in notes if lv == "info" and m.startswith("finished")]
+    assert info and "80% called certain (>= 0.9), identified at 0.65" in info[-1]
+    assert notes[-1][0] == "warning" and "overstates" in notes[-1][1]
+    assert w.status.level == "warning" and "identified at 0.65" in w.status.value
     # what is under the widget's control: the figure is drawn off the GUI thread (and
     # the training runs in another process)
     assert thread_spy.ran_off_gui_thread("render")
@@ -418,6 +424,28 @@ def test_load_run_shows_curves_and_checkpoints(train_widget, tmp_path, qtbot):
     lines = w.plot.ax_loss.get_lines()
     assert {ln.get_label() for ln in lines} >= {"loss (total)", "mask"}
     assert len(w.plot.ax_map.get_lines()) == 2  # box and mask mAP
+
+
+def test_load_run_says_how_honest_the_level_confidence_was(train_widget, tmp_path, notes):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("epochs: 1\n", encoding="utf-8")
+    (run / "last.pt").write_bytes(b"x")
+    epoch = {"phase": "epoch", "epoch": 1, "step": 5, "val_id_rate": 0.9}
+    events = [epoch | {"val_level_certain_share": 0.7, "val_level_certain_id_rate": 0.97}]
+    events.append({"phase": "done", "epoch": 1, "epochs": 1, "step": 5})
+    lines = "".join(json.dumps(e) + "\n" for e in events)
+    (run / PROGRESS_NAME).write_text(lines, encoding="utf-8")
+    w = train_widget
+    w.load_run(run)
+    assert w.status.level == "ok" and w.status.value.endswith(
+        "level confidence on the val images: 70% called certain (>= 0.9), identified at 0.97"
+    )
+    assert not notes
+    bad = epoch | {"val_level_certain_share": 0.9, "val_level_certain_id_rate": 0.5}
+    (run / PROGRESS_NAME).write_text(json.dumps(bad) + "\n", encoding="utf-8")
+    w.load_run(run)
+    assert notes[-1][0] == "warning" and "identified at 0.50" in notes[-1][1]
 
 
 def test_load_run_on_a_folder_that_is_not_a_run_says_so(train_widget, tmp_path, notes):
