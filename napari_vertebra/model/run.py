@@ -797,8 +797,8 @@ def level_check(progress: TrainProgress) -> tuple[str, str]:
     if sure >= CERTAIN:
         return note, ""
     return note, (
-        f"the level confidence overstates certainty: the val images it called certain "
-        f"were identified at {sure:.2f}; check it on annotated scans of your own "
+        f"the level confidence overstates certainty (the val images it called certain "
+        f"were identified at {sure:.2f}): check it on annotated scans of your own "
         "(evaluate) before trusting a high one"
     )
 

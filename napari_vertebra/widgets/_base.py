@@ -119,7 +119,10 @@ class VertebraWidget(QWidget):
         box = Container(widgets=[self.progress_bar, self.status_label], labels=False)
         box.margins = (0, 0, 0, 0)
         native = self.status_label.native
-        native.setMinimumHeight(4 * native.fontMetrics().lineSpacing() + 6)
+        # the width of the dock (not of its one-line text), at least 4 lines tall and as
+        # tall as a longer message needs
+        native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.status.min_height = 4 * native.fontMetrics().lineSpacing() + 6
         native.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self.add(box)
         self._layout.addStretch(1)

@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QEvent, QObject, Signal
 
 __all__ = ["RUN_INLINE", "StatusLine", "TaskRunner", "error_message", "notify"]
 
@@ -74,14 +74,29 @@ class StatusLine:
     def __init__(self, label: Any):
         self.label = label
         self.level = "info"
+        self._fit = None
         try:
             self.label.native.setWordWrap(True)
-        except AttributeError:
+            # a wrapped label whose width the dock sets (size policy Ignored) is given
+            # the height of its one-line text: long messages were cut off at the bottom
+            self._fit = _FitHeight(self.label.native)
+        except (AttributeError, TypeError):
             pass
 
     @property
     def value(self) -> str:
         return str(self.label.value)
+
+    @property
+    def min_height(self) -> int:
+        """The least height of the label in pixels (it grows for a longer message)."""
+        return self._fit.floor if self._fit is not None else 0
+
+    @min_height.setter
+    def min_height(self, px: int) -> None:
+        if self._fit is not None:
+            self._fit.floor = int(px)
+            self._fit.update()
 
     def set(self, message: str, level: str = "info") -> None:
         """Show ``message`` (levels: info, busy, ok, warning, error)."""
@@ -92,6 +107,33 @@ class StatusLine:
             self.label.native.setToolTip(message)
         except (AttributeError, RuntimeError):
             pass
+        if self._fit is not None:
+            self._fit.update()
+
+
+class _FitHeight(QObject):
+    """Keeps a word-wrapped QLabel at least as tall as its text at its current width."""
+
+    def __init__(self, label: Any):
+        super().__init__(label)
+        self._label = label
+        self.floor = 0  # px, the least height
+        label.installEventFilter(self)
+
+    def update(self) -> None:
+        """Set the label's minimum height for its text at its width."""
+        lab = self._label
+        try:
+            width = lab.width()
+            need = lab.heightForWidth(width) if width > 20 else 0
+            lab.setMinimumHeight(max(self.floor, need))
+        except RuntimeError:  # the label was deleted with its widget
+            pass
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # Qt names it
+        if event.type() == QEvent.Type.Resize:
+            self.update()
+        return False
 
 
 class _Relay(QObject):

@@ -310,10 +310,10 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
             self.status.set(
                 f"loaded {run.run_dir.name}: {n} epoch(s), {ckpts} checkpoint(s)"
                 + (f"; {note}" if note else ""),
-                "ok",
+                "warning" if warning else "ok",  # the facts stay in view, in orange
             )
             if warning:
-                self._message(f"Load run: {warning}", "warning")
+                notify(f"Load run: {warning}", "warning")
         self._update_buttons()
 
     # ----------------------------------------------------------------- following
@@ -340,9 +340,9 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
             self.progress_bar.value = 100
             self.progress_bar.native.setFormat("%p% · " + outcome.message)
             self._message(outcome.message, "info")
-            self.status.set(outcome.message, "ok")
+            self.status.set(outcome.message, "warning" if outcome.warning else "ok")
             if outcome.warning:
-                self._message(f"Train: {outcome.warning}", "warning")
+                notify(f"Train: {outcome.warning}", "warning")
         self._update_buttons()
         rc = outcome.returncode
         self.finished.emit(int(rc) if rc is not None else int(outcome.kind == "failed"))

@@ -106,7 +106,10 @@ def test_the_predictor_divides_out_the_training_share_stored_in_the_checkpoint(
     from napari_vertebra.model.build import build_model
     from napari_vertebra.model.predict import Predictor
 
-    cfg = load_config(None, {**tiny_overrides, "class_set": "extended"})
+    # the whole class evidence (weight 1; the default 0.5 halves it)
+    cfg = load_config(
+        None, {**tiny_overrides, "class_set": "extended", "level_evidence_weight": 1.0}
+    )
     predictor = Predictor(build_model(cfg), config=cfg, min_score=0.0)
     assert predictor.class_counts is None and predictor.class_frequencies is None
     # T8..T13, the last one a lone T13 at the bottom edge: its probability 0.6 against
