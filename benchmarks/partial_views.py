@@ -2,12 +2,12 @@
 
     .venv/bin/python benchmarks/partial_views.py [--epochs 6] [--columns 12] [--views 5]
         [--test-columns 8] [--arms paper-resize,paper-fixed,extended-resize,extended-fixed]
-        [--train-rates 0.10,0.10,0.15] [--threads 2] [--device cpu] [--out DIR] [--reuse]
+        [--train-rates 0.15,0.30,0.35] [--threads 2] [--device cpu] [--out DIR] [--reuse]
 
 Synthetic sagittal MIPs at 1 mm per pixel (napari_vertebra.synth.synth_column: whole
 vertebrae, patient scale +-10 %, 11/12/13 thoracic and 5/6 lumbar, short last ribs, the
 sacrum) and the paper's partial views of 4..17 vertebrae. Training columns over-sample
-transitional spines (11 thoracic 10 %, 13 thoracic 10 %, 6 lumbar 15 %;
+transitional spines (11 thoracic 15 %, 13 thoracic 30 %, 6 lumbar 35 %;
 ``--train-rates``) so that T13 and L6 are seen at all in a CPU-sized set; the decoder
 divides that training share out (``level_class_prior``) and weighs the variants by their
 population frequencies. The test
@@ -48,14 +48,13 @@ from pathlib import Path
 import numpy as np
 
 ARMS = ("paper-resize", "paper-fixed", "extended-resize", "extended-fixed")
-#: the training columns: transitional spines over-sampled (about 2..10 times their
-#: population rates) so that T13 and L6 are seen at all, but not more: each vertebra's
-#: class probability carries the training mix of spine variants, and the decoder
-#: multiplies them, so at 30 % 13-thoracic columns the model named normal spines as
-#: 13-thoracic ones, certain and wrong (docs/levels.md)
+#: the training columns: transitional spines over-sampled so that T13 and L6 are seen
+#: at all in a CPU-sized set (--train-rates changes it; a lighter mix, 10 / 10 / 15 %,
+#: made no consistent difference to identification over two seeds and named fewer
+#: countable T13 / L6: docs/levels.md)
 TRAIN_RATES = {
-    "thoracic_rates": {11: 0.10, 12: 0.80, 13: 0.10},
-    "lumbar_rates": {5: 0.85, 6: 0.15},
+    "thoracic_rates": {11: 0.15, 12: 0.55, 13: 0.30},
+    "lumbar_rates": {5: 0.65, 6: 0.35},
 }
 #: the test columns: transitional spines over-sampled less than in training (T13 and L6
 #: have their own row on forced columns)
@@ -254,7 +253,7 @@ def main() -> None:
         "--train-rates",
         default=None,
         help="shares of training columns with 11 / 13 thoracic and 6 lumbar vertebrae, "
-        "'T11,T13,L6' (default 0.10,0.10,0.15)",
+        "'T11,T13,L6' (default 0.15,0.30,0.35)",
     )
     ap.add_argument("--certain", type=float, default=0.9, help="level confidence cut-off")
     ap.add_argument("--threads", type=int, default=2)

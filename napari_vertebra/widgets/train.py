@@ -193,8 +193,8 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
             self._message(f"Train: cannot {verb}: {e}")
             return False
         if project is None:
-            self._launch(run_dir, cfg, data, resume)
-            return self.running
+            # whether the process was started (a short run may have ended already)
+            return self._launch(run_dir, cfg, data, resume)
         self._export(project, run_dir, lambda out: self._launch(run_dir, cfg, out, resume))
         return True
 
@@ -227,14 +227,15 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
             description="Exporting the project",
         )
 
-    def _launch(self, run_dir: Path, cfg: TrainConfig, data: Path, resume: bool) -> None:
+    def _launch(self, run_dir: Path, cfg: TrainConfig, data: Path, resume: bool) -> bool:
+        """Start the trainer process on ``data``; False (said) when it was not started."""
         need = None if resume else self.form.follow_data(data)
         if need is not None:  # the config was made with the field's old class set
             self._message(
                 f"Train: the dataset's labels hold levels outside the {cfg.class_set} class "
                 f"set (C7, T13, L6 or the sacrum); classes set to '{need}': press Start again"
             )
-            return
+            return False
         note = validation_note(data)
         if note:
             self._message(f"Train: {note}", "warning")
@@ -243,7 +244,7 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
             run.launch(cfg.to_yaml(), data, resume, self.device.value)
         except OSError as e:
             self._message(f"Train: cannot start the training process: {e}")
-            return
+            return False
         self.run = run
         self.progress_bar.value = 0
         self.progress_bar.native.setFormat("%p% · starting: loading the data and the model")
@@ -252,6 +253,7 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
         self.status.set(f"{verb} training in {run_dir}", "busy")
         self._timer.start()
         self._update_buttons()
+        return True
 
     def resume(self) -> bool:
         """Continue the run folder's training from its last.pt (``--resume``)."""
