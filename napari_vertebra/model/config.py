@@ -123,7 +123,7 @@ class TrainConfig(Mapping):
     #: the paper's minimum confidence of a prediction
     min_score: float = 0.9
     #: weight of the class evidence in the joint level decoding (model/levels.py): below 1
-    #: because one image's detections share one bias; 0.5 named as well as 1.0 or better
+    #: because one image's detections share one bias; 0.5 named within 0.01 of 1.0 or better
     #: and called fewer wrong namings certain in every benchmarks/partial_views.py run
     level_evidence_weight: float = 0.5
     #: divide the class evidence by each class's share of the training vertebrae (stored
