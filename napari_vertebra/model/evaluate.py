@@ -571,9 +571,9 @@ def model_results(
         else:
             pred = postprocess(det, a.shape, min_score, order, box_iou)
         entries = coco_results(img_id, pred.masks, pred.boxes, pred.classes, pred.scores)
-        if order and pred.levels is not None and len(pred):
+        if pred.level_confidence is not None:
             for e in entries:
-                e["level_confidence"] = float(pred.levels.confidence)
+                e["level_confidence"] = pred.level_confidence
         kept += entries
         del det, t
     if torch.cuda.is_available():

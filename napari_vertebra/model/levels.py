@@ -38,6 +38,7 @@ __all__ = [
     "DISC_HEIGHT_MM",
     "VARIANT_PRIORS",
     "LevelDecoding",
+    "certainty_check",
     "class_frequencies",
     "decode_levels",
     "expected_spacing_mm",
@@ -76,6 +77,26 @@ VARIANT_PRIORS: dict[tuple[int, int], float] = {
 #: The level confidence at which a naming is called *certain* (evaluate and the
 #: benchmark report how often such namings are right; docs/levels.md).
 CERTAIN = 0.9
+
+
+def certainty_check(
+    share: float, certain_id_rate: float | None, images: str = "the val images"
+) -> tuple[str, str]:
+    """(sentence, warning) on a level confidence checked against the truth: ``share`` of
+    ``images`` called certain (>= :data:`CERTAIN`), identified at ``certain_id_rate``;
+    the warning (else "") when that is below :data:`CERTAIN`."""
+    note = f"level confidence on {images}: {share:.0%} called certain (>= {CERTAIN:g})"
+    if certain_id_rate is None:
+        return note, ""
+    note += f", identified at {certain_id_rate:.2f}"
+    if certain_id_rate >= CERTAIN:
+        return note, ""
+    return note, (
+        f"the level confidence overstates certainty ({images} it called certain "
+        f"were identified at {certain_id_rate:.2f}): check it on annotated scans of your "
+        "own (evaluate) before trusting a high one"
+    )
+
 
 #: Log-normal sd of the patient scale, of one spacing and of one body height.
 SCALE_SD = 0.10

@@ -93,6 +93,12 @@ class Prediction:
         return [class_name(c) for c in self.classes]
 
     @property
+    def level_confidence(self) -> float | None:
+        """The naming's level confidence; None when the levels were not decoded or
+        nothing was found."""
+        return float(self.levels.confidence) if self.levels is not None and len(self) else None
+
+    @property
     def level_summary(self) -> str:
         """``"T9..L2, level confidence 0.72; one level up: 0.21"`` ("" when not decoded)."""
         if self.levels is None and self.meta.get("levels_error"):
@@ -101,8 +107,7 @@ class Prediction:
             return ""
         text = self.levels.summary()
         # how far a "certain" naming of this model is to be trusted: its validation
-        val = self.meta.get("level_validation") or {}
-        sure = val.get("certain_id_rate")
+        sure = self.meta.get("validation_certain_id_rate")
         if sure is not None and self.levels.confidence >= CERTAIN:
             only = "only " if sure < CERTAIN else ""
             text += (
@@ -497,12 +502,9 @@ class Predictor:
             evidence_weight=self.config.level_evidence_weight,
             class_frequencies=self.class_frequencies,
         )
-        share = self.validation.get("val_level_certain_share")
-        if pred.levels is not None and share is not None:
-            pred.meta["level_validation"] = {
-                "certain_share": share,
-                "certain_id_rate": self.validation.get("val_level_certain_id_rate"),
-            }
+        sure = self.validation.get("val_level_certain_id_rate")
+        if pred.levels is not None and sure is not None:
+            pred.meta["validation_certain_id_rate"] = sure
         return pred
 
     __call__ = predict

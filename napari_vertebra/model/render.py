@@ -57,7 +57,7 @@ def prediction_results(pred: Prediction, image_id: int, file_name: str) -> list[
     :mod:`napari_vertebra.model.levels`) when the levels were decoded."""
     out = coco_results(image_id, pred.masks, pred.boxes, pred.classes, pred.scores)
     vs = np.asarray(pred.vertebra_scores, float)
-    conf = pred.levels.confidence if pred.levels is not None and len(pred) else None
+    conf = pred.level_confidence
     for k, entry in enumerate(out):
         entry.update(file_name=file_name, name=class_name(entry["category_id"]))
         if conf is not None:

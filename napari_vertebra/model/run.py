@@ -781,26 +781,16 @@ def level_check(progress: TrainProgress) -> tuple[str, str]:
     val images it called certain and how well those were identified; the warning (else
     "") when they were identified below :data:`~napari_vertebra.model.levels.CERTAIN`.
     ("", "") before any validation that reports it."""
-    from napari_vertebra.model.levels import CERTAIN
+    from napari_vertebra.model.levels import certainty_check
 
     def last(key: str) -> float | None:
         v = progress.val.get(key) or []
         return v[-1] if v and math.isfinite(v[-1]) else None
 
-    share, sure = last("val_level_certain_share"), last("val_level_certain_id_rate")
+    share = last("val_level_certain_share")
     if share is None:
         return "", ""
-    note = f"level confidence on the val images: {share:.0%} called certain (>= {CERTAIN:g})"
-    if sure is None:
-        return note, ""
-    note += f", identified at {sure:.2f}"
-    if sure >= CERTAIN:
-        return note, ""
-    return note, (
-        f"the level confidence overstates certainty (the val images it called certain "
-        f"were identified at {sure:.2f}): check it on annotated scans of your own "
-        "(evaluate) before trusting a high one"
-    )
+    return certainty_check(share, last("val_level_certain_id_rate"))
 
 
 def dataset_class_set(data_dir: str | os.PathLike | None) -> str | None:

@@ -663,21 +663,12 @@ def _main(args: argparse.Namespace) -> int:
         )
         share = m.get("val_level_certain_share")
         if share is not None:
-            from .levels import CERTAIN
+            from .levels import certainty_check
 
-            sure = m.get("val_level_certain_id_rate")
-            print(
-                f"level confidence on the val images: {share:.0%} called certain (>= "
-                f"{CERTAIN:g}), identified at {fmt('val_level_certain_id_rate')}; the rest "
-                f"at {fmt('val_level_uncertain_id_rate')}"
-            )
-            if sure is not None and sure < CERTAIN:
-                print(
-                    "warning: on the val images the level confidence overstates how sure "
-                    "the naming is; do not trust a high one on your scans yet (see "
-                    "docs/levels.md)",
-                    file=sys.stderr,
-                )
+            note, warning = certainty_check(share, m.get("val_level_certain_id_rate"))
+            print(f"{note}; the rest at {fmt('val_level_uncertain_id_rate')}")
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

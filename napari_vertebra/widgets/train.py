@@ -104,7 +104,6 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
         self.plot = LossPlot()
         self.add(self.plot, stretch=1)
         self.checkpoint = ComboBox(label="checkpoint", choices=[])
-        self._default_checkpoint: str | None = None  # the first choice, set by a refresh
         self.checkpoint.tooltip = "Checkpoints of the run folder (best.pt first)"
         self.add_form(self.checkpoint)
         self.use_button = _button(
@@ -383,10 +382,11 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
             value = self.checkpoint.value
             # the default (best.pt first) follows the run: a best.pt written just after
             # last.pt replaces last.pt; a checkpoint the user picked stays picked
-            default = value is None or str(value) == self._default_checkpoint
+            # (the combo's order is ours: it is rebuilt below, so its first item was the
+            # default of the last refresh)
+            default = value is None or str(value) == before[0]
             self.checkpoint.choices = []  # the combo appends new items: keep the order
             self.checkpoint.choices = choices
-            self._default_checkpoint = choices[0][1] if choices else None
             if not default and str(value) in dict(choices).values():
                 self.checkpoint.value = str(value)
         self._update_buttons()
