@@ -65,6 +65,7 @@ __all__ = [
     "is_run_folder",
     "last_meaningful_line",
     "level_check",
+    "open_run",
     "read_log",
     "train_command",
     "validation_note",
@@ -325,7 +326,9 @@ class TrainProgress:
         self.lr.append(_num(ev.get("lr")))
         for key, v in ev.items():
             if key not in _STEP_KEYS and (key == "loss" or key.startswith("loss_")):
-                self.losses.setdefault(key, [math.nan] * n).append(_num(v))
+                if key not in self.losses:  # a new term: NaN for the steps before it
+                    self.losses[key] = [math.nan] * n
+                self.losses[key].append(_num(v))
         for v in self.losses.values():
             if len(v) < n + 1:
                 v.append(math.nan)
@@ -335,7 +338,9 @@ class TrainProgress:
         self.val_epochs.append(int(ev.get("epoch", n + 1)))
         for key, v in ev.items():
             if key.startswith("val_"):
-                self.val.setdefault(key, [math.nan] * n).append(_num(v))
+                if key not in self.val:
+                    self.val[key] = [math.nan] * n
+                self.val[key].append(_num(v))
         for v in self.val.values():
             if len(v) < n + 1:
                 v.append(math.nan)
@@ -680,6 +685,18 @@ class TrainingRun:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+
+
+def open_run(run_dir: str | os.PathLike) -> tuple[TrainingRun, dict[str, Any], str]:
+    """(run, its saved config, why the config could not be read or "") of an existing
+    run folder, its progress and log read: the slow part of showing a long run (a
+    progress.jsonl of 40 000 steps takes seconds), so a viewer calls it off its GUI
+    thread. RunError when the folder is missing or not a run."""
+    run = TrainingRun.open(run_dir)
+    try:
+        return run, run.saved_config(), ""
+    except RunError as e:
+        return run, {}, str(e)
 
 
 # ------------------------------------------------------------------ GPU probe

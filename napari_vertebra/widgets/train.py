@@ -29,6 +29,7 @@ from napari_vertebra.model.run import (
     completed_epochs,
     export_project_dataset,
     level_check,
+    open_run,
     validation_note,
 )
 
@@ -180,8 +181,11 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
         start; with the open project as dataset, the process starts after the export.
         """
         verb = "resume" if resume else "start"
-        if self.running or self.runner.busy:
+        if self.running:
             self._message("Train: a training run is already going; stop it first", "warning")
+            return False
+        if self.runner.busy:
+            self._message(_BUSY.format(what="Train"), "warning")
             return False
         try:
             run_dir = TrainingRun.check_start(self.form.run_path(), resume)
@@ -279,23 +283,35 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
         if d:
             self.load_run(d)
 
-    def load_run(self, run_dir: str | os.PathLike) -> None:
-        """Show a run folder's curves and checkpoints (and follow it while it runs)."""
+    def load_run(self, run_dir: str | os.PathLike) -> bool:
+        """Show a run folder's curves and checkpoints (and follow it while it runs).
+
+        The folder is read on a worker thread (a long run's progress.jsonl takes
+        seconds); returns whether reading started.
+        """
         if self.running:
             self._message("Load run: a training run is going; stop it first", "warning")
-            return
-        try:
-            run = TrainingRun.open(run_dir)
-        except RunError as e:
-            self._message(f"Load run: {e}")
+            return False
+        if self.runner.busy:
+            self._message(_BUSY.format(what="Load run"), "warning")
+            return False
+        self.progress_bar.native.setFormat("%p% · reading the run folder")
+        return self.runner.start(
+            partial(open_run, run_dir),
+            on_done=self._show_loaded_run,
+            on_error=lambda e: self._message(f"Load run: {e}"),
+            description="Reading the run folder",
+            pass_progress=False,
+        )
+
+    def _show_loaded_run(self, loaded: tuple[TrainingRun, dict[str, Any], str]) -> None:
+        run, cfg, cfg_error = loaded
+        if self.running:  # a run started meanwhile is the one shown
             return
         self.run = run
         self.run_folder.value = str(run.run_dir)
-        try:
-            cfg = run.saved_config()
-        except RunError as e:
-            self._message(f"Load run: {e}", "warning")
-            cfg = {}
+        if cfg_error:
+            self._message(f"Load run: {cfg_error}", "warning")
         if cfg:
             self.form.show_run_config(cfg, run.run_dir / "config.yaml")
         self._show_progress(draw=True)
@@ -422,6 +438,10 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
         self._timer.stop()
         self._gpu_timer.stop()
         super().close_widget()
+
+
+#: Said when a button is pressed while the widget's worker is busy.
+_BUSY = "{what}: still exporting the project or reading a run folder; try again when it is done"
 
 
 def _button(text: str, tooltip: str) -> PushButton:

@@ -21,6 +21,7 @@ from napari_vertebra.model import run as run_module
 from napari_vertebra.model.cluster import write_cluster_job
 from napari_vertebra.model.run import PROGRESS_NAME, STOP_NAME, completed_epochs, read_log
 from napari_vertebra.widgets import _train_plot
+from napari_vertebra.widgets import train as train_module
 from napari_vertebra.widgets.train import TrainWidget
 
 pytestmark = pytest.mark.gui
@@ -75,6 +76,12 @@ def train_widget(make_napari_viewer):
     if widget.run is not None:  # never leave a training process behind
         widget.run.kill()
     widget.close_widget()
+
+
+def load(w, run_dir, qtbot):
+    """Load run (read on the widget's worker thread) and wait until it is shown."""
+    assert w.load_run(run_dir)
+    qtbot.waitUntil(lambda: not w.runner.busy, timeout=30_000)
 
 
 @pytest.fixture
@@ -187,7 +194,7 @@ def test_a_followed_run_shows_its_progress(train_widget, tmp_path, qtbot, notes)
         text = "".join(json.dumps(e) + "\n" for e in [start, *steps[:2]])
         (run / PROGRESS_NAME).write_text(text + json.dumps(steps[2])[:20])
         w = train_widget
-        w.load_run(run)
+        load(w, run, qtbot)
         assert w.running and "following" in w.status.value
         assert w.progress_bar.value == 20 and w.plot.n_points == 2
         with open(run / PROGRESS_NAME, "a") as f:
@@ -401,8 +408,10 @@ def test_write_cluster_job(train_widget, synth_data, tmp_path):
     assert '"${DATA:-$RUN/dataset}"' in (run / "run.sh").read_text(encoding="utf-8")
 
 
-def test_load_run_shows_curves_and_checkpoints(train_widget, tmp_path, qtbot):
-    """A run folder written before progress.jsonl: its log.csv, per epoch."""
+def test_load_run_shows_curves_and_checkpoints(train_widget, tmp_path, qtbot, thread_spy):
+    """A run folder written before progress.jsonl: its log.csv, per epoch. The folder is
+    read off the GUI thread (a long run's progress.jsonl took 18 s to fold in)."""
+    thread_spy(train_module, "open_run")
     run = tmp_path / "run"
     run.mkdir()
     (run / "log.csv").write_text(
@@ -414,7 +423,8 @@ def test_load_run_shows_curves_and_checkpoints(train_widget, tmp_path, qtbot):
     (run / "last.pt").write_bytes(b"x")
     (run / "best.pt").write_bytes(b"x")
     w = train_widget
-    w.load_run(run)
+    load(w, run, qtbot)
+    assert thread_spy.ran_off_gui_thread("open_run")
     assert completed_epochs(w.log) == 3 and w.plot.n_points == 3
     assert w.progress_bar.value == 50  # 3 of 6 epochs
     assert w.selected_checkpoint() == run / "best.pt"  # best first
@@ -426,7 +436,7 @@ def test_load_run_shows_curves_and_checkpoints(train_widget, tmp_path, qtbot):
     assert len(w.plot.ax_map.get_lines()) == 2  # box and mask mAP
 
 
-def test_load_run_says_how_honest_the_level_confidence_was(train_widget, tmp_path, notes):
+def test_load_run_says_how_honest_the_level_confidence_was(train_widget, tmp_path, notes, qtbot):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("epochs: 1\n", encoding="utf-8")
@@ -437,51 +447,51 @@ def test_load_run_says_how_honest_the_level_confidence_was(train_widget, tmp_pat
     lines = "".join(json.dumps(e) + "\n" for e in events)
     (run / PROGRESS_NAME).write_text(lines, encoding="utf-8")
     w = train_widget
-    w.load_run(run)
+    load(w, run, qtbot)
     assert w.status.level == "ok" and w.status.value.endswith(
         "level confidence on the val images: 70% called certain (>= 0.9), identified at 0.97"
     )
     assert not notes
     bad = epoch | {"val_level_certain_share": 0.9, "val_level_certain_id_rate": 0.5}
     (run / PROGRESS_NAME).write_text(json.dumps(bad) + "\n", encoding="utf-8")
-    w.load_run(run)
+    load(w, run, qtbot)
     assert notes[-1][0] == "warning" and "identified at 0.50" in notes[-1][1]
     assert w.status.level == "warning" and w.status.value.endswith("identified at 0.50")
 
 
-def test_load_run_on_a_folder_that_is_not_a_run_says_so(train_widget, tmp_path, notes):
+def test_load_run_on_a_folder_that_is_not_a_run_says_so(train_widget, tmp_path, notes, qtbot):
     """It used to say, in green, "loaded 0 epochs"."""
     w = train_widget
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.png").write_bytes(b"x")
-    w.load_run(tmp_path / "photos")
+    load(w, tmp_path / "photos", qtbot)
     assert w.status.level == "error" and "is not a training run" in w.status.value
     assert notes[-1] == ("error", w.status.value)
-    w.load_run(tmp_path / "nowhere")
+    load(w, tmp_path / "nowhere", qtbot)
     assert w.status.level == "error" and "no such folder" in w.status.value
 
 
-def test_use_checkpoint_hands_it_to_the_session(train_widget, tmp_path):
+def test_use_checkpoint_hands_it_to_the_session(train_widget, tmp_path, qtbot):
     """'Use for prediction' talks to the viewer's session, not to another widget."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "best.pt").write_bytes(b"x")
     w = train_widget
-    w.load_run(run)
+    load(w, run, qtbot)
     seen = []
     w.session.checkpoint_changed.connect(seen.append)
     w.use_checkpoint()
     assert seen == [str(run / "best.pt")] and w.session.checkpoint == str(run / "best.pt")
 
 
-def test_best_pt_written_after_last_pt_becomes_the_choice(train_widget, tmp_path):
+def test_best_pt_written_after_last_pt_becomes_the_choice(train_widget, tmp_path, qtbot):
     """The trainer writes last.pt, then best.pt: a refresh in between used to leave the
     combo on last.pt for good (CI saw it). A checkpoint the user picked stays picked."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "last.pt").write_bytes(b"x")
     w = train_widget
-    w.load_run(run)
+    load(w, run, qtbot)
     assert w.selected_checkpoint() == run / "last.pt"
     (run / "best.pt").write_bytes(b"x")
     w._refresh_checkpoints()
