@@ -3,6 +3,12 @@
     .venv/bin/python benchmarks/partial_views.py [--epochs 6] [--columns 12] [--views 5]
         [--test-columns 8] [--arms paper-resize,paper-fixed,extended-resize,extended-fixed]
         [--train-rates 0.15,0.30,0.35] [--threads 2] [--device cpu] [--out DIR] [--reuse]
+        [--config smoke] [--weights FILE|none]
+
+    # on a GPU, the paper's architecture and COCO start (docs/levels.md, "A GPU run"):
+    python benchmarks/partial_views.py --config paper --weights model_final_a3ec72.pkl \
+        --epochs 24 --columns 200 --views 4 --test-columns 20 \
+        --arms paper-fixed,extended-fixed --seed 0
 
 Synthetic sagittal MIPs at 1 mm per pixel (napari_vertebra.synth.synth_column: whole
 vertebrae, patient scale +-10 %, 11/12/13 thoracic and 5/6 lumbar, short last ribs, the
@@ -14,12 +20,14 @@ population frequencies. The test
 columns are drawn apart (another seed; 11 / 13 thoracic 15 % each, 6 lumbar 25 %), plus
 full columns.
 
-Each arm trains the shipped smoke configuration (ResNet-18-FPN from scratch) for the same
-number of epochs on the same images, changing only:
+Each arm trains the same configuration (``--config``, default the shipped smoke one:
+ResNet-18-FPN from scratch; ``paper`` on a GPU) for the same number of epochs on the
+same images, changing only:
 - the class set: ``paper`` (T1..L5; C7, T13, L6 and the sacrum unlabelled) or
   ``extended`` (C7, T1..T13, L1..L6, S1);
-- the scale: ``resize`` (today's: short side to 256 px, long side at most 512) or
-  ``fixed`` (``pixels_per_mm: 1.0``, images up to 704 px: a full column fits).
+- the scale: ``resize`` (the old way: the short side to ``min_size``, smoke's 256 px,
+  the long side at most ``max_size``) or ``fixed`` (the config's ``pixels_per_mm``,
+  paper's 1.7; smoke has none and gets 1.0 with images up to 704 px: a full column fits).
 
 Then, on the held-apart test images, the VerSe identification rate (a true vertebra is
 identified when the prediction carrying its label lies within 20 mm of its centroid and
@@ -126,14 +134,25 @@ def make_data(
     return split
 
 
-def arm_config(arm: str, epochs: int, seed: int):
+def arm_config(
+    arm: str, epochs: int, seed: int, config: str = "smoke", weights: str | None = None
+):
+    """The training configuration of an arm: ``config`` (a shipped name or a YAML file)
+    with the arm's class set and scale, the whole val split, and ``weights`` ("none":
+    random; None: the config's own)."""
     from napari_vertebra.model.config import load_config
 
     cset, scale = arm.split("-")
-    over = {"epochs": epochs, "seed": seed, "class_set": cset}  # the whole val split
-    if scale == "fixed":
+    base = load_config(config)
+    # the whole val split (the smoke config validates 4 images)
+    over = {"epochs": epochs, "seed": seed, "class_set": cset, "val_max_images": None}
+    if scale == "resize":
+        over["pixels_per_mm"] = None
+    elif base.pixels_per_mm is None:  # smoke: 1 px/mm, a full column (~600 rows) fits
         over.update(pixels_per_mm=1.0, max_size=704)
-    return load_config("smoke", over)
+    if weights is not None:
+        over["weights"] = None if weights.lower() == "none" else weights
+    return load_config(config, over)
 
 
 def group_of(meta: dict) -> list[str]:
@@ -255,6 +274,18 @@ def main() -> None:
         help="shares of training columns with 11 / 13 thoracic and 6 lumbar vertebrae, "
         "'T11,T13,L6' (default 0.15,0.30,0.35)",
     )
+    ap.add_argument(
+        "--config",
+        default="smoke",
+        help="training configuration: a shipped name (smoke, paper) or a YAML file "
+        "(default smoke: ResNet-18 from scratch, sized for a CPU)",
+    )
+    ap.add_argument(
+        "--weights",
+        default=None,
+        help="starting weights file for --config (e.g. paper's COCO "
+        "model_final_a3ec72.pkl), or 'none' for random weights (default: the config's)",
+    )
     ap.add_argument("--certain", type=float, default=0.9, help="level confidence cut-off")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
@@ -282,7 +313,7 @@ def main() -> None:
     print(f"data in {out / 'data'}: {n} images ({time.time() - t0:.0f} s)", flush=True)
     results = {}
     for arm in arms:
-        cfg = arm_config(arm, args.epochs, args.seed)
+        cfg = arm_config(arm, args.epochs, args.seed, args.config, args.weights)
         run_dir = out / arm
         t = time.time()
         if args.reuse and (run_dir / "last.pt").is_file():
@@ -304,6 +335,8 @@ def main() -> None:
             val = evaluate_arm(run_dir, cfg, split["val"], args.certain, ms, prior)
             ids = {w: c["id_all"] for w, c in val["calibration"].items()}
             res["val_weight"] = max(ids, key=lambda w: (round(ids[w], 3), w))
+            res["val_calibration"] = val["calibration"][WEIGHTS[0]]
+            res["val_n"] = val["all"][1] if "all" in val else 0
             res["forced_transitional_all"] = forced["all"]
             res["train_s"] = train_s
             results[arm + tag] = res
@@ -322,8 +355,8 @@ def main() -> None:
             variants[v] = variants.get(v, 0) + 1
     print(f"training columns by spine variant: {dict(sorted(variants.items()))}")
     print(
-        f"\npartial views: {args.epochs} epochs of the smoke config on {n['train']} images "
-        f"({args.columns} columns + {args.views} views each), {dev}, "
+        f"\npartial views: {args.epochs} epochs of the {args.config} config on "
+        f"{n['train']} images ({args.columns} columns + {args.views} views each), {dev}, "
         f"{torch.get_num_threads()} threads; test {n['test']} images of {args.test_columns} "
         "unseen columns; VerSe identification rate (mean over images)"
     )
@@ -361,17 +394,24 @@ def main() -> None:
                 f"{c['mean_confidence']:5.2f} vs id {c['id_all']:5.2f}"
             )
     print(
-        "\nwhat training's validation said (the checkpoint's val_level_* figures; "
-        "'-' for a run trained before they existed), and the test figures beside them:"
+        "\nwhat training's validation said (the checkpoint's val_level_* figures, on the "
+        "images it validated; '-' for a run trained before they existed), the same check "
+        f"on the whole val split (weight {WEIGHTS[0]}), and the test figures beside them:"
     )
     for arm, r in results.items():
         if "@" in arm or "/" in arm:
             continue  # validation decodes at the config's settings only
-        v, c = r["val_check"], r["calibration"][WEIGHTS[0]]
+        v, c, vc = r["val_check"], r["calibration"][WEIGHTS[0]], r.get("val_calibration")
         share = "    -" if v["certain_share"] is None else f"{v['certain_share']:5.2f}"
+        whole = (
+            f"val split ({r.get('val_n', 0)}): certain {vc['share_certain']:5.2f} at "
+            f"{_f(vc['id_certain'])}   "
+            if vc
+            else ""
+        )
         print(
-            f"{arm:<25} val: certain {share} at {_f(v['certain_id_rate'])}   "
-            f"test: certain {c['share_certain']:5.2f} at {_f(c['id_certain'])}"
+            f"{arm:<25} training's val: certain {share} at {_f(v['certain_id_rate'])}   "
+            f"{whole}test: certain {c['share_certain']:5.2f} at {_f(c['id_certain'])}"
         )
     print(
         f"\nthe weight a user would pick on the val split ({n['val']} images, best "

@@ -807,7 +807,7 @@ def level_check(progress: TrainProgress) -> tuple[str, str]:
     share = last("val_level_certain_share")
     if share is None:
         return "", ""
-    return certainty_check(share, last("val_level_certain_id_rate"))
+    return certainty_check(share, last("val_level_certain_id_rate"), n_images=last("val_n_images"))
 
 
 def dataset_class_set(data_dir: str | os.PathLike | None) -> str | None:

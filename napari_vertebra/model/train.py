@@ -665,7 +665,9 @@ def _main(args: argparse.Namespace) -> int:
         if share is not None:
             from .levels import certainty_check
 
-            note, warning = certainty_check(share, m.get("val_level_certain_id_rate"))
+            note, warning = certainty_check(
+                share, m.get("val_level_certain_id_rate"), n_images=m.get("val_n_images")
+            )
             print(f"{note}; the rest at {fmt('val_level_uncertain_id_rate')}")
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)

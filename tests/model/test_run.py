@@ -155,6 +155,9 @@ def test_level_check_reads_the_last_validated_epoch():
     assert note.endswith("identified at 0.60") and "overstates" in warning
     p.update([{**epoch, "epoch": 4, "val_level_certain_share": 0.0}])  # none called certain
     assert level_check(p) == ("level confidence on the val images: 0% called certain (>= 0.9)", "")
+    # how many images it rests on, where the run says (a check on 4 images is rough)
+    p.update([{**epoch, "epoch": 5, "val_level_certain_id_rate": 1.0, "val_n_images": 4}])
+    assert level_check(p)[0].startswith("level confidence on the 4 val images: 75% called")
 
 
 def test_run_folder_names_are_new_and_sortable(tmp_path):
