@@ -182,22 +182,18 @@ def evaluate(
     ``dataset`` made once (:func:`~napari_vertebra.model.evaluate.ground_truth`). Returns
     the metrics with list/dict values left out (numbers and None only).
     """
-    from .evaluate import detection_metrics, ground_truth, model_results
-    from .predict import Predictor
+    from .evaluate import detection_metrics, ground_truth, named_results
 
     idx = list(range(rank, len(dataset), world))
-    predictor = Predictor(model, device, min_score, config=dataset.cfg, box_iou=box_iou)
-    predictor.set_class_counts(class_counts)
-    raw, kept = model_results(
+    raw, kept = named_results(
         model,
         [dataset.images[i].image for i in idx],
+        dataset.cfg,
         min_score,
-        dataset.cfg.hu_max,
         box_iou,
-        True,
         ids=[i + 1 for i in idx],
         device=device,
-        predictor=predictor,
+        class_counts=class_counts,
     )
     if world > 1:
         import torch.distributed as dist

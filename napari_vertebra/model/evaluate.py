@@ -60,6 +60,7 @@ __all__ = [
     "image_spacing",
     "level_calibration",
     "model_results",
+    "named_results",
     "read_results",
     "run_evaluation",
     "run_results_evaluation",
@@ -582,6 +583,36 @@ def model_results(
     return raw, kept
 
 
+def named_results(
+    model,
+    images: Sequence[np.ndarray],
+    cfg,
+    min_score: float,
+    box_iou: float | None = 0.5,
+    order: bool = True,
+    ids: Sequence[int] | None = None,
+    device=None,
+    progress: ProgressCallback | None = None,
+    class_counts: Sequence[int] | None = None,
+) -> tuple[list[dict], list[dict]]:
+    """:func:`model_results` with the levels named as ``predict`` names them: a
+    :class:`~napari_vertebra.model.predict.Predictor` of ``model`` with the training
+    config ``cfg`` (class set, fixed-scale tiling, level decoder settings) and
+    ``class_counts`` (the training vertebrae per class: the decoder's class prior)."""
+    from .predict import Predictor
+
+    if device is None:
+        device = next(model.parameters()).device
+    predictor = Predictor(
+        model, device=device, min_score=min_score, order=order, config=cfg, box_iou=box_iou
+    )
+    predictor.set_class_counts(class_counts)
+    return model_results(
+        model, images, min_score, cfg.hu_max, box_iou, order, ids=ids, device=device,
+        progress=progress, predictor=predictor,
+    )  # fmt: skip
+
+
 def evaluate_model(
     model,
     dataset,
@@ -600,25 +631,16 @@ def evaluate_model(
     probability), levels named with the dataset's config and ``class_counts`` (the
     training vertebrae per class, the level decoder's class prior). Training validates
     with :func:`napari_vertebra.model.engine.evaluate` (ranks, the same naming)."""
-    from .predict import Predictor
-
-    hu_max = dataset.cfg.hu_max
-    images = [im.image for im in dataset.images]
-    predictor = Predictor(
-        model, device=device or next(model.parameters()).device, min_score=min_score,
-        order=order, config=dataset.cfg, box_iou=box_iou,
-    )  # fmt: skip
-    predictor.set_class_counts(class_counts)
-    raw, kept = model_results(
+    raw, kept = named_results(
         model,
-        images,
+        [im.image for im in dataset.images],
+        dataset.cfg,
         min_score,
-        hu_max,
         box_iou,
         order,
         device=device,
         progress=progress,
-        predictor=predictor,
+        class_counts=class_counts,
     )
     return detection_metrics(ground_truth(dataset.images), raw, kept, min_score, max_dist)
 
