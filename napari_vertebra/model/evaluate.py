@@ -576,7 +576,7 @@ def model_results(
             for e in entries:
                 e["level_confidence"] = pred.level_confidence
         kept += entries
-        del det, t
+        del det  # (and the image tensor with the next one)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     report(progress, 1.0, "predicted")

@@ -174,3 +174,18 @@ def test_predictor_tiles_a_mip_taller_than_the_model_sees(monkeypatch, tiny_over
     assert seen and all(h <= 256 for h, _ in seen) and len(seen) >= 3
     assert out.shape == (700, 80) and out.masks.shape[1:] == (700, 80)
     assert pred.model.transform.squeezed == 0
+
+
+def test_validation_and_evaluate_take_mips_taller_than_the_model_sees(tiny_overrides):
+    """A MIP taller than the model's rows is tiled in validation and ``evaluate`` too:
+    the first tall image used to end training's validation with an UnboundLocalError
+    (paper.yaml sees 602 mm at once; a tall patient's C7..sacrum MIP is longer)."""
+    from napari_vertebra.model.build import build_model
+    from napari_vertebra.model.evaluate import named_results
+
+    cfg = load_config(None, {**tiny_overrides, "pixels_per_mm": 1.0, "max_size": 256})
+    rng = np.random.default_rng(0)
+    tall, short = (rng.uniform(0, 1500, (h, 80)).astype(np.float32) for h in (600, 200))
+    raw, kept = named_results(build_model(cfg), [tall, short, tall], cfg, 0.0, ids=[7, 8, 9])
+    assert {r["image_id"] for r in raw} <= {7, 8, 9}
+    assert all(r["image_id"] in (7, 8, 9) for r in kept)
