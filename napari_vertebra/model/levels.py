@@ -7,8 +7,12 @@ assigns the levels of a class set to N detections ordered top to bottom, jointly
 - the levels are consecutive from top to bottom in one *spine variant*: the usual 12
   thoracic + 5 lumbar, or 11 / 13 thoracic (T12 absent / T13 present) and 5 / 6 lumbar
   (L6), each with a prior (:data:`VARIANT_PRIORS`, from the frequencies in
-  ``docs/levels.md``). A variant whose extra level is not a class of the set (T13, L6 in
-  the paper set) is not considered. One vertebra missed by the detector may be skipped
+  ``docs/levels.md``). An extra level that is not a class of the set but lies between
+  two of its levels (T13 in the paper set, between T12 and L1) is a vertebra the
+  detector sees and the set cannot name: it is left unnamed (``""``), its evidence that
+  of the neighbour it looks more like, so the levels above it are not named one off.
+  One below the set's last level (L6 in the paper set) is an end detection left
+  unnamed (``p_outside``). One vertebra missed by the detector may be skipped
   (``p_skip``), the spacing tells when;
 - the evidence is the class probabilities (raised to ``evidence_weight``), optionally
   whether each vertebra bears a rib, and a prior on vertebral size in mm
@@ -324,9 +328,19 @@ def decode_levels(
     for (t_count, l_count), prior in priors.items():
         if prior <= 0:
             continue
-        seq = tuple(lv for lv in variant_levels(t_count, l_count) if lv in cs.levels)
+        full = variant_levels(t_count, l_count)
+        inside = [i for i, lv in enumerate(full) if lv in cs.levels]
+        if not inside:
+            continue
+        # a level of the variant that the set cannot name but that lies between two of
+        # its levels (T13 between the paper set's T12 and L1) stays in the sequence: a
+        # vertebra the detector sees, left unnamed (""), instead of every vertebra above
+        # it named one level off
+        seq = tuple(
+            lv for i, lv in enumerate(full) if lv in cs.levels or inside[0] < i < inside[-1]
+        )
         if (t_count == 13 and "T13" not in seq) or (l_count == 6 and "L6" not in seq):
-            continue  # the set cannot name this variant's extra level
+            continue  # the set cannot name this variant's extra level (L6 below L5)
         first, last = LEVEL_IDS[seq[0]] - 1, LEVEL_IDS[seq[-1]] - 1
         for top, bot in trims:
             kept = slice(top, n - bot)
@@ -382,7 +396,7 @@ def decode_levels(
     conf = sum(w for lab, w in by_labels.items() if _agrees(lab, best_labels))
     shifts = {}
     for k in _SHIFT_WORDS:
-        shifted = _shift(best_labels, seq, k)
+        shifted = _shift(best_labels, seq, k, cs.levels)
         shifts[k] = (
             sum(w for lab, w in by_labels.items() if _agrees(lab, shifted))
             if shifted is not None
@@ -449,13 +463,16 @@ def _agrees(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     return bool(both) and all(x == y for x, y in both)
 
 
-def _shift(labels: tuple[str, ...], seq: tuple[str, ...], k: int) -> tuple[str, ...] | None:
+def _shift(
+    labels: tuple[str, ...], seq: tuple[str, ...], k: int, named: tuple[str, ...]
+) -> tuple[str, ...] | None:
     """``labels`` (levels of ``seq``, ``""`` for a detection left unnamed) moved k
-    positions along ``seq``; None past its ends."""
+    positions along ``seq`` (a level not in ``named``, the set's levels, is unnamed);
+    None past its ends."""
     idx = [seq.index(lv) + k for lv in labels if lv]
     if not idx or min(idx) < 0 or max(idx) >= len(seq):
         return None
-    it = iter(seq[i] for i in idx)
+    it = iter(seq[i] if seq[i] in named else "" for i in idx)
     return tuple(next(it) if lv else "" for lv in labels)
 
 
@@ -477,8 +494,12 @@ def _score_variant(
     """
     n, n_pos = p.shape[0], len(seq)
     n_grid = len(_SCALE_GRID)
-    cols = np.array([LEVEL_IDS[lv] - 1 for lv in seq])  # column j = class id j + 1
-    emit = weight * np.log(p[:, cols])  # (N, P)
+    ghost = np.array([lv not in cs.levels for lv in seq])  # unnamed: not a class (T13)
+    # column j = class id j + 1; a level outside the set (never first or last) looks
+    # like its neighbours (T13 like T12 or L1): the better of the two
+    prev_cols = [LEVEL_IDS[seq[a - 1] if ghost[a] else seq[a]] - 1 for a in range(n_pos)]
+    next_cols = [LEVEL_IDS[seq[a + 1] if ghost[a] else seq[a]] - 1 for a in range(n_pos)]
+    emit = weight * np.log(np.maximum(p[:, prev_cols], p[:, next_cols]))  # (N, P)
     if ribs is not None:
         r = np.clip(ribs, 0.02, 0.98)[:, None]
         thor = np.array([lv.startswith("T") for lv in seq])[None, :]
@@ -539,6 +560,6 @@ def _score_variant(
         for i in range(n - 1, 0, -1):
             pos -= int(back[i, g, s, pos])
             path.append(pos)
-        labels = tuple(seq[q] for q in reversed(path))
+        labels = tuple("" if ghost[q] else seq[q] for q in reversed(path))
         out.append((float(ev_s[s]), s, labels))
     return out

@@ -180,6 +180,27 @@ def test_a_missed_vertebra_is_skipped_when_the_gap_says_so():
     assert list(decode_levels(probs(PAPER, names), PAPER, rows, p_skip=0.0).levels) != names
 
 
+def test_a_t13_in_the_paper_set_is_left_unnamed_not_the_spine_above_shifted():
+    """The paper set has no T13 class: its T13 (labelled nothing, like C7) lies between
+    two named levels. The decoder used to name the spine above it one level off (the
+    T13 called T12, the T12 called T11, ...); it now leaves the T13 unnamed."""
+    names = ["T8", "T9", "T10", "T11", "T12", "T13", "L1", "L2", "L3"]
+    cen = centroids(names)
+    # a paper-set detector: the T13 looks like T12 or L1 (it was never a class)
+    p = probs(PAPER, [n if n != "T13" else "T12" for n in names])
+    p[5] = 0.02
+    p[5, PAPER.class_id("T12") - 1] = p[5, PAPER.class_id("L1") - 1] = 0.4
+    d = decode_levels(p, PAPER, centroids_mm=cen)
+    assert list(d.levels) == [n if n != "T13" else "" for n in names]
+    assert d.class_ids[5] == 0 and d.variant == (13, 5) and "13 thoracic" in d.summary()
+    # the shifted namings skip the unnamed level too (never a "T13" in the paper set)
+    assert all("T13" not in lab for lab, _ in d.alternatives)
+    # a normal spine in the paper set is not turned into a 13-thoracic one
+    normal = ["T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3"]
+    dn = decode_levels(probs(PAPER, normal), PAPER, centroids_mm=centroids(normal))
+    assert list(dn.levels) == normal and dn.variant == (12, 5)
+
+
 def test_a_vertebra_outside_the_set_at_an_end_is_left_unnamed():
     """C5 and C6 above C7 look most like C7 to a detector trained on the extended set;
     they are left unnamed instead of pushing every level below them down."""
@@ -200,10 +221,11 @@ def test_bad_inputs():
         decode_levels(np.ones((3, 21)), PAPER)
     with pytest.raises(ValueError, match="non-negative"):
         decode_levels(-np.ones((3, 17)), PAPER)
-    with pytest.raises(ValueError, match="cannot be named"):  # 17 levels + 3 at the ends
-        decode_levels(np.ones((21, 17)), PAPER)
+    # 17 levels + an unnamed T13 between T12 and L1 + 3 at the ends
     with pytest.raises(ValueError, match="cannot be named"):
-        decode_levels(np.ones((18, 17)), PAPER, p_outside=0.0)
+        decode_levels(np.ones((22, 17)), PAPER)
+    with pytest.raises(ValueError, match="cannot be named"):
+        decode_levels(np.ones((19, 17)), PAPER, p_outside=0.0)
     with pytest.raises(ValueError, match="p_outside"):
         decode_levels(np.ones((2, 17)), PAPER, p_outside=1.0)
     with pytest.raises(ValueError, match="share a centroid"):
