@@ -1,5 +1,5 @@
-"""Screenshots of the level confidence in Predict and Review: docs/images/levels_{predict,
-review}.png.
+"""Screenshots of the level confidence in Predict, Review and Train: docs/images/levels_{predict,
+review}.png and train_level_check.png.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python \\
         benchmarks/make_levels_image.py RUN_DIR [--min-score 0.0]
@@ -9,7 +9,8 @@ extended class set at a fixed physical scale). The script draws an unseen synthe
 partial view (napari_vertebra.synth, 1 mm per pixel), opens napari with every widget
 docked (as ``make run`` does), predicts on the view with RUN_DIR/last.pt and shoots the
 Predict tab (the "Levels:" line under the list) and the Review tab (the same line above
-its table). Each image is the whole window, reduced to 256 colours.
+its table), then loads RUN_DIR in the Train tab (Load run: the curves and the level
+check on the val images). Each image is the whole window, reduced to 256 colours.
 """
 
 from __future__ import annotations
@@ -66,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     review.refresh()
     print(f"Review: {review.levels_label.value}")
     shoot(viewer, args.out / "levels_review.png", dock="Review predictions")
+    train = widgets["Train model"]
+    assert train.load_run(args.run), train.status.value
+    wait(lambda: not train.runner.busy)
+    wait(lambda: train.plot.n_draws >= 1 and not train.plot.runner.busy)
+    print(f"Train: {train.status.value}")
+    shoot(viewer, args.out / "train_level_check.png", dock="Train model")
     viewer.close()
     return 0
 

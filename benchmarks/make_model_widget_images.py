@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     # Train model: the curves and checkpoints of a finished run
     train.load_run(args.run)
     wait(lambda: not train.runner.busy)
-    train.plot.wait()
+    wait(lambda: train.plot.n_draws >= 1 and not train.plot.runner.busy)
     wait(lambda: train.plot.n_draws >= 2, 30)
     shoot(viewer, args.out / "widget_train.png", dock="Train model")
 

@@ -17,8 +17,11 @@ transitional spines (11 thoracic 15 %, 13 thoracic 30 %, 6 lumbar 35 %;
 ``--train-rates``) so that T13 and L6 are seen at all in a CPU-sized set; the decoder
 divides that training share out (``level_class_prior``) and weighs the variants by their
 population frequencies. The test
-columns are drawn apart (another seed; 11 / 13 thoracic 15 % each, 6 lumbar 25 %), plus
-full columns.
+columns are drawn apart (other seeds), with their spine variants in fixed numbers
+(11 / 13 thoracic 15 % each, 6 lumbar 25 %: :func:`stratified`; 6 columns give 3 normal,
+one 11T, one 13T, one 6L), each with its full column and partial views. The confidence
+figures are also given with each variant weighted to its population share
+(:func:`population_weights`), the prior the decoder assumes.
 
 Each arm trains the same configuration (``--config``, default the shipped smoke one:
 ResNet-18-FPN from scratch; ``paper`` on a GPU) for the same number of epochs on the
@@ -119,10 +122,15 @@ def make_data(
         "val": synth_column_dataset(
             max(3, columns // 4), 3, "extended", seed=seed + 1, prefix="val", **rates
         ),
-        "test": synth_column_dataset(
-            test_columns, views * 2, "extended", seed=seed + 2, prefix="test", **TEST_RATES
-        ),
+        "test": [],
     }
+    # the test columns by spine variant in fixed numbers (TEST_RATES, largest remainders):
+    # a random draw of 6 columns once gave 6 transitional spines and no normal one
+    for k, ((t, lum), count) in enumerate(stratified(test_columns, TEST_RATES).items()):
+        split["test"] += synth_column_dataset(
+            count, views * 2, "extended", seed=seed + 2 + 10 * k, prefix=f"test{t}T{lum}L",
+            thoracic=t, lumbar=lum,
+        )  # fmt: skip
     for name, images in split.items():
         write_coco(images, out / "extended" / name, class_set="extended")
         write_coco(paper_copy(images), out / "paper" / name, class_set="paper")
@@ -132,6 +140,37 @@ def make_data(
         n_t, views * 2, "extended", seed=seed + 3, prefix="t13", thoracic=13
     ) + synth_column_dataset(n_t, views * 2, "extended", seed=seed + 4, prefix="l6", lumbar=6)
     return split
+
+
+def stratified(n: int, rates: dict) -> dict[tuple[int, int], int]:
+    """``n`` columns shared among the spine variants (thoracic, lumbar) in proportion to
+    ``rates`` (thoracic and lumbar independent), by largest remainders; variants with
+    no column are left out."""
+    share = {
+        (t, lum): pt * pl
+        for t, pt in rates["thoracic_rates"].items()
+        for lum, pl in rates["lumbar_rates"].items()
+    }
+    exact = {v: n * p / sum(share.values()) for v, p in share.items()}
+    count = {v: int(x) for v, x in exact.items()}
+    for v in sorted(exact, key=lambda v: count[v] - exact[v])[: n - sum(count.values())]:
+        count[v] += 1
+    return {v: c for v, c in sorted(count.items()) if c}
+
+
+def population_weights(variants: list[tuple[int, int]]) -> np.ndarray:
+    """Per-image weights that give each spine variant of a test set its population share
+    (levels.VARIANT_PRIORS, renormalised over the variants present): the test set
+    over-samples transitional spines, whose views the decoder's population prior names
+    as normal ones."""
+    from napari_vertebra.model.levels import VARIANT_PRIORS
+
+    present = sorted(set(variants))
+    pop = np.array([VARIANT_PRIORS.get(v, 0.0) for v in present])
+    pop = pop / pop.sum() if pop.sum() > 0 else np.full(len(present), 1 / len(present))
+    counts = {v: variants.count(v) for v in present}
+    w = np.array([pop[present.index(v)] / counts[v] for v in variants])
+    return w / w.sum() * len(variants)
 
 
 def arm_config(
@@ -153,6 +192,10 @@ def arm_config(
     if weights is not None:
         over["weights"] = None if weights.lower() == "none" else weights
     return load_config(config, over)
+
+
+def _variant(meta: dict) -> tuple[int, int]:
+    return int(meta.get("thoracic", 12)), int(meta.get("lumbar", 5))
 
 
 def group_of(meta: dict) -> list[str]:
@@ -214,7 +257,7 @@ def evaluate_arm(
             ident = identification(g_cls, g_cen, pred.classes, pred.centroids(), pred.scores)
             rate = float(ident.identified.mean())
             conf = pred.levels.confidence if pred.levels is not None and len(pred) else 0.0
-            calib[w].append((conf, rate))
+            calib[w].append((conf, rate, _variant(im.meta)))
             if w != WEIGHTS[0]:
                 continue
             for g in group_of(im.meta):
@@ -247,6 +290,15 @@ def evaluate_arm(
             "mean_confidence": float(conf.mean()) if len(conf) else 0.0,
             "id_all": float(rate.mean()) if len(rate) else 0.0,
         }
+        if pairs:  # the same with the spine variants at their population shares
+            pw = population_weights([p[2] for p in pairs])
+            out["calibration"][w].update(
+                pop_id_all=float(np.average(rate, weights=pw)),
+                pop_share_certain=float(np.average(sure, weights=pw)),
+                pop_id_certain=float(np.average(rate[sure], weights=pw[sure]))
+                if sure.any()
+                else None,
+            )
     out["eval_s"] = time.time() - t0
     out["min_score"] = ms
     # what training's validation said of the level confidence (stored in the checkpoint)
@@ -348,12 +400,14 @@ def main() -> None:
         "\n(arm@0: the same model at min_score 0, every detection named jointly; "
         "arm/no prior: without dividing out the training share of each class)"
     )
-    variants: dict[str, int] = {}
-    for im in split["train"]:
-        if im.meta.get("view") == "full":
-            v = f"{im.meta['thoracic']}T+{im.meta['lumbar']}L"
-            variants[v] = variants.get(v, 0) + 1
-    print(f"training columns by spine variant: {dict(sorted(variants.items()))}")
+    for name in ("train", "test"):
+        variants: dict[str, int] = {}
+        for im in split[name]:
+            if im.meta.get("view") == "full":
+                v = f"{im.meta['thoracic']}T+{im.meta['lumbar']}L"
+                variants[v] = variants.get(v, 0) + 1
+        # the test columns are few: their draw of variants moves the 'all' figures
+        print(f"{name} columns by spine variant: {dict(sorted(variants.items()))}")
     print(
         f"\npartial views: {args.epochs} epochs of the {args.config} config on "
         f"{n['train']} images ({args.columns} columns + {args.views} views each), {dev}, "
@@ -384,14 +438,23 @@ def main() -> None:
         )
     print(
         f"\nlevel confidence (cut-off {args.certain}): share of test images called certain, "
-        "identification among them / among the rest, mean confidence vs mean identification"
+        "identification among them / among the rest, mean confidence vs mean identification;"
+        "\npopulation-weighted: the same with each spine variant's test images weighted to "
+        "its population share (levels.VARIANT_PRIORS: 11T 5 %, 13T 1 %, 6L 5 %), which the "
+        "decoder's prior assumes"
     )
     for arm, r in results.items():
         for w, c in r["calibration"].items():
+            pop = (
+                f"   population-weighted: id {c['pop_id_all']:5.2f}, certain "
+                f"{c['pop_share_certain']:5.2f} at {_f(c['pop_id_certain'])}"
+                if "pop_id_all" in c
+                else ""
+            )
             print(
                 f"{arm:<25} weight {w:<4} certain {c['share_certain']:5.2f}  id certain "
                 f"{_f(c['id_certain'])}  id rest {_f(c['id_uncertain'])}  mean conf "
-                f"{c['mean_confidence']:5.2f} vs id {c['id_all']:5.2f}"
+                f"{c['mean_confidence']:5.2f} vs id {c['id_all']:5.2f}{pop}"
             )
     print(
         "\nwhat training's validation said (the checkpoint's val_level_* figures, on the "
