@@ -206,7 +206,7 @@ def group_of(meta: dict) -> list[str]:
     else:
         groups.append("landmark" if meta.get("landmarks") else "no landmark")
         groups.append("partial")
-    if (int(meta.get("thoracic", 12)), int(meta.get("lumbar", 5))) != (12, 5):
+    if _variant(meta) != (12, 5):
         groups.append("transitional")
     return groups
 

@@ -84,17 +84,13 @@ CERTAIN = 0.9
 
 
 def certainty_check(
-    share: float,
-    certain_id_rate: float | None,
-    images: str = "the val images",
-    n_images: int | float | None = None,
+    share: float, certain_id_rate: float | None, n_images: int | float | None = None
 ) -> tuple[str, str]:
-    """(sentence, warning) on a level confidence checked against the truth: ``share`` of
-    ``images`` (``n_images`` of them, said when given: a check on 4 images is rough)
-    called certain (>= :data:`CERTAIN`), identified at ``certain_id_rate``; the warning
-    (else "") when that is below :data:`CERTAIN`."""
-    if n_images is not None and n_images == n_images and images.startswith("the "):
-        images = f"the {int(n_images)} {images[4:]}"
+    """(sentence, warning) on a level confidence checked against the truth on the val
+    images (``n_images`` of them, said when given: a check on 4 images is rough):
+    ``share`` called certain (>= :data:`CERTAIN`), identified at ``certain_id_rate``;
+    the warning (else "") when that is below :data:`CERTAIN`."""
+    images = "the val images" if n_images is None else f"the {int(n_images)} val images"
     note = f"level confidence on {images}: {share:.0%} called certain (>= {CERTAIN:g})"
     if certain_id_rate is None:
         return note, ""
