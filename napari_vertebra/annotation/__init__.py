@@ -4,21 +4,11 @@ store, annotations from 3D label maps, partial views and the dataset builder.
 No Qt, napari or torch here. Coordinates are (row, col) pixels (see ``types``).
 """
 
-from .coco import (
-    HU_SCALE,
-    CocoFormatError,
-    coco_categories,
-    from_coco,
-    read_coco,
-    read_image,
-    rle_decode,
-    to_coco,
-    write_coco,
-    write_mip_png,
-)
+from .coco import CocoFormatError, coco_categories, from_coco, read_coco, to_coco, write_coco
 from .convert import convert, detect_format, read_annotations
 from .dataset import SPLITS, CTLabelPair, build_dataset, read_pairs_csv, split_scans
 from .from3d import labels_to_annotations, projected_masks
+from .image_files import HU_SCALE, read_image, write_mip_png
 from .partial import crop_view, partial_views
 from .polygons import (
     annotations_to_label_image,
@@ -32,6 +22,7 @@ from .polygons import (
     rasterize,
 )
 from .project import AnnotationProject, safe_key
+from .rle import rle_decode
 from .types import AnnotatedImage, VertebraAnnotation
 from .via import DEFAULT_ATTRIBUTE, ViaFormatError, from_via, read_via, to_via, write_via
 

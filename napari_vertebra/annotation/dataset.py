@@ -29,7 +29,7 @@ from .coco import read_coco, stage_coco
 from .partial import partial_views
 from .project import safe_key
 from .types import AnnotatedImage, VertebraAnnotation
-from .validate import image_size_problem, validate_polygon
+from .validate import image_size_problem, keep_polygon
 
 __all__ = ["SPLITS", "CTLabelPair", "build_dataset", "read_pairs_csv", "split_scans"]
 
@@ -133,9 +133,9 @@ def _validated(image: AnnotatedImage) -> AnnotatedImage:
     for a in image.annotations:
         polys = []
         for j, p in enumerate(a.polygons):
-            kept, errs, fixed = validate_polygon(p, shape)
-            errors.extend(f"{image.file_name}: {a.name}: polygon {j} {m}" for m in errs)
-            notes.extend(f"{image.file_name}: {a.name}: polygon {j}: {m}" for m in fixed)
+            kept = keep_polygon(
+                p, shape, f"{image.file_name}: {a.name}: polygon {j}", errors, notes
+            )
             if kept is not None:
                 polys.append(kept)
         anns.append(VertebraAnnotation(a.class_id, polys, a.score))

@@ -11,9 +11,10 @@ cursor at the current one. Recording a new state drops the redo branch and, past
 
 The payloads are also kept in memory, so undo and redo never wait for the disk. Every
 file is written atomically (temporary file + rename) through a :class:`Writer`: inline,
-or on one background thread so that an edit in the GUI does not wait for the disk (the
-snapshot is written before the index that names it, so a crash leaves a readable
-history, at worst missing the last step).
+or on one background thread (a single-worker thread pool, so writes keep their order) so
+that an edit in the GUI does not wait for the disk (the snapshot is written before the
+index that names it, so a crash leaves a readable history, at worst missing the last
+step).
 
 Also here, Qt-free helpers of the annotation session: :func:`shift_levels` (a sequence
 off by one) and :func:`next_missing` (where the class picker goes next).
@@ -24,10 +25,11 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -50,18 +52,20 @@ _PAYLOAD_CACHE = MAX_STEPS + 1
 
 
 class Writer:
-    """Runs file writes in order: inline (``background=False``) or on one daemon thread.
+    """Runs file writes in order: inline (``background=False``) or on one worker thread
+    (a ``ThreadPoolExecutor(max_workers=1)``, started at the first write).
 
     ``submit(fn)`` queues a write; ``flush()`` waits until every queued write is done and
     raises the first error met since the last flush (a failed background write is never
-    silent: the next save or read reports it).
+    silent: the next save or read reports it). A write submitted while the interpreter
+    shuts down (the pool takes no new work then) runs inline, after the queued ones.
     """
 
     def __init__(self, background: bool = False):
         self.background = background
         self._errors: list[BaseException] = []
-        self._queue: queue.Queue[Callable[[], Any] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._pending: list[Future] = []
+        self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
     def submit(self, fn: Callable[[], Any]) -> None:
@@ -70,35 +74,40 @@ class Writer:
             fn()
             return
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="napari-vertebra-writer", daemon=True
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="napari-vertebra-writer"
                 )
-                self._thread.start()
-        self._queue.put(fn)
-
-    def _run(self) -> None:
-        while True:
-            fn = self._queue.get()
             try:
-                if fn is not None:
-                    fn()
-            except BaseException as e:  # kept and raised by the next flush()
+                self._pending.append(self._executor.submit(self._run, fn))
+                return
+            except RuntimeError:  # interpreter shutdown: the pool takes no new work
+                pass
+        self.wait()
+        fn()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except BaseException as e:  # kept and raised by the next flush()
+            with self._lock:
                 self._errors.append(e)
-            finally:
-                self._queue.task_done()
 
     def wait(self) -> None:
         """Wait for the queued writes (errors stay for :meth:`flush`)."""
-        if self.background:
-            self._queue.join()
+        with self._lock:
+            pending = list(self._pending)
+        futures.wait(pending)
+        with self._lock:
+            self._pending = [f for f in self._pending if not f.done()]
 
     def flush(self) -> None:
         """Wait for the queued writes; raise the first error of a failed one."""
         self.wait()
-        if self._errors:
-            err, self._errors = self._errors[0], []
-            raise err
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if errors:
+            raise errors[0]
 
 
 _BACKGROUND: Writer | None = None

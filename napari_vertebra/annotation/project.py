@@ -3,7 +3,7 @@
 Layout::
 
     folder/project.json              index: {key: file_name, height, width, scan, meta}
-    folder/images/<key>.png          the MIP, 16-bit PNG (see coco.write_mip_png)
+    folder/images/<key>.png          the MIP, 16-bit PNG (see image_files.write_mip_png)
     folder/annotations/<key>.json    {"image": key, "annotations": [{"class": "L1",
                                       "class_id": 13, "polygons": [[[row, col], ...]],
                                       "score": null}]}
@@ -33,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_write_bytes, atomic_write_text, png_bytes
-from .coco import HU_SCALE, _to_uint16, read_image, write_coco
+from ._atomic import atomic_write_text
+from .coco import write_coco
 from .history import MAX_STEPS, History, Writer, background_writer
+from .image_files import HU_SCALE, read_image, write_mip_png
 from .types import AnnotatedImage, VertebraAnnotation
 
 __all__ = ["AnnotationProject", "safe_key"]
@@ -188,7 +189,7 @@ class AnnotationProject:
             )
         file_name = f"images/{key}.png"
         if old is None or overwrite or not (self.folder / file_name).is_file():
-            atomic_write_bytes(self.folder / file_name, png_bytes(_to_uint16(mip, hu_scale)))
+            write_mip_png(self.folder / file_name, mip, hu_scale)
         self._index[key] = {
             "file_name": file_name,
             "height": int(mip.shape[0]),

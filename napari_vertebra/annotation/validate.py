@@ -1,4 +1,7 @@
-"""Geometry checks shared by every annotation reader and writer (COCO, VIA, dataset).
+"""Checks shared by every annotation reader and writer (COCO, VIA, dataset).
+
+Entries: image sizes (:func:`image_size_problem`) and file names
+(:func:`file_name_problem`); the images to write (:func:`checked_polygons`).
 
 One rule set, used on every path (see ``docs/annotations.md``):
 
@@ -17,17 +20,24 @@ Coordinates are (row, col) pixels (see ``types``). Pure numpy.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from pathlib import PurePosixPath
 
 import numpy as np
 
-from .polygons import check_polygon, polygon_area
+from ._io import AnnotationFormatError
+from .polygons import check_polygon, polygon_area, rasterize
+from .types import AnnotatedImage, VertebraAnnotation
 
 __all__ = [
     "MAX_IMAGE_SIDE",
     "MAX_OVERHANG",
+    "checked_polygons",
     "clip_to_image",
+    "file_name_problem",
     "image_size_problem",
+    "keep_polygon",
     "validate_polygon",
 ]
 
@@ -50,6 +60,16 @@ def image_size_problem(height: object, width: object) -> str | None:
             return f"{name} {v!r} is not an integer"
         if not 0 < int(v) <= MAX_IMAGE_SIDE:
             return f"{name} {v!r} is not between 1 and {MAX_IMAGE_SIDE} px"
+    return None
+
+
+def file_name_problem(name: object) -> str | None:
+    """A message when ``name`` is not a relative path inside the output folder, else None."""
+    if not isinstance(name, str) or not name:
+        return "file_name must be a non-empty string"
+    p = PurePosixPath(name.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts:
+        return f"file_name {name!r} must be a relative path inside the output folder"
     return None
 
 
@@ -138,3 +158,112 @@ def validate_polygon(
         f"{float(over.max()):.3g} px): clipped to the image"
     )
     return q, [], [note]
+
+
+def keep_polygon(
+    points: np.ndarray | Sequence,
+    shape: tuple[int, int],
+    where: str,
+    errors: list[str],
+    notes: list[str],
+    note_where: str | None = None,
+) -> np.ndarray | None:
+    """:func:`validate_polygon` with its messages collected: each error appended to
+    ``errors`` as ``f"{where} {error}"``, each repair to ``notes`` as
+    ``f"{note_where or where}: {note}"``. Returns the polygon to keep, or None."""
+    kept, errs, fixed = validate_polygon(points, shape)
+    errors.extend(f"{where} {m}" for m in errs)
+    notes.extend(f"{note_where or where}: {m}" for m in fixed)
+    return kept
+
+
+#: Per annotation with polygons: (annotation, its polygons to write, its area in pixels).
+Checked = tuple[VertebraAnnotation, list[np.ndarray], int]
+
+
+def checked_polygons(
+    images: Sequence[AnnotatedImage], error: type[AnnotationFormatError]
+) -> list[list[Checked]]:
+    """Validate ``images`` for writing: per image, per annotation with polygons,
+    ``(annotation, polygons, area)`` with polygons clipped to the image where they reached
+    outside (a ``UserWarning`` says so) and ``area`` the pixels of their raster.
+
+    Raises ``error(None, [...])`` listing every problem (bad file names or sizes, pixel
+    arrays whose shape is not (height, width), polygons refused by
+    :func:`validate_polygon`, annotations covering no pixel), naming the image and the
+    annotation.
+    """
+    errors: list[str] = []
+    notes: list[str] = []
+    out: list[list[Checked]] = []
+    seen: set[str] = set()
+    for k, im in enumerate(images):
+        tag = f"image {k + 1} ({im.file_name!r})"
+        per_image: list[Checked] = []
+        out.append(per_image)
+        shape = _writable_shape(im, tag, seen, errors)
+        if shape is None:
+            continue
+        for n, a in enumerate(im.annotations, start=1):
+            if a.polygons:
+                atag = f"{tag}, annotation {n} ({a.name})"
+                checked = _writable_annotation(a, atag, shape, errors, notes)
+                if checked is not None:
+                    per_image.append(checked)
+    if errors:
+        raise error(None, errors)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=3)
+    return out
+
+
+def _writable_shape(
+    im: AnnotatedImage, tag: str, seen: set[str], errors: list[str]
+) -> tuple[int, int] | None:
+    """The (rows, cols) of an image to write; None when its size is refused. Problems
+    with its file name (also one used twice: ``seen``) and pixels go to ``errors``."""
+    msg = file_name_problem(im.file_name)
+    if msg:
+        errors.append(f"{tag}: {msg}")
+    elif im.file_name in seen:
+        errors.append(f"{tag}: file_name used twice")
+    seen.add(im.file_name)
+    size_msg = image_size_problem(im.height, im.width)
+    if size_msg:
+        errors.append(f"{tag}: {size_msg}")
+        return None
+    if im.image is not None and np.shape(im.image)[:2] != (im.height, im.width):
+        errors.append(
+            f"{tag}: pixel array shape {np.shape(im.image)} != (height, width) "
+            f"({im.height}, {im.width})"
+        )
+    if im.image is not None and np.ndim(im.image) != 2:
+        errors.append(f"{tag}: pixel array must be 2D, got shape {np.shape(im.image)}")
+    return int(im.height), int(im.width)
+
+
+def _writable_annotation(
+    a: VertebraAnnotation,
+    atag: str,
+    shape: tuple[int, int],
+    errors: list[str],
+    notes: list[str],
+) -> Checked | None:
+    """``(a, polygons, area)`` to write, or None when a polygon or the area is refused."""
+    polys, bad = [], False
+    for j, p in enumerate(a.polygons):
+        if len(p) < 3:
+            errors.append(f"{atag}: polygon {j} has {len(p)} point(s); 3 needed")
+            bad = True
+            continue
+        kept = keep_polygon(p, shape, f"{atag}: polygon {j}", errors, notes)
+        bad |= kept is None
+        if kept is not None:
+            polys.append(kept)
+    if bad:
+        return None
+    area = int(rasterize(polys, shape).sum())
+    if area == 0:
+        errors.append(f"{atag}: its polygons cover no pixel centre (area 0)")
+        return None
+    return a, polys, area

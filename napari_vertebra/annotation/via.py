@@ -30,9 +30,16 @@ from napari_vertebra.core.labels import class_id, class_name, class_set_for
 
 from ._atomic import AtomicBatch, png_bytes
 from ._io import AnnotationFormatError, read_json
-from .coco import HU_SCALE, _check_file_name, _to_uint16, checked_polygons, read_image
+from .image_files import HU_SCALE, to_uint16
+from .reading import is_number, load_pixels, pixel_xy, rows_cols
 from .types import AnnotatedImage, VertebraAnnotation
-from .validate import image_size_problem, validate_polygon
+from .validate import (
+    Checked,
+    checked_polygons,
+    file_name_problem,
+    image_size_problem,
+    keep_polygon,
+)
 
 __all__ = [
     "DEFAULT_ATTRIBUTE",
@@ -86,7 +93,7 @@ def _shape_xy(sa: dict) -> np.ndarray:
 
     def f(k: str) -> float:
         v = sa[k]
-        if not _is_number(v):
+        if not is_number(v, finite=False):
             raise ValueError(f"{name} {k} {v!r} is not a number")
         return float(v)
 
@@ -94,7 +101,7 @@ def _shape_xy(sa: dict) -> np.ndarray:
         xs, ys = sa.get("all_points_x"), sa.get("all_points_y")
         if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != len(ys):
             raise ValueError("needs all_points_x and all_points_y lists of equal length")
-        if not all(_is_number(v) for v in (*xs, *ys)):
+        if not all(is_number(v, finite=False) for v in (*xs, *ys)):
             raise ValueError("all_points_x / all_points_y hold values that are not numbers")
         xy = np.stack([np.asarray(xs, float), np.asarray(ys, float)], axis=1).reshape(-1, 2)
         if len(xy) > 1 and np.allclose(xy[0], xy[-1]):
@@ -113,10 +120,6 @@ def _shape_xy(sa: dict) -> np.ndarray:
     except KeyError as e:
         raise ValueError(f"{name} lacks {e.args[0]!r}") from None
     raise ValueError(f"shape {name!r} is not supported (polygon, polyline, rect, circle, ellipse)")
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _class_of(value) -> int:
@@ -162,120 +165,161 @@ def from_via(
     source: str | os.PathLike | None = None,
 ) -> list[AnnotatedImage]:
     """Convert a loaded VIA 1 / VIA 2 JSON object (see :func:`read_via`)."""
-    version = is_via(data)
-    if not version:
-        raise ViaFormatError(source, ["not a VIA project or VIA region JSON"])
-    meta = data["_via_img_metadata"] if version == 2 else data
+    entries = _image_entries(data, class_attribute, source)
     root_p = Path(root) if root is not None else None
     errors: list[str] = []
-    # attribute declared in the project?
-    attrs = data.get("_via_attributes") if version == 2 else None
-    declared = attrs.get("region") if isinstance(attrs, dict) else None
-    if isinstance(declared, dict) and declared and class_attribute not in declared:
-        errors.append(
-            f"the project has no region attribute {class_attribute!r}; its region "
-            f"attributes are {sorted(declared)} (choose one with the class attribute option)"
-        )
-        raise ViaFormatError(source, errors)
     out: list[AnnotatedImage] = []
-    for key, entry in meta.items():
-        if not isinstance(entry, dict) or "filename" not in entry:
-            errors.append(f"image {key!r}: missing 'filename'")
-            continue
-        fname = entry["filename"]
-        msg = _check_file_name(fname)
-        if msg:
-            errors.append(f"image {key!r}: {msg}")
-            continue
-        fattrs = entry.get("file_attributes")
-        fattrs = fattrs if isinstance(fattrs, dict) else {}
-        size = _image_size(root_p, fname, fattrs, image_size)
-        if size is None:
-            errors.append(
-                f"image {fname!r}: image size unknown (VIA stores none): put the image file "
-                "beside the JSON or give the image size"
-            )
-            continue
-        size_msg = image_size_problem(*size)
-        if size_msg:
-            errors.append(f"image {fname!r}: {size_msg}")
-            continue
-        notes: list[str] = []
-        regions = entry.get("regions", [])
-        if isinstance(regions, dict):  # VIA 1
-            regions = [
-                regions[k]
-                for k in sorted(regions, key=lambda s: int(s) if str(s).isdigit() else 0)
-            ]
-        if not isinstance(regions, list):
-            errors.append(f"image {fname!r}: 'regions' is neither a list nor an object")
-            continue
-        by_class: dict[int, list[np.ndarray]] = {}
-        for j, reg in enumerate(regions):
-            tag = f"image {fname!r} region {j}"
-            if not isinstance(reg, dict):
-                errors.append(f"{tag}: not an object")
-                continue
-            ra = reg.get("region_attributes") or {}
-            ra = ra if isinstance(ra, dict) else {}
-            if class_attribute not in ra:
-                found = sorted(ra) if isinstance(ra, dict) else []
-                errors.append(
-                    f"{tag}: no region attribute {class_attribute!r} (found: "
-                    f"{', '.join(map(repr, found)) or 'none'})"
-                )
-                continue
-            try:
-                cid = _class_of(ra[class_attribute])
-            except ValueError as e:
-                errors.append(f"{tag}: {class_attribute} = {ra[class_attribute]!r}: {e}")
-                continue
-            tag = f"{tag} ({class_name(cid)})"
-            sa = reg.get("shape_attributes")
-            try:
-                xy = _shape_xy(sa if isinstance(sa, dict) else {})
-            except (ValueError, TypeError) as e:
-                errors.append(f"{tag}: {e}")
-                continue
-            rc = np.stack([xy[:, 1] - 0.5, xy[:, 0] - 0.5], 1)
-            kept, errs, fixed = validate_polygon(rc, size)
-            errors.extend(f"{tag}: {sa['name']} {m}" for m in errs)
-            notes.extend(f"{tag}: {m}" for m in fixed)
-            if kept is not None:
-                by_class.setdefault(cid, []).append(kept)
-        pixels = None
-        hu = fattrs.get("hu_scale")
-        if load_images and root_p is not None:
-            if not (root_p / fname).is_file():
-                errors.append(f"image {fname!r}: file {root_p / fname} not found")
-                continue
-            try:
-                hu_f = float(hu) if hu is not None else None
-                pixels = read_image(root_p / fname, hu_scale=hu_f)
-            except (ValueError, TypeError) as e:
-                errors.append(f"image {fname!r}: {e}")
-                continue
-        im_meta = {}
-        if hu is not None:
-            try:
-                im_meta["hu_scale"] = float(hu)
-            except (TypeError, ValueError):
-                errors.append(f"image {fname!r}: hu_scale {hu!r} is not a number")
-        out.append(
-            AnnotatedImage(
-                file_name=fname,
-                height=size[0],
-                width=size[1],
-                annotations=[VertebraAnnotation(c, p) for c, p in sorted(by_class.items())],
-                image=pixels,
-                scan=str(fattrs["scan"]) if fattrs.get("scan") else None,
-                meta=im_meta,
-                warnings=notes,
-            )
-        )
+    for key, entry in entries.items():
+        im = _read_entry(key, entry, root_p, class_attribute, image_size, load_images, errors)
+        if im is not None:
+            out.append(im)
     if errors:
         raise ViaFormatError(source, errors)
     return out
+
+
+def _image_entries(data: object, class_attribute: str, source) -> dict:
+    """The per-image entries of a VIA object; :class:`ViaFormatError` when it is not VIA
+    or its project declares region attributes but not ``class_attribute``."""
+    version = is_via(data)
+    if not version:
+        raise ViaFormatError(source, ["not a VIA project or VIA region JSON"])
+    attrs = data.get("_via_attributes") if version == 2 else None
+    declared = attrs.get("region") if isinstance(attrs, dict) else None
+    if isinstance(declared, dict) and declared and class_attribute not in declared:
+        raise ViaFormatError(
+            source,
+            [
+                f"the project has no region attribute {class_attribute!r}; its region "
+                f"attributes are {sorted(declared)} (choose one with the class attribute "
+                "option)"
+            ],
+        )
+    return data["_via_img_metadata"] if version == 2 else data
+
+
+def _read_entry(
+    key: str,
+    entry: object,
+    root: Path | None,
+    class_attribute: str,
+    image_size: ImageSize,
+    load_images: bool,
+    errors: list[str],
+) -> AnnotatedImage | None:
+    """The image of one VIA entry with its regions, or None when the entry is refused."""
+    if not isinstance(entry, dict) or "filename" not in entry:
+        errors.append(f"image {key!r}: missing 'filename'")
+        return None
+    fname = entry["filename"]
+    msg = file_name_problem(fname)
+    if msg:
+        errors.append(f"image {key!r}: {msg}")
+        return None
+    fattrs = entry.get("file_attributes")
+    fattrs = fattrs if isinstance(fattrs, dict) else {}
+    size = _checked_size(root, fname, fattrs, image_size, errors)
+    regions = _regions(entry, fname, errors) if size is not None else None
+    if regions is None:
+        return None
+    notes: list[str] = []
+    by_class: dict[int, list[np.ndarray]] = {}
+    for j, reg in enumerate(regions):
+        got = _read_region(
+            reg, f"image {fname!r} region {j}", class_attribute, size, errors, notes
+        )
+        if got is not None:
+            by_class.setdefault(got[0], []).append(got[1])
+    pixels = None
+    hu = fattrs.get("hu_scale")
+    if load_images and root is not None:
+        pixels = load_pixels(root / fname, hu, f"image {fname!r}", errors, missing="file")
+        if pixels is None:
+            return None
+    im_meta = {}
+    if hu is not None:
+        try:
+            im_meta["hu_scale"] = float(hu)
+        except (TypeError, ValueError):
+            errors.append(f"image {fname!r}: hu_scale {hu!r} is not a number")
+    return AnnotatedImage(
+        file_name=fname,
+        height=size[0],
+        width=size[1],
+        annotations=[VertebraAnnotation(c, p) for c, p in sorted(by_class.items())],
+        image=pixels,
+        scan=str(fattrs["scan"]) if fattrs.get("scan") else None,
+        meta=im_meta,
+        warnings=notes,
+    )
+
+
+def _checked_size(
+    root: Path | None, fname: str, fattrs: dict, image_size: ImageSize, errors: list[str]
+) -> tuple[int, int] | None:
+    """The (height, width) of image ``fname`` (see :func:`_image_size`), or None when it
+    is unknown or not a plausible size (the problem in ``errors``)."""
+    size = _image_size(root, fname, fattrs, image_size)
+    if size is None:
+        errors.append(
+            f"image {fname!r}: image size unknown (VIA stores none): put the image file "
+            "beside the JSON or give the image size"
+        )
+        return None
+    size_msg = image_size_problem(*size)
+    if size_msg:
+        errors.append(f"image {fname!r}: {size_msg}")
+        return None
+    return size
+
+
+def _regions(entry: dict, fname: str, errors: list[str]) -> list | None:
+    """An entry's regions as a list (VIA 1 keeps them in an object keyed "0", "1", ...)."""
+    regions = entry.get("regions", [])
+    if isinstance(regions, dict):  # VIA 1
+        regions = [
+            regions[k] for k in sorted(regions, key=lambda s: int(s) if str(s).isdigit() else 0)
+        ]
+    if not isinstance(regions, list):
+        errors.append(f"image {fname!r}: 'regions' is neither a list nor an object")
+        return None
+    return regions
+
+
+def _read_region(
+    reg: object,
+    tag: str,
+    class_attribute: str,
+    size: tuple[int, int],
+    errors: list[str],
+    notes: list[str],
+) -> tuple[int, np.ndarray] | None:
+    """(class id, polygon) of one region, or None when it is refused."""
+    if not isinstance(reg, dict):
+        errors.append(f"{tag}: not an object")
+        return None
+    ra = reg.get("region_attributes") or {}
+    ra = ra if isinstance(ra, dict) else {}
+    if class_attribute not in ra:
+        errors.append(
+            f"{tag}: no region attribute {class_attribute!r} (found: "
+            f"{', '.join(map(repr, sorted(ra))) or 'none'})"
+        )
+        return None
+    try:
+        cid = _class_of(ra[class_attribute])
+    except ValueError as e:
+        errors.append(f"{tag}: {class_attribute} = {ra[class_attribute]!r}: {e}")
+        return None
+    tag = f"{tag} ({class_name(cid)})"
+    sa = reg.get("shape_attributes")
+    try:
+        xy = _shape_xy(sa if isinstance(sa, dict) else {})
+    except (ValueError, TypeError) as e:
+        errors.append(f"{tag}: {e}")
+        return None
+    kept = keep_polygon(rows_cols(xy), size, f"{tag}: {sa['name']}", errors, notes, tag)
+    return None if kept is None else (cid, kept)
 
 
 def read_via(
@@ -341,30 +385,11 @@ def to_via(
     meta: dict = {}
     checked = checked_polygons(images, ViaFormatError)
     for im, anns in zip(images, checked, strict=True):
-        regions = []
-        for a, polys, _ in anns:
-            for p in polys:
-                regions.append(
-                    {
-                        "shape_attributes": {
-                            "name": "polygon",
-                            "all_points_x": [round(float(v) + 0.5, 3) for v in p[:, 1]],
-                            "all_points_y": [round(float(v) + 0.5, 3) for v in p[:, 0]],
-                        },
-                        "region_attributes": {class_attribute: a.name},
-                    }
-                )
         size = int(file_sizes.get(im.file_name, -1))
-        fattrs = {"height": int(im.height), "width": int(im.width)}
-        if im.scan is not None:
-            fattrs["scan"] = im.scan
-        fattrs["hu_scale"] = float((im.meta or {}).get("hu_scale", HU_SCALE))
-        entry = {"filename": im.file_name, "size": size, "file_attributes": fattrs}
-        entry["regions"] = regions if version == 2 else {str(i): r for i, r in enumerate(regions)}
         key = f"{im.file_name}{size}"
         if key in meta:
             raise ValueError(f"image {im.file_name!r} appears twice")
-        meta[key] = entry
+        meta[key] = _via_entry(im, anns, class_attribute, version, size)
     if version == 1:
         return meta
     # the dropdown offers the levels of the smallest class set holding every level used
@@ -388,6 +413,31 @@ def to_via(
     }
 
 
+def _via_entry(
+    im: AnnotatedImage, anns: list[Checked], class_attribute: str, version: int, size: int
+) -> dict:
+    """The VIA entry of ``im`` with its checked annotations ``anns``."""
+    regions = []
+    for a, polys, _ in anns:
+        for p in polys:
+            x, y = pixel_xy(p).T
+            shape = {
+                "name": "polygon",
+                "all_points_x": [round(float(v), 3) for v in x],
+                "all_points_y": [round(float(v), 3) for v in y],
+            }
+            regions.append(
+                {"shape_attributes": shape, "region_attributes": {class_attribute: a.name}}
+            )
+    fattrs = {"height": int(im.height), "width": int(im.width)}
+    if im.scan is not None:
+        fattrs["scan"] = im.scan
+    fattrs["hu_scale"] = float((im.meta or {}).get("hu_scale", HU_SCALE))
+    entry = {"filename": im.file_name, "size": size, "file_attributes": fattrs}
+    entry["regions"] = regions if version == 2 else {str(i): r for i, r in enumerate(regions)}
+    return entry
+
+
 def write_via(
     images: Sequence[AnnotatedImage],
     out_path: str | os.PathLike,
@@ -403,14 +453,14 @@ def write_via(
     root = out_path.parent
     blobs: dict[str, bytes] = {}
     for im in images:
-        msg = _check_file_name(im.file_name)
+        msg = file_name_problem(im.file_name)
         if msg:
             raise ValueError(f"image {im.file_name!r}: {msg}")
         if not write_images:
             continue
         if im.image is not None:
             hu = float((im.meta or {}).get("hu_scale", HU_SCALE))
-            blobs[im.file_name] = png_bytes(_to_uint16(im.image, hu))
+            blobs[im.file_name] = png_bytes(to_uint16(im.image, hu))
         elif copy_from is not None:
             src = Path(copy_from) / im.file_name
             dst = root / im.file_name

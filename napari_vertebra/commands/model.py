@@ -137,7 +137,7 @@ def _read_input(path: Path, hu_scale: float | None, progress=None):
             raise ValueError(f"{path}: cannot read .npy ({e})") from e
         return arr, "mip"
     if name.endswith((".png", ".tif", ".tiff")):
-        from napari_vertebra.annotation.coco import HU_SCALE, read_image
+        from napari_vertebra.annotation.image_files import HU_SCALE, read_image
 
         if hu_scale is None:  # a MIP from `napari-vertebra preprocess` names its scale
             report = path.with_name("report.json")

@@ -2,7 +2,7 @@
 
 Per scan it writes into ``OUT/<scan name>-<hash>/`` (:func:`output_name`): ``mip.png``
 (16-bit grey, stored ``round(HU * hu_scale)`` with the same scale as the COCO images, 40
-per HU by default, see :func:`napari_vertebra.annotation.coco.write_mip_png`), ``mip.npy``
+per HU by default, see :func:`napari_vertebra.annotation.image_files.write_mip_png`), ``mip.npy``
 (float32 HU), ``canal_centres.csv`` (z, y, x voxels of the resampled grid, found 0/1),
 ``crop_box.json`` and ``report.json`` (written last, with the warnings and decisions of
 the run; a scan is done when its report names the same input, by absolute path, size and
@@ -299,7 +299,7 @@ def _process(
     from PIL import Image
 
     from napari_vertebra import __version__
-    from napari_vertebra.annotation.coco import HU_SCALE
+    from napari_vertebra.annotation.image_files import HU_SCALE
     from napari_vertebra.core import PreprocessParams, read_ct, run_pipeline
 
     params = PreprocessParams.from_dict(params_dict)

@@ -11,15 +11,8 @@ from hypothesis import strategies as st
 from pycocotools.coco import COCO
 
 from napari_vertebra.annotation import _atomic
-from napari_vertebra.annotation.coco import (
-    HU_SCALE,
-    CocoFormatError,
-    read_coco,
-    read_image,
-    to_coco,
-    write_coco,
-    write_mip_png,
-)
+from napari_vertebra.annotation.coco import CocoFormatError, read_coco, to_coco, write_coco
+from napari_vertebra.annotation.image_files import HU_SCALE, read_image, write_mip_png
 from napari_vertebra.annotation.polygons import check_polygon, dice, mask_to_polygons, rasterize
 from napari_vertebra.annotation.types import AnnotatedImage, VertebraAnnotation
 
@@ -223,7 +216,7 @@ def test_to_coco_from_coco_round_trip(tmp_path_factory, items):
 def test_rle_segmentation_is_read_as_polygons(tmp_path):
     from pycocotools import mask as mask_utils
 
-    from napari_vertebra.annotation.coco import rle_decode
+    from napari_vertebra.annotation.rle import rle_decode
 
     rng = np.random.default_rng(0)
     for _ in range(20):  # our decoder agrees with pycocotools' encoder

@@ -7,7 +7,8 @@ import pytest
 from pycocotools.coco import COCO
 
 from napari_vertebra.annotation import _atomic
-from napari_vertebra.annotation.coco import HU_SCALE, read_coco
+from napari_vertebra.annotation.coco import read_coco
+from napari_vertebra.annotation.image_files import HU_SCALE
 from napari_vertebra.annotation.project import AnnotationProject, safe_key
 from napari_vertebra.annotation.types import VertebraAnnotation
 

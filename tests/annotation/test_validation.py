@@ -12,9 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from napari_vertebra.annotation.coco import CocoFormatError, read_coco, write_coco, write_mip_png
+from napari_vertebra.annotation.coco import CocoFormatError, read_coco, write_coco
 from napari_vertebra.annotation.convert import convert
 from napari_vertebra.annotation.dataset import build_dataset
+from napari_vertebra.annotation.image_files import write_mip_png
 from napari_vertebra.annotation.polygons import (
     check_polygon,
     dice,

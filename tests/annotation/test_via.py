@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from napari_vertebra.annotation.coco import read_coco, write_coco, write_mip_png
+from napari_vertebra.annotation.coco import read_coco, write_coco
 from napari_vertebra.annotation.convert import convert, detect_format
+from napari_vertebra.annotation.image_files import write_mip_png
 from napari_vertebra.annotation.polygons import dice, mask_to_polygons, rasterize
 from napari_vertebra.annotation.via import ViaFormatError, read_via, write_via
 

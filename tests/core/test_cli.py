@@ -39,7 +39,7 @@ def test_outputs_written(cli_run, lumbar_ct_path, capsys):
     assert arr.shape == mip.shape
     report = json.loads((scan / "report.json").read_text(encoding="utf-8"))
     # the PNG reads back as HU with the COCO images' reader and the report's scale
-    from napari_vertebra.annotation.coco import read_image
+    from napari_vertebra.annotation.image_files import read_image
 
     scale = report["mip_png_hu_scale"]
     assert scale * report["params"]["hu_max"] <= 65535

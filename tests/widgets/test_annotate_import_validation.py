@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from napari_vertebra.annotation.coco import write_mip_png
+from napari_vertebra.annotation.image_files import write_mip_png
 from napari_vertebra.widgets.annotate import AnnotateWidget
 
 pytestmark = pytest.mark.gui
