@@ -162,13 +162,14 @@ def _build(cfg, settings: str = "task"):
 
 def _samples(n: int, size: tuple[int, int], seed: int = 0) -> list[tuple]:
     """(MIP float32 HU, class ids, masks (N, H, W) bool) of ``n`` synthetic columns."""
-    from napari_vertebra.synth import fill_polygon, synth_spine
+    from napari_vertebra.annotation.polygons import rasterize
+    from napari_vertebra.synth import synth_spine
 
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         im, anns = synth_spine(rng, size)
-        masks = np.stack([fill_polygon(a.polygons[0], im.shape) for a in anns])
+        masks = np.stack([rasterize(a.polygons[0], im.shape) for a in anns])
         out.append((im, np.array([a.class_id for a in anns]), masks))
     return out
 

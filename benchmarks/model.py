@@ -42,13 +42,13 @@ def _images(size: int, n: int, aspect: float = 4.0, seed: int = 0) -> list[tuple
 def _quality(preds, truths, size: int) -> tuple[float, float]:
     """Mean Dice per true vertebra and identification rate of predictions (centroid
     within 20 px at 512 px, scaled with the size)."""
+    from napari_vertebra.annotation.polygons import rasterize
     from napari_vertebra.model.metrics import centroids, dice_per_vertebra, identify
-    from napari_vertebra.synth import fill_polygon
 
     dices, ids = [], []
     for p, (im, anns) in zip(preds, truths, strict=True):
         gc = np.array([a.class_id for a in anns])
-        gm = np.stack([fill_polygon(a.polygons[0], im.shape) for a in anns])
+        gm = np.stack([rasterize(a.polygons[0], im.shape) for a in anns])
         dices.extend(dice_per_vertebra(gc, gm, p.classes, p.masks))
         ok, _ = identify(gc, centroids(gm), p.classes, p.centroids(), 20.0 * size / 512)
         ids.extend(ok)
@@ -205,14 +205,15 @@ def main() -> None:
     cfg = {**base, "min_size": size, "max_size": size}
     model = build_model(cfg).to(dev)
     model.load_state_dict(state, strict=False)
+    from napari_vertebra.annotation.polygons import rasterize
     from napari_vertebra.model.data import image_to_tensor
-    from napari_vertebra.synth import fill_polygon, synth_spine
+    from napari_vertebra.synth import synth_spine
 
     rng = np.random.default_rng(1)
     batch = []
     for _ in range(2):
         im, anns = synth_spine(rng, (size, round(size / args.aspect)))
-        masks = np.stack([fill_polygon(a.polygons[0], im.shape) for a in anns])
+        masks = np.stack([rasterize(a.polygons[0], im.shape) for a in anns])
         boxes = [
             (np.nonzero(m.any(0))[0][0], np.nonzero(m.any(1))[0][0],
              np.nonzero(m.any(0))[0][-1] + 1, np.nonzero(m.any(1))[0][-1] + 1)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from napari_vertebra.annotation.polygons import mask_to_polygons
+from napari_vertebra.annotation.partial import crop_view, draw_window
+from napari_vertebra.annotation.polygons import mask_to_polygons, polygon_area, rasterize
 from napari_vertebra.annotation.types import AnnotatedImage, VertebraAnnotation
 from napari_vertebra.core.labels import LEVEL_IDS, VERTEBRAE, ClassSet, get_class_set
 from napari_vertebra.core.progress import ProgressCallback, report
@@ -27,7 +29,6 @@ __all__ = [
     "LUMBAR_COUNT_RATES",
     "THORACIC_COUNT_RATES",
     "clip_polygon_rows",
-    "fill_polygon",
     "synth_column",
     "synth_column_dataset",
     "synth_dataset",
@@ -38,32 +39,6 @@ __all__ = [
 ]
 
 _NV = len(VERTEBRAE)
-
-
-def fill_polygon(poly: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Boolean mask (shape) of the pixels whose centres lie inside ``poly`` ((N, 2) row, col)."""
-    poly = np.asarray(poly, float)
-    mask = np.zeros(shape, bool)
-    if len(poly) < 3:
-        return mask
-    r0 = max(int(np.floor(poly[:, 0].min())), 0)
-    r1 = min(int(np.ceil(poly[:, 0].max())) + 1, shape[0])
-    c0 = max(int(np.floor(poly[:, 1].min())), 0)
-    c1 = min(int(np.ceil(poly[:, 1].max())) + 1, shape[1])
-    if r0 >= r1 or c0 >= c1:
-        return mask
-    rr, cc = np.mgrid[r0:r1, c0:c1].astype(float)
-    inside = np.zeros(rr.shape, bool)
-    y0, x0 = poly[:, 0], poly[:, 1]
-    y1, x1 = np.roll(y0, -1), np.roll(x0, -1)
-    for a, b, c, d in zip(y0, x0, y1, x1, strict=True):
-        if a == c:
-            continue
-        cross = (a > rr) != (c > rr)
-        xint = b + (rr - a) * (d - b) / (c - a)
-        inside ^= cross & (cc < xint)
-    mask[r0:r1, c0:c1] = inside
-    return mask
 
 
 def clip_polygon_rows(poly: np.ndarray, r0: float, r1: float) -> np.ndarray:
@@ -117,7 +92,7 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 1, tmp)
 
 
-def _band(img, p0, p1, width, value, rng) -> np.ndarray:
+def _band(img, p0, p1, width, value) -> np.ndarray:
     """Paint a straight bright band from p0 to p1 (row, col) with the max rule; its mask."""
     h, w = img.shape
     n = int(max(abs(p1[0] - p0[0]), abs(p1[1] - p0[1])) * 2) + 2
@@ -149,7 +124,6 @@ def _draw_vertebra(
     w: float,
     angle: float,
     power: float,
-    thoracic: bool,
     rib_scale: float | None,
     rib_hu: tuple[float, float] = (250, 450),
     rib_width: float = 0.12,
@@ -158,40 +132,21 @@ def _draw_vertebra(
 
     Returns the body outline ((N, 2) row, col) and the mask of body plus posterior
     elements (pedicle / lamina and spinous process; not the ribs). ``rib_scale`` scales
-    the rib length (None: no ribs); ``rib_hu`` is the range of the ribs' value and
-    ``rib_width`` their half-width as a fraction of the body height. The order of the
-    random draws is the generator's contract (the seeded data sets of the tests depend
-    on it).
+    the rib length (None: no ribs, a vertebra that is not thoracic); ``rib_hu`` is the
+    range of the ribs' value and ``rib_width`` their half-width as a fraction of the body
+    height. The order of the random draws is the generator's contract (the seeded data
+    sets of the tests depend on it).
     """
     poly = _rounded_rect(rc, cc, h, w, angle, power=power)
-    mask = fill_polygon(poly, img.shape)
+    mask = rasterize(poly, img.shape)
     # cancellous interior + brighter cortical rim
-    inner = fill_polygon(_rounded_rect(rc, cc, h - 3, w - 3, angle), img.shape)
+    inner = rasterize(_rounded_rect(rc, cc, h - 3, w - 3, angle), img.shape)
     body_val = rng.uniform(350, 600)
     rim_val = body_val + rng.uniform(250, 600)
     img[mask] = np.maximum(img[mask], rim_val)
     img[inner] = np.maximum(img[inner], body_val)
-    whole = mask.copy()
-    # posterior elements: pedicle/lamina band and spinous process sloping down
-    pc = cc + w / 2 + 1
-    spin_len = w * rng.uniform(0.7, 1.1)
-    whole |= _band(
-        img,
-        (rc - h * 0.15, pc),
-        (rc + h * 0.1, pc + w * 0.35),
-        max(1.0, h * 0.28),
-        rng.uniform(400, 700),
-        rng,
-    )
-    drop = 0.9 if thoracic else 0.3  # thoracic spinous processes point further down
-    whole |= _band(
-        img,
-        (rc, pc + w * 0.35),
-        (rc + h * drop, pc + w * 0.35 + spin_len),
-        max(1.0, h * 0.16),
-        rng.uniform(350, 650),
-        rng,
-    )
+    pc = cc + w / 2 + 1  # the posterior edge of the body
+    whole = mask | _draw_posterior(img, rng, rc, pc, h, w, thoracic=rib_scale is not None)
     if rib_scale is not None:  # ribs: oblique bands from the costovertebral joint
         for sign, length_f in ((1, rng.uniform(0.9, 1.4)), (-1, rng.uniform(0.4, 0.8))):
             end_c = pc + sign * w * length_f * rib_scale
@@ -201,9 +156,68 @@ def _draw_vertebra(
                 (rc + h * rng.uniform(0.6, 1.2) * max(rib_scale, 0.3), end_c),
                 max(0.8, h * rib_width),
                 rng.uniform(*rib_hu),
-                rng,
             )
     return poly, whole
+
+
+def _draw_posterior(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    rc: float,
+    pc: float,
+    h: float,
+    w: float,
+    thoracic: bool,
+) -> np.ndarray:
+    """Paint the posterior elements behind a body (centre row ``rc``, posterior edge
+    ``pc``, height ``h``, width ``w``): the pedicle / lamina band and the spinous process
+    sloping down (further on a thoracic vertebra). Returns their mask."""
+    spin_len = w * rng.uniform(0.7, 1.1)
+    lamina = _band(
+        img,
+        (rc - h * 0.15, pc),
+        (rc + h * 0.1, pc + w * 0.35),
+        max(1.0, h * 0.28),
+        rng.uniform(400, 700),
+    )
+    drop = 0.9 if thoracic else 0.3  # thoracic spinous processes point further down
+    spinous = _band(
+        img,
+        (rc, pc + w * 0.35),
+        (rc + h * drop, pc + w * 0.35 + spin_len),
+        max(1.0, h * 0.16),
+        rng.uniform(350, 650),
+    )
+    return lamina | spinous
+
+
+def _draw_stack(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    centre_col,
+    body_w_rel: float,
+    h: np.ndarray,
+    d: np.ndarray,
+    top: float,
+    ribs: Sequence[float | None],
+    **rib_kw,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+    """Paint vertebrae top to bottom from row ``top``: body heights ``h`` (px) with a
+    disc of ``d`` below each, centred on the column line ``centre_col`` (see
+    :func:`_centre_line`), bodies ``body_w_rel`` times as wide as high (+-5 %, wider
+    downward), ``ribs[k]`` the rib scale of vertebra k (see :func:`_draw_vertebra`,
+    which gets ``rib_kw``). Returns (body outline, mask) per vertebra and the row below
+    the last disc."""
+    drawn = []
+    row = top
+    for k in range(len(h)):
+        rc = row + h[k] / 2
+        cc, angle = centre_col(rc)
+        w_k = h[k] * body_w_rel * rng.uniform(0.95, 1.05) * (1 + 0.15 * k / len(h))
+        power = rng.uniform(4, 7)
+        drawn.append(_draw_vertebra(img, rng, rc, cc, h[k], w_k, angle, power, ribs[k], **rib_kw))
+        row += h[k] + d[k]
+    return drawn, row
 
 
 def _outline(poly: np.ndarray, whole: np.ndarray, outline: str) -> list[np.ndarray]:
@@ -246,9 +260,9 @@ def synth_spine(
     ``size`` is (height, width) in px of the full column image; with ``partial`` a random
     run of rows (at least 40 % of the height) is kept and vertebrae less than
     ``min_visible`` visible are dropped. ``outline``: ``"body"`` (default, the vertebral
-    bodies, as before) or ``"whole"`` (body and posterior elements, as labels from 3D
-    outline them). T1..L5 only, scaled to the image; :func:`synth_column` draws the
-    anatomy at a physical scale with its variants.
+    bodies) or ``"whole"`` (body and posterior elements, as labels from 3D outline
+    them). T1..L5 only, scaled to the image; :func:`synth_column` draws the anatomy at a
+    physical scale with its variants.
     """
     _check_outline(outline)
     height, width = int(size[0]), int(size[1])
@@ -264,42 +278,43 @@ def synth_spine(
     length = height * rng.uniform(0.84, 0.94)
     scale = length / total_rel
     h = rel_h * scale
-    d = rel_d * scale
     top = rng.uniform(0.02, max(0.03, (height - length) / height - 0.01)) * height
     centre_col = _centre_line(rng, width, top, length)
-
-    anns: list[VertebraAnnotation] = []
-    row = top
     body_w_rel = rng.uniform(1.1, 1.35)
-    for i in range(_NV):
-        rc = row + h[i] / 2
-        cc, angle = centre_col(rc)
-        w_i = h[i] * body_w_rel * rng.uniform(0.95, 1.05) * (1 + 0.15 * i / _NV)
-        poly, whole = _draw_vertebra(
-            img, rng, rc, cc, h[i], w_i, angle, rng.uniform(4, 7), i < 12, 1.0 if i < 12 else None
-        )
-        anns.append(VertebraAnnotation(i + 1, _outline(poly, whole, outline)))
-        row += h[i] + d[i]
+    ribs = [1.0 if i < 12 else None for i in range(_NV)]
+    drawn, row = _draw_stack(img, rng, centre_col, body_w_rel, h, rel_d * scale, top, ribs)
+    anns = [VertebraAnnotation(i + 1, _outline(p, m, outline)) for i, (p, m) in enumerate(drawn)]
     # sacrum: a wide wedge tilted posteriorly below L5, with fused segment lines
     s_w = h[-1] * body_w_rel * 1.25
     _draw_sacrum(img, rng, row, sacrum_rel * scale, centre_col(top + length)[0], s_w)
     image = _finish(img, rng)
     if partial:
-        keep_h = int(rng.uniform(0.4, 1.0) * height)
-        r0 = int(rng.integers(0, height - keep_h + 1))
-        r1 = r0 + keep_h
-        image = image[r0:r1].copy()
-        kept = []
-        for a in anns:
-            parts = []
-            for poly in a.polygons:
-                clipped = clip_polygon_rows(poly, r0, r1 - 1)
-                if len(clipped) >= 3 and _poly_area(clipped) >= min_visible * _poly_area(poly):
-                    parts.append(clipped - [r0, 0])
-            if parts:
-                kept.append(VertebraAnnotation(a.class_id, parts))
-        anns = kept
+        image, anns = _keep_rows(image, anns, rng, min_visible)
     return image, anns
+
+
+def _keep_rows(
+    image: np.ndarray,
+    anns: list[VertebraAnnotation],
+    rng: np.random.Generator,
+    min_visible: float,
+) -> tuple[np.ndarray, list[VertebraAnnotation]]:
+    """A random run of rows of ``image`` (at least 40 % of them) and the parts of ``anns``
+    in it, each kept when at least ``min_visible`` of its area is."""
+    height = image.shape[0]
+    keep_h = int(rng.uniform(0.4, 1.0) * height)
+    r0 = int(rng.integers(0, height - keep_h + 1))
+    r1 = r0 + keep_h
+    kept = []
+    for a in anns:
+        parts = []
+        for poly in a.polygons:
+            clipped = clip_polygon_rows(poly, r0, r1 - 1)
+            if len(clipped) >= 3 and polygon_area(clipped) >= min_visible * polygon_area(poly):
+                parts.append(clipped - [r0, 0])
+        if parts:
+            kept.append(VertebraAnnotation(a.class_id, parts))
+    return image[r0:r1].copy(), kept
 
 
 def _centre_line(rng: np.random.Generator, width: float, top: float, length: float):
@@ -335,18 +350,13 @@ def _draw_sacrum(img, rng, row: float, s_h: float, col_end: float, s_w: float) -
     rc = row + s_h / 2
     cc = col_end + width * 0.06
     outline = _rounded_rect(rc, cc, s_h, s_w, -0.5, power=3.0)
-    sac = fill_polygon(outline, img.shape)
+    sac = rasterize(outline, img.shape)
     img[sac] = np.maximum(img[sac], rng.uniform(400, 650))
     for k in range(1, 4):
         r = row + s_h * k / 4
         c = cc + (r - rc) * 0.5
-        _band(img, (r, c - s_w * 0.4), (r - 1, c + s_w * 0.4), 0.7, 0.0, rng)
+        _band(img, (r, c - s_w * 0.4), (r - 1, c + s_w * 0.4), 0.7, 0.0)
     return outline
-
-
-def _poly_area(poly: np.ndarray) -> float:
-    y, x = poly[:, 0], poly[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
 def synth_dataset(
@@ -492,6 +502,48 @@ def synth_column(
     spine = variant_levels(t_count, l_count)[:-1]  # C7 .. last lumbar; the sacrum apart
     levels = (*_CERVICAL_ABOVE, *spine)
     scale = rng.uniform(lo, hi)
+    lay = _column_layout(rng, levels, scale, pixel_mm, width_mm)
+    img = np.zeros(lay.shape, float)
+    anns, level_rows = _draw_column(img, rng, levels, lay, cs, outline)
+    meta = {
+        "synthetic": True,
+        "pixel_mm": float(pixel_mm),
+        "patient_scale": float(scale),
+        "thoracic": t_count,
+        "lumbar": l_count,
+        "class_set": cs.name,
+        "outline": outline,
+        "level_rows": level_rows,
+    }
+    height, width = lay.shape
+    image = _finish(img, rng)
+    return AnnotatedImage(f"{name}.png", height, width, anns, image, scan=name, meta=meta)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a column's parts go (px): body heights ``h``, the disc below each ``d``, the
+    first body's top row, the column's length (bodies, discs, sacrum), the sacrum's
+    height and the image shape (rows, cols)."""
+
+    h: np.ndarray
+    d: np.ndarray
+    top: float
+    length: float
+    sacrum: float
+    shape: tuple[int, int]
+
+
+def _column_layout(
+    rng: np.random.Generator,
+    levels: Sequence[str],
+    scale: float,
+    pixel_mm: float,
+    width_mm: float,
+) -> _Layout:
+    """Draw the body and disc heights of ``levels`` (typical adult sizes times the patient
+    ``scale``, a thoracic and a lumbar factor and +-5 % per vertebra), the sacrum and the
+    margins above and below; the layout in pixels of ``pixel_mm``."""
     f_thor, f_lum = rng.uniform(0.95, 1.05, 2)
 
     def body_mm(lv: str) -> float:
@@ -516,70 +568,52 @@ def synth_column(
     width = round(width_mm / pixel_mm)
     if width < 16:
         raise ValueError(f"width_mm / pixel_mm = {width} px is too narrow (at least 16 px)")
-    h, d = h / pixel_mm, d / pixel_mm
-    top, length = top_mm / pixel_mm, length_mm / pixel_mm
-    img = np.zeros((height, width), float)
-    centre_col = _centre_line(rng, width, top, length)
+    return _Layout(
+        h / pixel_mm,
+        d / pixel_mm,
+        top_mm / pixel_mm,
+        length_mm / pixel_mm,
+        sacrum_mm / pixel_mm,
+        (height, width),
+    )
+
+
+def _draw_column(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    levels: Sequence[str],
+    lay: _Layout,
+    cs: ClassSet,
+    outline: str,
+) -> tuple[list[VertebraAnnotation], dict[str, list[int]]]:
+    """Paint the vertebrae of ``levels`` and the sacrum into ``img`` along a curved column
+    line; the annotations of the levels in ``cs`` and the rows of every level drawn."""
+    centre_col = _centre_line(rng, img.shape[1], lay.top, lay.length)
     body_w_rel = rng.uniform(1.1, 1.35)
     thoracic_levels = [lv for lv in levels if lv.startswith("T")]
     rib_of = {lv: 1.0 for lv in thoracic_levels}
     rib_of[thoracic_levels[-1]] = rng.uniform(0.2, 0.5)
     rib_of[thoracic_levels[-2]] = rng.uniform(0.5, 0.9)
+    ribs = [rib_of.get(lv) for lv in levels]
+    # the ribs are visible over the posterior elements: rib-bearing is a cue
+    drawn, row = _draw_stack(
+        img, rng, centre_col, body_w_rel, lay.h, lay.d, lay.top, ribs,
+        rib_hu=(550, 850), rib_width=0.14,
+    )  # fmt: skip
     anns: list[VertebraAnnotation] = []
-    level_rows: dict[str, list[float]] = {}
-    row = top
-    n_lv = len(levels)
-    for k, lv in enumerate(levels):
-        rc = row + h[k] / 2
-        cc, angle = centre_col(rc)
-        w_k = h[k] * body_w_rel * rng.uniform(0.95, 1.05) * (1 + 0.15 * k / n_lv)
-        poly, whole = _draw_vertebra(
-            img,
-            rng,
-            rc,
-            cc,
-            h[k],
-            w_k,
-            angle,
-            rng.uniform(4, 7),
-            lv.startswith("T"),
-            rib_of.get(lv),
-            rib_hu=(550, 850),  # visible over the posterior elements: rib-bearing is a cue
-            rib_width=0.14,
-        )
-        level_rows[lv] = _row_extent(
-            whole if outline == "whole" else fill_polygon(poly, img.shape)
-        )
+    level_rows: dict[str, list[int]] = {}
+    for lv, (poly, whole) in zip(levels, drawn, strict=True):
+        level_rows[lv] = _row_extent(whole if outline == "whole" else rasterize(poly, img.shape))
         if lv in cs.levels:
             anns.append(VertebraAnnotation(LEVEL_IDS[lv], _outline(poly, whole, outline)))
-        row += h[k] + d[k]
-    s_w = h[-1] * body_w_rel * 1.25
-    sac = _draw_sacrum(img, rng, row, sacrum_mm / pixel_mm, centre_col(top + length)[0], s_w)
-    sac_mask = fill_polygon(sac, img.shape)
+    s_w = lay.h[-1] * body_w_rel * 1.25
+    sac = _draw_sacrum(img, rng, row, lay.sacrum, centre_col(lay.top + lay.length)[0], s_w)
+    sac_mask = rasterize(sac, img.shape)
     level_rows["S1"] = _row_extent(sac_mask)
     if "S1" in cs.levels:
         parts = mask_to_polygons(sac_mask, tolerance_px=0.5, min_area_px=4)
         anns.append(VertebraAnnotation(LEVEL_IDS["S1"], parts[:1] or [sac]))
-    image = _finish(img, rng)
-    meta = {
-        "synthetic": True,
-        "pixel_mm": float(pixel_mm),
-        "patient_scale": float(scale),
-        "thoracic": t_count,
-        "lumbar": l_count,
-        "class_set": cs.name,
-        "outline": outline,
-        "level_rows": level_rows,
-    }
-    return AnnotatedImage(
-        file_name=f"{name}.png",
-        height=height,
-        width=width,
-        annotations=anns,
-        image=image,
-        scan=name,
-        meta=meta,
-    )
+    return anns, level_rows
 
 
 def _row_extent(mask: np.ndarray) -> list[int]:
@@ -628,8 +662,6 @@ def synth_views(
     with :func:`~napari_vertebra.annotation.partial.crop_view` (``min_visible`` of their
     pixels). Each view's ``meta`` adds ``levels``, ``visible`` and ``landmarks``.
     """
-    from napari_vertebra.annotation.partial import crop_view
-
     if not 1 <= min_vertebrae <= max_vertebrae:
         raise ValueError(
             f"need 1 <= min_vertebrae <= max_vertebrae, got {min_vertebrae}, {max_vertebrae}"
@@ -649,11 +681,10 @@ def synth_views(
     seen: set[tuple[int, int]] = set()
     for _ in range(n_views):
         for _try in range(max_tries):
-            length = int(rng.integers(min_vertebrae, min(max_vertebrae, n) + 1))
-            start = int(rng.integers(0, n - length + 1))
-            m_top, m_bot = rng.uniform(margin[0], margin[1], size=2) * med
-            r0 = max(0, int(np.floor(tops[start] - m_top)))
-            r1 = min(column.height, int(np.ceil(bottoms[start + length - 1] + m_bot)) + 1)
+            r0, r1 = draw_window(
+                rng, range(n), tops, bottoms, min_vertebrae, max_vertebrae, margin, med,
+                column.height,
+            )  # fmt: skip
             if r1 - r0 < 2 or (r0, r1) in seen:
                 continue
             inside = np.minimum(bottoms, r1) - np.maximum(tops, r0) >= 0.5 * (bottoms - tops)
@@ -662,10 +693,8 @@ def synth_views(
             seen.add((r0, r1))
             view = crop_view(column, r0, r1, min_visible)
             view.file_name = f"{stem}_v{len(views):03d}_rows{r0}-{r1}.png"
-            view.meta = {
-                **view.meta,
-                **_view_meta(column.meta, r0, r1, [a.name for a in view.annotations]),
-            }
+            names = [a.name for a in view.annotations]
+            view.meta = {**view.meta, **_view_meta(column.meta, r0, r1, names)}
             views.append(view)
             break
     return views

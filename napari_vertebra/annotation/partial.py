@@ -11,6 +11,7 @@ kept only if at least ``min_visible`` of its pixels are inside; views with fewer
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from .polygons import mask_to_polygons, rasterize
 from .types import AnnotatedImage, VertebraAnnotation
 
-__all__ = ["crop_view", "partial_views"]
+__all__ = ["crop_view", "draw_window", "partial_views"]
 
 
 def crop_view(
@@ -81,6 +82,54 @@ def _runs(ids: list[int]) -> list[list[int]]:
     return runs
 
 
+def _runs_and_rows(
+    image: AnnotatedImage, min_vertebrae: int
+) -> tuple[list[list[int]], np.ndarray | None, np.ndarray | None]:
+    """The runs of at least ``min_vertebrae`` consecutive classes among ``image``'s
+    annotations (indices in class order) and, when there is one, the first and last row
+    of each annotation; ValueError when a class appears twice."""
+    anns = sorted(
+        (a for a in image.annotations if a.polygons and any(len(p) >= 3 for p in a.polygons)),
+        key=lambda a: a.class_id,
+    )
+    ids = [a.class_id for a in anns]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{image.file_name}: a vertebra class appears twice; fix it first")
+    runs = [r for r in _runs(ids) if len(r) >= min_vertebrae]
+    if not runs:
+        return [], None, None
+    tops = np.array([min(p[:, 0].min() for p in a.polygons) for a in anns])
+    bottoms = np.array([max(p[:, 0].max() for p in a.polygons) for a in anns])
+    return runs, tops, bottoms
+
+
+def draw_window(
+    rng: np.random.Generator,
+    run: Sequence[int],
+    tops: np.ndarray,
+    bottoms: np.ndarray,
+    min_vertebrae: int,
+    max_vertebrae: int,
+    margin: tuple[float, float],
+    height_px: float,
+    image_height: int,
+) -> tuple[int, int]:
+    """A random row window ``(r0, r1)`` over part of ``run`` (indices into ``tops`` /
+    ``bottoms``, the vertebrae's first and last rows, of consecutive vertebrae).
+
+    Draws a length in ``min_vertebrae..max_vertebrae`` (at most the run's), a start, and
+    top / bottom margins uniformly from ``margin`` times ``height_px`` (negative cuts into
+    the end vertebra); the window is clipped to the image's rows.
+    """
+    length = int(rng.integers(min_vertebrae, min(max_vertebrae, len(run)) + 1))
+    start = int(rng.integers(0, len(run) - length + 1))
+    first, last = run[start], run[start + length - 1]
+    m_top, m_bot = rng.uniform(margin[0], margin[1], size=2) * height_px
+    r0 = int(np.floor(tops[first] - m_top))
+    r1 = int(np.ceil(bottoms[last] + m_bot)) + 1
+    return max(0, r0), min(int(image_height), r1)
+
+
 def partial_views(
     image: AnnotatedImage,
     n_views: int,
@@ -107,18 +156,9 @@ def partial_views(
             f"need 1 <= min_vertebrae <= max_vertebrae, got {min_vertebrae}, {max_vertebrae}"
         )
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    anns = sorted(
-        (a for a in image.annotations if a.polygons and any(len(p) >= 3 for p in a.polygons)),
-        key=lambda a: a.class_id,
-    )
-    ids = [a.class_id for a in anns]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{image.file_name}: a vertebra class appears twice; fix it first")
-    runs = [r for r in _runs(ids) if len(r) >= min_vertebrae]
+    runs, tops, bottoms = _runs_and_rows(image, min_vertebrae)
     if not runs:
         return []
-    tops = np.array([min(p[:, 0].min() for p in a.polygons) for a in anns])
-    bottoms = np.array([max(p[:, 0].max() for p in a.polygons) for a in anns])
     height = float(np.median(bottoms - tops))
     stem = PurePosixPath(image.file_name).stem
     views: list[AnnotatedImage] = []
@@ -126,14 +166,10 @@ def partial_views(
     for _ in range(n_views):
         for _try in range(max_tries):
             run = runs[rng.integers(len(runs))]
-            hi = min(max_vertebrae, len(run))
-            length = int(rng.integers(min_vertebrae, hi + 1))
-            start = int(rng.integers(0, len(run) - length + 1))
-            first, last = run[start], run[start + length - 1]
-            m_top, m_bot = rng.uniform(margin[0], margin[1], size=2) * height
-            r0 = int(np.floor(tops[first] - m_top))
-            r1 = int(np.ceil(bottoms[last] + m_bot)) + 1
-            r0, r1 = max(0, r0), min(int(image.height), r1)
+            r0, r1 = draw_window(
+                rng, run, tops, bottoms, min_vertebrae, max_vertebrae, margin, height,
+                image.height,
+            )  # fmt: skip
             if r1 - r0 < 2 or (r0, r1) in seen:
                 continue
             view = crop_view(image, r0, r1, min_visible, tolerance_px)

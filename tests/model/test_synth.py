@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from napari_vertebra.annotation.coco import read_coco
-from napari_vertebra.annotation.polygons import polygon_centroid
+from napari_vertebra.annotation.polygons import polygon_centroid, rasterize
 from napari_vertebra.cli import main as cli_main
-from napari_vertebra.synth import clip_polygon_rows, fill_polygon, synth_spine
+from napari_vertebra.synth import clip_polygon_rows, synth_spine
 
 
 def test_full_column_has_t1_to_l5_in_order():
@@ -22,9 +22,9 @@ def test_full_column_has_t1_to_l5_in_order():
     assert image.min() == 0 and image.max() <= 1500
     assert np.all((image == 0) | (image >= 100))
     # bodies are bright, and the lower (lumbar) bodies are bigger than the upper ones
-    areas = [fill_polygon(a.polygons[0], image.shape).sum() for a in anns]
+    areas = [rasterize(a.polygons[0], image.shape).sum() for a in anns]
     assert areas[-1] > 1.5 * areas[0]
-    body = fill_polygon(anns[8].polygons[0], image.shape)
+    body = rasterize(anns[8].polygons[0], image.shape)
     assert image[body].mean() > 3 * image[~body].mean()
 
 
@@ -71,8 +71,8 @@ def test_whole_outline_adds_the_posterior_elements_to_the_same_image():
     assert np.array_equal(body_img, whole_img)  # the outline does not change the pixels
     assert [a.class_id for a in whole] == [a.class_id for a in body] == list(range(1, 18))
     for b, w in zip(body, whole, strict=True):
-        mb = fill_polygon(b.polygons[0], body_img.shape)
-        mw = fill_polygon(w.polygons[0], body_img.shape)
+        mb = rasterize(b.polygons[0], body_img.shape)
+        mw = rasterize(w.polygons[0], body_img.shape)
         assert (mb & mw).sum() >= 0.9 * mb.sum()  # the body is inside the whole outline
         assert mw.sum() > 1.3 * mb.sum()
         # the posterior elements lie behind the body (larger column = posterior)
