@@ -145,9 +145,21 @@ def _validated(image: AnnotatedImage) -> AnnotatedImage:
 
 
 def _load_inputs(
-    inputs: Sequence[Input], progress: ProgressCallback | None, min_visible: float, **kw
+    inputs: Sequence[Input],
+    progress: ProgressCallback | None,
+    min_visible: float,
+    tolerance_px: float,
+    params=None,
+    class_set: str | None = None,
 ) -> list[AnnotatedImage]:
+    """The annotated images of ``inputs`` (see :func:`build_dataset`), validated."""
     from .from3d import labels_to_annotations
+
+    kw = {"tolerance_px": tolerance_px}
+    if params is not None:
+        kw["params"] = params
+    if class_set is not None:
+        kw["class_set"] = class_set
 
     images: list[AnnotatedImage] = []
     for k, item in enumerate(inputs):
@@ -184,6 +196,82 @@ def _load_inputs(
     return images
 
 
+def _views_by_scan(
+    images: Sequence[AnnotatedImage],
+    views_per_image: int,
+    seed: int,
+    include_full: bool,
+    progress: ProgressCallback | None,
+    min_vertebrae: int,
+    max_vertebrae: int,
+    min_visible: float,
+    tolerance_px: float,
+) -> dict[str, list[AnnotatedImage]]:
+    """{scan: its dataset images}: per image its full image (``include_full``) and its
+    partial views (seeded), under unique file names in ``images/``."""
+    rng = np.random.default_rng(seed)
+    per_scan: dict[str, list[AnnotatedImage]] = {}
+    used: set[str] = set()
+
+    def unique(name: str) -> str:
+        base, k = name, 1
+        while name in used:
+            name = f"{base}_{k}"
+            k += 1
+        used.add(name)
+        return name
+
+    for k, im in enumerate(images):
+        report(progress, 0.6 + 0.3 * k / len(images), f"partial views of {im.file_name}")
+        scan = im.scan or safe_key(PurePosixPath(im.file_name).stem)
+        stem = PurePosixPath(im.file_name).stem
+        base = unique(safe_key(scan if stem == scan else f"{scan}_{stem}"))
+        out = per_scan.setdefault(scan, [])
+        if include_full:
+            meta = dict(im.meta or {}, view="full", source=im.file_name)
+            name = f"images/{base}_full.png"
+            out.append(
+                AnnotatedImage(name, im.height, im.width, im.annotations, im.image, scan, meta)
+            )
+        views = partial_views(
+            im, views_per_image, rng, min_vertebrae, max_vertebrae, min_visible,
+            tolerance_px=tolerance_px,
+        )  # fmt: skip
+        for j, v in enumerate(views):
+            r0, r1 = v.meta["rows"]
+            v.file_name = f"images/{base}_v{j:03d}_rows{r0}-{r1}.png"
+            v.scan = scan
+            out.append(v)
+    return per_scan
+
+
+def _write_splits(
+    out_dir: Path,
+    per_scan: dict[str, list[AnnotatedImage]],
+    split: dict[str, list[str]],
+    summary: dict,
+) -> dict[str, Path]:
+    """Write one COCO per split and ``dataset.json`` (``summary`` with the splits and the
+    class set added) together, or nothing; {split: path of its annotations.json}."""
+    # one category list for every split: the smallest class set holding all levels used
+    cset = class_set_for(
+        a.class_id for ims in per_scan.values() for im in ims for a in im.annotations
+    )
+    summary["class_set"] = cset.name
+    paths = {}
+    with AtomicBatch() as batch:  # all splits are written together, or none
+        for name in SPLITS:
+            split_images = [im for s in split[name] for im in per_scan[s]]
+            paths[name] = stage_coco(batch, split_images, out_dir / name, class_set=cset)
+            summary["splits"][name] = {
+                "scans": split[name],
+                "images": len(split_images),
+                "annotations": sum(len(i.annotations) for i in split_images),
+            }
+        batch.add(out_dir / "dataset.json", json.dumps(summary, indent=1).encode("utf-8"))
+    return paths
+
+
 def build_dataset(
     inputs: Sequence[Input],
     out_dir: str | os.PathLike,
@@ -216,88 +304,26 @@ def build_dataset(
     same names are replaced; other files already in ``out_dir`` are left alone. Returns
     {split: path of its annotations.json}.
     """
-    out_dir = Path(out_dir)
-    kw = {"tolerance_px": tolerance_px}
-    if params is not None:
-        kw["params"] = params
-    if class_set is not None:
-        kw["class_set"] = class_set
-    images = _load_inputs(inputs, scaled(progress, 0.0, 0.6), min_visible, **kw)
+    images = _load_inputs(
+        inputs, scaled(progress, 0.0, 0.6), min_visible, tolerance_px, params, class_set
+    )
     if not images:
         raise ValueError("no input images for the dataset")
-    notes = [w for im in images for w in im.warnings]
-    rng = np.random.default_rng(seed)
-    per_scan: dict[str, list[AnnotatedImage]] = {}
-    used: set[str] = set()
-
-    def unique(name: str) -> str:
-        base, k = name, 1
-        while name in used:
-            name = f"{base}_{k}"
-            k += 1
-        used.add(name)
-        return name
-
-    for k, im in enumerate(images):
-        report(progress, 0.6 + 0.3 * k / len(images), f"partial views of {im.file_name}")
-        scan = im.scan or safe_key(PurePosixPath(im.file_name).stem)
-        stem = PurePosixPath(im.file_name).stem
-        base = unique(safe_key(scan if stem == scan else f"{scan}_{stem}"))
-        out = per_scan.setdefault(scan, [])
-        if include_full:
-            meta = dict(im.meta or {}, view="full", source=im.file_name)
-            out.append(
-                AnnotatedImage(
-                    f"images/{base}_full.png",
-                    im.height,
-                    im.width,
-                    im.annotations,
-                    im.image,
-                    scan,
-                    meta,
-                )
-            )
-        for j, v in enumerate(
-            partial_views(
-                im,
-                views_per_image,
-                rng,
-                min_vertebrae,
-                max_vertebrae,
-                min_visible,
-                tolerance_px=tolerance_px,
-            )
-        ):
-            r0, r1 = v.meta["rows"]
-            v.file_name = f"images/{base}_v{j:03d}_rows{r0}-{r1}.png"
-            v.scan = scan
-            out.append(v)
+    per_scan = _views_by_scan(
+        images, views_per_image, seed, include_full, progress,
+        min_vertebrae, max_vertebrae, min_visible, tolerance_px,
+    )  # fmt: skip
     split = split_scans(list(per_scan), fractions, seed)
     report(progress, 0.9, "writing splits")
-    paths = {}
     summary: dict = {
         "seed": seed,
         "fractions": list(fractions),
         "min_visible": min_visible,
         "views_per_image": views_per_image,
         "include_full": include_full,
-        "warnings": notes,
+        "warnings": [w for im in images for w in im.warnings],
         "splits": {},
     }
-    # one category list for every split: the smallest class set holding all levels used
-    cset = class_set_for(
-        a.class_id for ims in per_scan.values() for im in ims for a in im.annotations
-    )
-    summary["class_set"] = cset.name
-    with AtomicBatch() as batch:  # all splits are written together, or none
-        for name in SPLITS:
-            split_images = [im for s in split[name] for im in per_scan[s]]
-            paths[name] = stage_coco(batch, split_images, out_dir / name, class_set=cset)
-            summary["splits"][name] = {
-                "scans": split[name],
-                "images": len(split_images),
-                "annotations": sum(len(i.annotations) for i in split_images),
-            }
-        batch.add(out_dir / "dataset.json", json.dumps(summary, indent=1).encode("utf-8"))
+    paths = _write_splits(Path(out_dir), per_scan, split, summary)
     report(progress, 1.0, "done")
     return paths

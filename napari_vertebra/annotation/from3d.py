@@ -98,6 +98,38 @@ def labels_to_annotations(
     """
     if not 0.0 <= min_visible <= 1.0:
         raise ValueError(f"min_visible must be in 0..1, got {min_visible}")
+    _check_same_grid(ct, labels)
+    table = load_convention(convention, class_set)
+    if result is None or result.labels_cropped is None:
+        from napari_vertebra.core.pipeline import run_pipeline
+
+        params = PreprocessParams() if params is None else params
+        result = run_pipeline(ct, params, labels=labels, progress=scaled(progress, 0.0, 0.8))
+    report(progress, 0.8, "projecting vertebrae")
+    spacing = float(result.params.spacing_mm)
+    if edge_margin is None:
+        edge_margin = math.ceil(max(ct.spacing) / spacing) + 1
+    full = to_class_map(result.labels_resampled.array, table, class_set)
+    crop = to_class_map(result.labels_cropped.array, table, class_set)
+    annotations, fractions, dropped = _outline_visible(
+        full, crop, edge_margin, min_visible, tolerance_px, min_area_px, progress
+    )
+    report(progress, 1.0, "done")
+    scan = scan or "scan"
+    meta = {
+        "visible_fraction": fractions,
+        "dropped": dropped,
+        "crop_box": [list(map(int, b)) for b in result.crop_box],
+        "spacing_mm": spacing,
+        "convention": _convention_name(convention),
+    }
+    mip = np.asarray(result.mip, np.float32)
+    h, w = (int(n) for n in mip.shape)
+    return AnnotatedImage(file_name or f"{scan}.png", h, w, annotations, mip, scan, meta)
+
+
+def _check_same_grid(ct: Volume, labels: Volume) -> None:
+    """ValueError unless ``labels`` lies on ``ct``'s grid."""
     if labels.shape != ct.shape or not labels.same_grid(ct):
         raise ValueError(
             f"the label map's grid does not match the CT (labels: shape {labels.shape}, "
@@ -106,25 +138,32 @@ def labels_to_annotations(
             f"{tuple(round(s, 3) for s in ct.spacing)}, origin "
             f"{tuple(round(o, 2) for o in ct.origin)})"
         )
-    table = load_convention(convention, class_set)
-    params = PreprocessParams() if params is None else params
-    if result is None or result.labels_cropped is None:
-        from napari_vertebra.core.pipeline import run_pipeline
 
-        result = run_pipeline(ct, params, labels=labels, progress=scaled(progress, 0.0, 0.8))
-    report(progress, 0.8, "projecting vertebrae")
-    spacing = float(result.params.spacing_mm)
-    if edge_margin is None:
-        edge_margin = math.ceil(max(ct.spacing) / spacing) + 1
 
-    full = to_class_map(result.labels_resampled.array, table, class_set)
-    crop = to_class_map(result.labels_cropped.array, table, class_set)
+def _convention_name(convention: Convention) -> str:
+    """How ``meta`` names a convention: its name, its table's path, or "table"."""
+    if isinstance(convention, str):
+        return convention
+    return os.fspath(convention) if isinstance(convention, os.PathLike) else "table"
+
+
+def _outline_visible(
+    full: np.ndarray,
+    crop: np.ndarray,
+    edge_margin: int,
+    min_visible: float,
+    tolerance_px: float,
+    min_area_px: float,
+    progress: ProgressCallback | None,
+) -> tuple[list[VertebraAnnotation], dict[str, float], list[str]]:
+    """Outline each vertebra of the cropped class map ``crop`` that is visible enough
+    (the rule of the module doc; ``full``: the whole resampled class map). Returns the
+    annotations (superior first), {name: visible fraction} and the names dropped."""
     in_crop = projected_masks(crop)
     full_area = {c: int(m.sum()) for c, m in projected_masks(full).items()}
     edge = {c: _touches_edge(full == c, edge_margin) for c in in_crop}
     area = {c: int(m.sum()) for c, m in in_crop.items()}
     complete = sorted(c for c in in_crop if not edge[c] and area[c] >= full_area.get(c, 0))
-
     fractions: dict[str, float] = {}
     dropped: list[str] = []
     annotations: list[VertebraAnnotation] = []
@@ -144,26 +183,4 @@ def labels_to_annotations(
             annotations.append(VertebraAnnotation(c, polys, source="3D labels"))
         else:
             dropped.append(class_name(c))
-    report(progress, 1.0, "done")
-    scan = scan or "scan"
-    conv = (
-        convention
-        if isinstance(convention, str)
-        else (os.fspath(convention) if isinstance(convention, os.PathLike) else "table")
-    )
-    mip = np.asarray(result.mip, np.float32)
-    return AnnotatedImage(
-        file_name=file_name or f"{scan}.png",
-        height=int(mip.shape[0]),
-        width=int(mip.shape[1]),
-        annotations=annotations,
-        image=mip,
-        scan=scan,
-        meta={
-            "visible_fraction": fractions,
-            "dropped": dropped,
-            "crop_box": [list(map(int, b)) for b in result.crop_box],
-            "spacing_mm": spacing,
-            "convention": conv,
-        },
-    )
+    return annotations, fractions, dropped

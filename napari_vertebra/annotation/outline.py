@@ -161,41 +161,20 @@ def outline_mask_at(
     if not (0 <= r0 < img.shape[0] and 0 <= c0 < img.shape[1]):
         return None
     sl = _window(img.shape, (r0, c0), p.window_mm)
-    sub = img[sl]
+    sm = ndi.gaussian_filter(img[sl], p.smooth_mm)
     r, c = r0 - sl[0].start, c0 - sl[1].start
-    sm = ndi.gaussian_filter(sub, p.smooth_mm)
-    # local bone level: the bright part of a disk around the click
-    yy, xx = np.ogrid[: sm.shape[0], : sm.shape[1]]
-    near = (yy - r) ** 2 + (xx - c) ** 2 <= p.level_radius_mm**2
-    vals = sm[near]
-    level = float(np.percentile(vals, 60)) if vals.size else 0.0
-    thr = max(p.min_bone_hu, p.bone_fraction * level)
-    if sm[r, c] < thr:
-        # clicked on a dark pixel: accept when bone is right next to it
-        look = sm[max(0, r - 2) : r + 3, max(0, c - 2) : c + 3]
-        if look.max() < thr:
-            return None
-        dr, dc = np.unravel_index(int(np.argmax(look)), look.shape)
-        r, c = max(0, r - 2) + int(dr), max(0, c - 2) + int(dc)
+    level, thr = _bone_level(sm, r, c, p)
+    rc = _on_bone(sm, r, c, thr)
+    if rc is None:
+        return None
+    r, c = rc
     fg = sm >= thr
     # discs above and below along a band of columns through the click
     band = sm[:, max(0, c - p.band_mm) : c + p.band_mm + 1].mean(axis=1)
     up, down = _discs(band, r, level, p)
-    cost = np.minimum(sm / max(level, 1e-6), 2.0)
-    h, w = sm.shape
-    top = _seam(cost, up, c, p.seam_step_cost, p.seam_up_cost) if up is not None else None
-    bottom = _seam(cost, down, c, p.seam_step_cost, p.seam_up_cost) if down is not None else None
-    # a disc on one side only (a tilted L5/S1 disc, a cut vertebra): the other boundary is
-    # the found one shifted by twice its distance from the click (beyond the window: its edge)
-    if top is not None and bottom is None:
-        bottom = np.clip(top + 2 * (r - up), -1, h)
-    elif bottom is not None and top is None:
-        top = np.clip(bottom - 2 * (down - r), -1, h)
-    elif top is None and bottom is None:
-        top, bottom = np.full(w, -1), np.full(w, h)
-    bottom = np.maximum(bottom, top + 2)
-    between = (yy > top[None, :]) & (yy < bottom[None, :])
-    region = fg & between
+    top, bottom = _boundaries(np.minimum(sm / max(level, 1e-6), 2.0), up, down, r, c, p)
+    yy = np.arange(sm.shape[0])[:, None]
+    region = fg & (yy > top[None, :]) & (yy < bottom[None, :])
     if debug is not None:
         debug.update(
             sl=sl,
@@ -208,7 +187,58 @@ def outline_mask_at(
             bottom=bottom,
             region=region,
         )
-    region = ndi.binary_opening(region, iterations=1)
+    region = _part_at(ndi.binary_opening(region, iterations=1), r, c)
+    if region is None or not _plausible(region, p):
+        return None
+    out = np.zeros(img.shape, bool)
+    out[sl] = region
+    return out
+
+
+def _bone_level(sm: np.ndarray, r: int, c: int, p: OutlineParams) -> tuple[float, float]:
+    """The local bone level (the bright part of a disk around the click) and the bone
+    threshold derived from it."""
+    yy, xx = np.ogrid[: sm.shape[0], : sm.shape[1]]
+    near = (yy - r) ** 2 + (xx - c) ** 2 <= p.level_radius_mm**2
+    vals = sm[near]
+    level = float(np.percentile(vals, 60)) if vals.size else 0.0
+    return level, max(p.min_bone_hu, p.bone_fraction * level)
+
+
+def _on_bone(sm: np.ndarray, r: int, c: int, thr: float) -> tuple[int, int] | None:
+    """The click, or on a dark pixel the brightest bone pixel right next to it (None:
+    no bone there)."""
+    if sm[r, c] >= thr:
+        return r, c
+    look = sm[max(0, r - 2) : r + 3, max(0, c - 2) : c + 3]
+    if look.max() < thr:
+        return None
+    dr, dc = np.unravel_index(int(np.argmax(look)), look.shape)
+    return max(0, r - 2) + int(dr), max(0, c - 2) + int(dc)
+
+
+def _boundaries(
+    cost: np.ndarray, up: int | None, down: int | None, r: int, c: int, p: OutlineParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row per column of the boundary above and below the vertebra at (r, c): seams
+    through the discs ``up`` / ``down``. With a disc on one side only (a tilted L5/S1
+    disc, a cut vertebra) the other boundary is the found one shifted by twice its
+    distance from the click; with none, the window's edges."""
+    h, w = cost.shape
+    top = _seam(cost, up, c, p.seam_step_cost, p.seam_up_cost) if up is not None else None
+    bottom = _seam(cost, down, c, p.seam_step_cost, p.seam_up_cost) if down is not None else None
+    if top is not None and bottom is None:
+        bottom = np.clip(top + 2 * (r - up), -1, h)
+    elif bottom is not None and top is None:
+        top = np.clip(bottom - 2 * (down - r), -1, h)
+    elif top is None and bottom is None:
+        top, bottom = np.full(w, -1), np.full(w, h)
+    return top, np.maximum(bottom, top + 2)
+
+
+def _part_at(region: np.ndarray, r: int, c: int) -> np.ndarray | None:
+    """The connected part of ``region`` at (r, c) (or, when the click's pixel is not in
+    it, the part most present right next to it), holes filled; None when none."""
     lbl, n = ndi.label(region)
     if n == 0:
         return None
@@ -218,18 +248,18 @@ def outline_mask_at(
         if not near_click.any():
             return None
         k = int(np.bincount(near_click[near_click > 0]).argmax())
-    region = ndi.binary_fill_holes(lbl == k)
+    return ndi.binary_fill_holes(lbl == k)
+
+
+def _plausible(region: np.ndarray, p: OutlineParams) -> bool:
+    """Whether a part's area and extent are those of a vertebra."""
     area = int(region.sum())
     rows = np.flatnonzero(region.any(1))
     cols = np.flatnonzero(region.any(0))
     height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
     if not (p.min_area_mm2 <= area <= p.max_area_mm2):
-        return None
-    if height > p.max_height_mm or width > p.max_width_mm:
-        return None
-    out = np.zeros(img.shape, bool)
-    out[sl] = region
-    return out
+        return False
+    return not (height > p.max_height_mm or width > p.max_width_mm)
 
 
 def outline_at(
