@@ -256,12 +256,16 @@ def _check_top_level(data: object, source: str | os.PathLike | None) -> None:
         raise CocoFormatError(source, errors)
 
 
-def _missing_keys(entry: dict, keys: Sequence[str], tag: str, errors: list[str]) -> bool:
-    """Whether ``entry`` lacks one of ``keys`` (the message goes to ``errors``)."""
+def _has_keys(entry: object, keys: Sequence[str], tag: str, errors: list[str]) -> bool:
+    """Whether ``entry`` is an object with every one of ``keys`` (if not, the problem goes
+    to ``errors``)."""
+    if not isinstance(entry, dict):
+        errors.append(f"{tag}: not an object")
+        return False
     missing = [key for key in keys if key not in entry]
     if missing:
         errors.append(f"{tag}: missing key(s) {', '.join(map(repr, missing))}")
-    return bool(missing)
+    return not missing
 
 
 #: {category id: class id} of the vertebra categories and {category id: name} of all.
@@ -293,7 +297,9 @@ def _read_categories(entries: list, errors: list[str]) -> Categories:
     return cat_map, cat_names
 
 
-def _category_of(category_id: int, categories: Categories, tag: str, errors: list[str]):
+def _category_of(
+    category_id: int, categories: Categories, tag: str, errors: list[str]
+) -> int | None:
     """The class id of an annotation's ``category_id``, or None (the problem in ``errors``)."""
     cat_map, cat_names = categories
     cid = cat_map.get(category_id)
@@ -308,11 +314,7 @@ def _category_of(category_id: int, categories: Categories, tag: str, errors: lis
 
 def _image_tag(k: int, e: object, images: dict, errors: list[str]) -> str | None:
     """The name of image entry ``k`` in messages, or None when the entry is refused."""
-    tag = f"images[{k}]"
-    if not isinstance(e, dict):
-        errors.append(f"{tag}: not an object")
-        return None
-    if _missing_keys(e, ("id", "file_name", "width", "height"), tag, errors):
+    if not _has_keys(e, ("id", "file_name", "width", "height"), f"images[{k}]", errors):
         return None
     tag = f"images[{k}] (id {e['id']!r}, {e['file_name']!r})"
     problems = []
@@ -376,11 +378,8 @@ def _annotation_tag(
 ) -> str | None:
     """The name of annotation entry ``k`` in messages, or None when its keys or ids are
     refused (an id used twice is an error, not a refusal: the entry is still read)."""
-    tag = f"annotations[{k}]"
-    if not isinstance(a, dict):
-        errors.append(f"{tag}: not an object")
-        return None
-    if _missing_keys(a, ("id", "image_id", "category_id", "segmentation"), tag, errors):
+    keys = ("id", "image_id", "category_id", "segmentation")
+    if not _has_keys(a, keys, f"annotations[{k}]", errors):
         return None
     tag = f"annotations[{k}] (id {a['id']!r})"
     not_int = [key for key in ("id", "image_id", "category_id") if not is_int(a[key])]

@@ -237,7 +237,7 @@ class History:
         """Make ``payload`` the current state (a new step); False when nothing changed.
 
         ``base`` is the state before it, recorded first when the history is empty (e.g.
-        the annotations saved before histories existed), so that the change can be undone.
+        annotations saved without a history), so that the change can be undone.
         """
         current = self.payload() if self.steps else None
         if self.steps and _same(current, payload):
