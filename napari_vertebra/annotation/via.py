@@ -178,7 +178,7 @@ def from_via(
     return out
 
 
-def _image_entries(data: object, class_attribute: str, source) -> dict:
+def _image_entries(data: object, class_attribute: str, source: str | os.PathLike | None) -> dict:
     """The per-image entries of a VIA object; :class:`ViaFormatError` when it is not VIA
     or its project declares region attributes but not ``class_attribute``."""
     version = is_via(data)
