@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari
 
     from napari_vertebra import launch
-    from napari_vertebra.widgets.preprocess import fit_to_layer
+    from napari_vertebra.widgets._view import fit_to_layer
 
     tmp = Path(tempfile.mkdtemp(prefix="napari-vertebra-shots-"))
     viewer = napari.Viewer(title="napari-vertebra")
