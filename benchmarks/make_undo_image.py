@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari
 
     from napari_vertebra import launch
-    from napari_vertebra.widgets.preprocess import fit_to_layer
+    from napari_vertebra.widgets._view import fit_to_layer
 
     viewer = napari.Viewer(title="napari-vertebra")
     viewer.window._qt_window.resize(1500, 1000)

@@ -52,7 +52,7 @@ def _checkpoint(folder: Path) -> Path:
 
     from napari_vertebra.model.build import build_model, save_checkpoint
     from napari_vertebra.model.config import load_config
-    from napari_vertebra.widgets.predict import avoid_triton
+    from napari_vertebra.model.predict_jobs import avoid_triton
 
     avoid_triton()
     cfg = load_config("smoke", {"min_size": 192, "max_size": 256})

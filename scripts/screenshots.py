@@ -53,11 +53,14 @@ def _save(viewer, path: Path) -> None:
     pil.save(path, optimize=True)
     if path.stat().st_size > MAX_BYTES:
         pil.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
-    print(f"{path.relative_to(ROOT)}: {pil.size[0]}x{pil.size[1]}, {path.stat().st_size} bytes")
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    print(f"{shown}: {pil.size[0]}x{pil.size[1]}, {path.stat().st_size} bytes")
 
 
 def _raise(viewer, title: str) -> None:
-    dock = viewer.window._wrapped_dock_widgets.get(title)
+    from napari_vertebra.launch import TAB_TITLES
+
+    dock = viewer.window._wrapped_dock_widgets.get(TAB_TITLES.get(title, title))
     if dock is not None:
         dock.raise_()
 
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari
 
     from napari_vertebra import launch
-    from napari_vertebra.widgets.preprocess import fit_to_layer
+    from napari_vertebra.widgets._view import fit_to_layer
 
     tmp = Path(tempfile.mkdtemp(prefix="napari-vertebra-shots-"))
     viewer = napari.Viewer(title="napari-vertebra")

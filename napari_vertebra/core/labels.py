@@ -31,6 +31,7 @@ __all__ = [
     "CLASS_SETS",
     "CONVENTIONS",
     "EXTENDED",
+    "LABEL_CONVENTIONS",
     "LEVEL_IDS",
     "NUM_CLASSES",
     "PAPER",
@@ -44,8 +45,10 @@ __all__ = [
     "class_set_for",
     "class_set_of_size",
     "get_class_set",
+    "guess_convention",
     "level_name",
     "load_convention",
+    "resolve_convention",
     "supercategory",
     "to_class_map",
 ]
@@ -429,3 +432,29 @@ def _load_convention_for(convention: str | os.PathLike | Mapping, cs: ClassSet) 
     if not out:
         raise ValueError(f"{where}: maps no id to a level of the {cs.name} class set")
     return out
+
+
+#: Choices of a label-convention picker: "auto" (:func:`resolve_convention`), "class ids"
+#: (the values are class ids already) and the named conventions of :data:`CONVENTIONS`.
+LABEL_CONVENTIONS = ("auto", "class ids", "totalsegmentator", "verse")
+
+
+def guess_convention(array: np.ndarray) -> str:
+    """Which label convention a 3D label array most likely uses.
+
+    "class ids" when every value is in 0..17; "totalsegmentator" when values above 24
+    (TotalSegmentator's vertebrae are 27..50) occur; "verse" otherwise.
+    """
+    hi = int(np.max(array, initial=0))
+    if hi < NUM_CLASSES:
+        return "class ids"
+    return "totalsegmentator" if hi > 24 else "verse"
+
+
+def resolve_convention(choice: str, array: np.ndarray, hint: str | None = None) -> str:
+    """The convention a picker's ``choice`` (:data:`LABEL_CONVENTIONS`) names for the
+    label ``array``: for "auto" the ``hint`` (e.g. a layer's metadata) or
+    :func:`guess_convention`; "class ids" also when spelled "class_ids"."""
+    if choice == "auto":
+        choice = hint or guess_convention(array)
+    return "class ids" if choice == "class_ids" else choice

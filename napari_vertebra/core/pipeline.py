@@ -24,7 +24,14 @@ from .preprocess import (
 from .progress import ProgressCallback, report, scaled
 from .volume import Volume
 
-__all__ = ["STEPS", "PipelineResult", "mip_labels_to_volume", "run_pipeline"]
+__all__ = [
+    "STEPS",
+    "PipelineResult",
+    "mip_labels",
+    "mip_labels_to_volume",
+    "run_pipeline",
+    "steps_to_rerun",
+]
 
 #: Pipeline steps in order; each depends on its own parameters and all earlier steps.
 STEPS = ("resample", "window", "canal", "crop", "mip")
@@ -261,3 +268,28 @@ def mip_labels_to_volume(mip_labels: np.ndarray, result: PipelineResult) -> np.n
     out = np.zeros(result.resampled.shape, np.int32)
     out[z0:z1, y0:y1, x0:x1] = np.where(mask, lab[..., None], 0)
     return out
+
+
+def mip_labels(result: PipelineResult) -> np.ndarray | None:
+    """The class label of the voxel behind each MIP pixel (2D uint8), or None without
+    labels: the MIP of the labels, the inverse of :func:`mip_labels_to_volume`."""
+    if result.labels_cropped is None:
+        return None
+    lab = np.asarray(result.labels_cropped.array)[::-1]  # rows: superior first, like the MIP
+    out = np.take_along_axis(lab, result.mip_argmax_x[..., None].astype(np.intp), axis=2)[..., 0]
+    out = np.where(result.mip > 0, out, 0)
+    return out.astype(np.uint8)
+
+
+def steps_to_rerun(
+    old: PreprocessParams | None, new: PreprocessParams, same_input: bool = True
+) -> list[str]:
+    """The pipeline steps that :func:`run_pipeline` re-runs when ``old`` parameters
+    become ``new`` (given ``previous=``).
+
+    A step re-runs when one of its own parameters or an earlier step's changed (all of
+    them without ``old`` or when the input is new).
+    """
+    if old is None or not same_input:
+        return list(STEPS)
+    return [step for step in STEPS if not _same_params(old, new, step)]

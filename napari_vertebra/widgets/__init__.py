@@ -7,6 +7,7 @@ Dock widgets: :class:`~.preprocess.PreprocessWidget`, :class:`~.annotate.Annotat
 handlers methods, so tests set values and call the handlers. The widgets of a viewer
 share its :class:`~._session.Session` (``session_for(viewer)``) and never talk to one
 another; the work below them is Qt-free (:mod:`napari_vertebra.annotation.session`,
-:mod:`._predict_jobs`, :mod:`._preprocess_helpers`, the model package). Long work runs
-on a worker thread through :class:`~._threading.TaskRunner`.
+:mod:`napari_vertebra.model.predict_jobs`, the core and model packages). Long work runs
+on a worker thread through :class:`~._threading.TaskRunner`; messages go to a
+:class:`~._status.StatusLine` and napari notifications.
 """

@@ -15,7 +15,7 @@ from napari_vertebra.annotation.types import VertebraAnnotation
 from napari_vertebra.core.labels import PAPER, class_colour, class_id, class_name, get_class_set
 
 from ._shapes import COLUMNS, FACE_ALPHA, empty_features, hex_rgba, shapes_to_annotations, typed
-from ._threading import error_message, notify
+from ._status import error_message, notify
 
 __all__ = ["BOUND_KEYS", "DIRECTIONS", "NUMBER_KEYS", "VIEWER_KEYS", "AnnotateDrawing"]
 

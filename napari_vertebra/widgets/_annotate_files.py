@@ -19,10 +19,10 @@ from napari_vertebra.annotation.polygons import (
 )
 from napari_vertebra.annotation.project import safe_key
 from napari_vertebra.annotation.types import AnnotatedImage
-from napari_vertebra.core.labels import LEVEL_IDS
+from napari_vertebra.core.labels import LEVEL_IDS, resolve_convention
 
 from ._layers import class_label_colormap, class_label_features, find_layer, upsert_layer
-from ._threading import error_message, notify
+from ._status import error_message, notify
 
 __all__ = ["AnnotateFiles"]
 
@@ -81,61 +81,46 @@ class AnnotateFiles:
 
         mip = self.mip_layer.value
         result = self.session.result_for(mip)
-        scan = self.scan_for(mip) if mip is not None else "scan"
         if result is not None and result.labels_cropped is not None:
-            identity = {i: i for i in LEVEL_IDS.values()}
             work = partial(
-                labels_to_annotations,
-                result.source,
-                result.labels_source,
-                identity,
-                class_set=self.class_set.value,
-                params=result.params,
-                result=result,
-                min_visible=float(self.min_visible.value),
-                scan=scan,
-            )
-            return self.runner.start(
-                work,
-                on_done=partial(self._on_from3d, None),
-                description="Labels from 3D",
-            )
-        ct_layer, lab_layer = self.ct_layer.value, self.labels3d_layer.value
-        if ct_layer is None or lab_layer is None:
-            self.fail(
-                "Labels from 3D: run Preprocess CT with a labels layer, or choose a CT and "
-                "its 3D labels here"
-            )
-            return False
-        try:
-            from ._layers import volume_from_layer
-            from ._preprocess_helpers import guess_convention
-
-            ct = volume_from_layer(ct_layer)
-            arr = np.asarray(lab_layer.data)
-            if arr.shape != ct.shape:
-                raise ValueError(f"labels {lab_layer.name!r} {arr.shape} vs CT {ct.shape}")
-            labels = ct.with_array(arr)
-            conv = self.labels_convention.value
-            if conv == "auto":
-                conv = (lab_layer.metadata or {}).get("convention") or guess_convention(arr)
-            if conv in ("class ids", "class_ids"):
-                conv = {i: i for i in LEVEL_IDS.values()}
-        except ValueError as e:
-            self.fail(f"Labels from 3D: {error_message(e)}")
-            return False
+                labels_to_annotations, result.source, result.labels_source,
+                {i: i for i in LEVEL_IDS.values()}, params=result.params, result=result,
+                scan=self.scan_for(mip) if mip is not None else "scan",
+            )  # fmt: skip
+            ct_name = None
+        else:
+            try:
+                ct_name, ct, labels, conv = self._picked_3d_labels()
+            except ValueError as e:
+                self.fail(f"Labels from 3D: {error_message(e)}")
+                return False
+            work = partial(labels_to_annotations, ct, labels, conv, scan=safe_key(ct_name))
         work = partial(
-            labels_to_annotations,
-            ct,
-            labels,
-            conv,
-            min_visible=float(self.min_visible.value),
-            scan=safe_key(ct_layer.name),
-            class_set=self.class_set.value,
+            work, class_set=self.class_set.value, min_visible=float(self.min_visible.value)
         )
         return self.runner.start(
-            work, on_done=partial(self._on_from3d, ct_layer.name), description="Labels from 3D"
+            work, on_done=partial(self._on_from3d, ct_name), description="Labels from 3D"
         )
+
+    def _picked_3d_labels(self) -> tuple[str, Any, Any, Any]:
+        """(CT layer name, CT volume, labels volume, convention) of the 3D pickers;
+        ValueError when they are not set or do not match."""
+        from ._layers import volume_from_layer
+
+        ct_layer, lab_layer = self.ct_layer.value, self.labels3d_layer.value
+        if ct_layer is None or lab_layer is None:
+            raise ValueError(
+                "run Preprocess CT with a labels layer, or choose a CT and its 3D labels here"
+            )
+        ct = volume_from_layer(ct_layer)
+        arr = np.asarray(lab_layer.data)
+        if arr.shape != ct.shape:
+            raise ValueError(f"labels {lab_layer.name!r} {arr.shape} vs CT {ct.shape}")
+        hint = (lab_layer.metadata or {}).get("convention")
+        conv: Any = resolve_convention(self.labels_convention.value, arr, hint)
+        if conv == "class ids":
+            conv = {i: i for i in LEVEL_IDS.values()}
+        return ct_layer.name, ct, ct.with_array(arr), conv
 
     def _on_from3d(self, ct_name: str | None, image: AnnotatedImage) -> None:
         if ct_name is not None:  # a new MIP: show it and annotate it

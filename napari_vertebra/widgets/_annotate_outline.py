@@ -28,17 +28,17 @@ class AnnotateOutline:
     # -- click outlines (O) ------------------------------------------------------------------
     def _install_outline(self, layer: Any) -> None:
         """Outline mode (O) on ``layer``: a click inside a vertebra adds its outline."""
-        from ._outline_tool import install_outline_tool
+        from ._outline_tool import OutlineTool
 
         self._uninstall_outline()
-        self.outline_tool = install_outline_tool(
+        self.outline_tool = OutlineTool(
             self.viewer,
             layer,
             self.add_outline,
             get_image=self._outline_image,
             get_outliner=self._model_outliner,
             status=self.status,
-        )
+        ).install()
 
     def _uninstall_outline(self) -> None:
         tool = getattr(self, "outline_tool", None)

@@ -15,7 +15,7 @@ from napari_vertebra.annotation.history import shift_levels
 from napari_vertebra.annotation.polygons import check_image_annotations
 
 from ._shapes import shapes_to_annotations
-from ._threading import error_message, notify
+from ._status import error_message, notify
 
 __all__ = ["AnnotateSaving"]
 

@@ -2,7 +2,8 @@
 
 Each widget is a ``QWidget`` built as ``Widget(viewer)``. Its controls are magicgui
 value widgets kept as attributes (tests set ``widget.some_field.value = ...``) and its
-actions are methods (tests call ``widget.run()``). Long work goes through
+actions are methods (tests call ``widget.run()``; ``self.button(text, action)`` makes
+the button that calls one). Long work goes through
 ``self.runner`` (:class:`~._threading.TaskRunner`), which drives ``self.progress_bar``
 and ``self.status``. What widgets share goes through ``self.session`` (the viewer's
 :class:`~._session.Session`), never through another widget.
@@ -19,7 +20,8 @@ from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout
 
 from ._reader import prefer_this_reader
 from ._session import Session, session_for
-from ._threading import StatusLine, TaskRunner, notify
+from ._status import StatusLine, notify
+from ._threading import TaskRunner
 from ._view import follow_visible_dims
 
 if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
@@ -106,6 +108,16 @@ class VertebraWidget(QWidget):
             if isinstance(w, ComboBox):
                 self._combos.append(w)
         return box
+
+    def button(
+        self, text: str, action: Callable[[], Any], tooltip: str | None = None
+    ) -> PushButton:
+        """A PushButton that calls ``action()`` when pressed (not yet in the stack)."""
+        button = PushButton(text=text)
+        if tooltip is not None:
+            button.tooltip = tooltip
+        button.changed.connect(lambda *_: action())
+        return button
 
     def add_buttons(self, *buttons: PushButton) -> Container:
         """A row of buttons appended to the stack."""

@@ -1,9 +1,10 @@
 """Click-to-outline on the viewer: click inside a vertebra, get an editable polygon.
 
-:func:`install_outline_tool` adds an "outline mode" to a viewer and the vertebra Shapes
-layer. ``O`` toggles it (bound on the viewer, the vertebra layer and the 2D Image layers
-while installed: napari's own ``O``, "orient the plane along the view", is a 3D action
-that a 2D MIP does not use, and napari's Shapes layer has no ``O``). In outline mode the
+``OutlineTool(viewer, layer, on_polygon).install()`` adds an "outline mode" to a viewer
+and the vertebra Shapes layer. ``O`` toggles it (bound on the viewer, the vertebra layer
+and the 2D Image layers while installed: napari's own ``O``, "orient the plane along the
+view", is a 3D action that a 2D MIP does not use, and napari's Shapes layer has no
+``O``). In outline mode the
 layer is put in pan / zoom mode, so napari draws nothing on a click, and a left click
 (press and release without dragging; a drag still pans) outlines the vertebra under it:
 
@@ -29,9 +30,10 @@ from typing import Any
 import numpy as np
 
 from ._keys import KeyBindings
-from ._threading import StatusLine, TaskRunner, error_message, notify
+from ._status import StatusLine, error_message, notify
+from ._threading import TaskRunner
 
-__all__ = ["OUTLINE_KEY", "OutlineTool", "install_outline_tool"]
+__all__ = ["OUTLINE_KEY", "OutlineTool", "compute_outline"]
 
 #: The key that toggles outline mode.
 OUTLINE_KEY = "o"
@@ -57,13 +59,15 @@ def _default_image(viewer: Any) -> Callable[[], np.ndarray | None]:
 
 
 class OutlineTool:
-    """Outline mode on ``viewer`` for the Shapes ``layer``; see the module doc.
+    """Outline mode on ``viewer`` for the Shapes ``layer``, active after :meth:`install`;
+    see the module doc (``params``: :class:`~napari_vertebra.annotation.outline.
+    OutlineParams` or None).
 
     ``on_polygon(polygon, source="outline" | "model", score=None)`` receives each outline
     ((N, 2) float, (row, col) in the layer's data coordinates); ``get_image()`` returns
     the 2D MIP (windowed HU, 1 mm/px; default: the top visible 2D Image layer);
     ``get_outliner()`` a :class:`~napari_vertebra.model.outline.ModelOutliner` or None;
-    ``status``: a :class:`~._threading.StatusLine` for messages (also notifications);
+    ``status``: a :class:`~._status.StatusLine` for messages (also notifications);
     ``inline``: run the work on the calling thread (tests).
     """
 
@@ -86,17 +90,22 @@ class OutlineTool:
         self.get_outliner = get_outliner or (lambda: None)
         self.status = status
         self.params = params
-        self.runner = TaskRunner(status=None, inline=inline, activity_dock=False)
+        self.runner = TaskRunner(status=None, inline=inline)
         self.enabled = False
         #: the last outline computed: {"polygon", "source", "score", "class_id"} or None
         self.last: dict[str, Any] | None = None
         self._mode_before: str | None = None
         self._setting_mode = False
         self._keys = KeyBindings({key: self.toggle})
-        self._keys.bind([viewer, layer, *self._images()])
-        viewer.layers.events.inserted.connect(self._on_inserted)
-        viewer.mouse_drag_callbacks.append(self._on_mouse)
-        layer.events.mode.connect(self._on_mode)
+
+    def install(self) -> OutlineTool:
+        """Bind the key, add the mouse callback and follow the layer's mode; returns the
+        tool (:meth:`uninstall` removes it all)."""
+        self._keys.bind([self.viewer, self.layer, *self._images()])
+        self.viewer.layers.events.inserted.connect(self._on_inserted)
+        self.viewer.mouse_drag_callbacks.append(self._on_mouse)
+        self.layer.events.mode.connect(self._on_mode)
+        return self
 
     def _images(self) -> list[Any]:
         """The viewer's 2D Image layers: their keymap (napari's own O, "orient the plane")
@@ -240,22 +249,3 @@ def compute_outline(
     if poly is None:
         return None
     return {"polygon": poly, "source": "outline", "score": None, "class_id": None}
-
-
-def install_outline_tool(
-    viewer: Any,
-    layer: Any,
-    on_polygon: OnPolygon,
-    get_image: Callable[[], np.ndarray | None] | None = None,
-    get_outliner: Callable[[], Any] | None = None,
-    status: StatusLine | None = None,
-    inline: bool | None = None,
-    key: str = OUTLINE_KEY,
-    params: Any = None,
-) -> OutlineTool:
-    """Install outline mode on ``viewer`` for the Shapes ``layer`` (see the module doc;
-    ``params``: :class:`~napari_vertebra.annotation.outline.OutlineParams` or None);
-    returns the :class:`OutlineTool` (``uninstall()`` removes it)."""
-    return OutlineTool(
-        viewer, layer, on_polygon, get_image, get_outliner, status, inline, key, params
-    )

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from napari_vertebra.core import PipelineResult
+from napari_vertebra.core.box_outline import box_edges_path, box_rectangles
+from napari_vertebra.core.pipeline import mip_labels
 
 from ._layers import (
     class_label_colormap,
@@ -22,7 +24,8 @@ from ._layers import (
     same_layer,
     upsert_layer,
 )
-from ._preprocess_helpers import box_edges_path, box_rectangles, fit_to_layer, mip_labels, rgba
+from ._shapes import hex_rgba
+from ._view import fit_to_layer
 
 __all__ = ["BOX_COLOUR", "CARRIED_COLOUR", "FOUND_COLOUR", "PreprocessLayers"]
 
@@ -52,88 +55,82 @@ class PreprocessLayers:
 
     def _show_layers(self, r: PipelineResult) -> None:
         names = self.layer_names()
-        v = self.viewer
-        p = r.params
-        grid = r.resampled.napari_kwargs()
-        layers: dict[str, Any] = {}
-        layers["windowed"], _ = upsert_layer(
-            v,
-            names["windowed"],
+        layers: dict[str, Any] = {
+            "windowed": self._show_windowed(r, names["windowed"]),
+            "canal": self._show_canal(r, names["canal"]),
+            "box": self._show_box(r, names["box"]),
+            "mip": self._show_mip_image(r, names["mip"]),
+        }
+        self.session.set_result(layers["mip"], r)
+        lab = mip_labels(r)
+        if lab is not None:
+            layers["mip_labels"], _ = upsert_layer(
+                self.viewer, names["mip_labels"], lab, "Labels",
+                colormap=class_label_colormap(), features=class_label_features(),
+                opacity=0.45, metadata={"mip_of": self._ct_name},
+            )  # fmt: skip
+        self.result_layers = layers
+        self.show_mip()
+
+    def _show_windowed(self, r: PipelineResult, name: str) -> Any:
+        """The windowed 1 mm volume."""
+        layer, _ = upsert_layer(
+            self.viewer,
+            name,
             r.windowed.array,
             "Image",
             **layer_kwargs(
                 r.windowed,
                 colormap="gray",
-                contrast_limits=(0.0, float(p.hu_max)),
+                contrast_limits=(0.0, float(r.params.hu_max)),
                 metadata={"source_layer": self._ct_name},
             ),
         )
+        return layer
+
+    def _show_canal(self, r: PipelineResult, name: str) -> Any:
+        """The canal centre of every slice: found (cyan) or carried across (magenta)."""
         found = np.asarray(r.canal_found, bool)
-        colours = np.where(found[:, None], rgba(FOUND_COLOUR), rgba(CARRIED_COLOUR))
-        layers["canal"], _ = upsert_layer(
-            v,
-            names["canal"],
-            np.asarray(r.canal_centres, float),
-            "Points",
-            features={"found": found},
-            face_color=colours,
-            border_color=colours,
-            size=max(3.0, 6.0 / p.spacing_mm),
-            **grid,
-        )
+        colours = np.where(found[:, None], hex_rgba(FOUND_COLOUR), hex_rgba(CARRIED_COLOUR))
+        layer, _ = upsert_layer(
+            self.viewer, name, np.asarray(r.canal_centres, float), "Points",
+            features={"found": found}, face_color=colours, border_color=colours,
+            size=max(3.0, 6.0 / r.params.spacing_mm), **r.resampled.napari_kwargs(),
+        )  # fmt: skip
         # keep the colours right on re-run (setting data may recycle the old colours)
-        layers["canal"].face_color = colours
-        layers["canal"].border_color = colours
+        layer.face_color = colours
+        layer.border_color = colours
+        return layer
+
+    def _show_box(self, r: PipelineResult, name: str) -> Any:
+        """The crop box: its outline on every slice in 2D, its edges in 3D."""
         shapes, kinds = self._box_shapes(r.crop_box)
-        layers["box"], added = upsert_layer(
-            v,
-            names["box"],
-            shapes,
-            "Shapes",
-            shape_type=kinds,
-            edge_color=BOX_COLOUR,
-            face_color="transparent",
-            edge_width=1.5,
-            **grid,
-        )
-        layers["box"].metadata["crop_box"] = [list(map(int, b)) for b in r.crop_box]
+        layer, added = upsert_layer(
+            self.viewer, name, shapes, "Shapes", shape_type=kinds, edge_color=BOX_COLOUR,
+            face_color="transparent", edge_width=1.5, **r.resampled.napari_kwargs(),
+        )  # fmt: skip
+        layer.metadata["crop_box"] = [list(map(int, b)) for b in r.crop_box]
         if not added:
-            layers["box"].edge_color = BOX_COLOUR
-            layers["box"].face_color = "transparent"
-        mip_meta = {
+            layer.edge_color = BOX_COLOUR
+            layer.face_color = "transparent"
+        return layer
+
+    def _show_mip_image(self, r: PipelineResult, name: str) -> Any:
+        """The MIP, with what Annotate and a saved project need in its metadata."""
+        source = (getattr(self._ct_layer_ref, "metadata", None) or {}).get("source_path", "")
+        meta = {
             "mip_of": self._ct_name,
-            "source_path": (getattr(self._ct_layer_ref, "metadata", None) or {}).get(
-                "source_path", ""
-            ),
+            "source_path": source,
             "crop_box": [list(map(int, b)) for b in r.crop_box],
             "params": r.params.to_dict(),
             "resampled_geometry": geometry_metadata(r.resampled)["volume_geometry"],
             "preprocess_result": True,
         }
-        layers["mip"], _ = upsert_layer(
-            v,
-            names["mip"],
-            r.mip,
-            "Image",
-            colormap="gray",
-            contrast_limits=(0.0, float(p.hu_max)),
-            metadata=mip_meta,
-        )
-        self.session.set_result(layers["mip"], r)
-        lab = mip_labels(r)
-        if lab is not None:
-            layers["mip_labels"], _ = upsert_layer(
-                v,
-                names["mip_labels"],
-                lab,
-                "Labels",
-                colormap=class_label_colormap(),
-                features=class_label_features(),
-                opacity=0.45,
-                metadata={"mip_of": self._ct_name},
-            )
-        self.result_layers = layers
-        self.show_mip()
+        layer, _ = upsert_layer(
+            self.viewer, name, r.mip, "Image", colormap="gray",
+            contrast_limits=(0.0, float(r.params.hu_max)), metadata=meta,
+        )  # fmt: skip
+        return layer
 
     def _box_shapes(self, box: Any) -> tuple[list[np.ndarray], list[str]]:
         """The crop box as napari shows it: per-slice rectangles in 2D, edges in 3D."""

@@ -26,7 +26,7 @@ from napari_vertebra.core.io import (
 from napari_vertebra.core.volume import Volume
 
 from ._layers import BONE_CONTRAST, layer_kwargs
-from ._threading import error_message, notify
+from ._status import error_message, notify
 
 __all__ = ["get_reader", "is_label_volume", "prefer_this_reader", "read_layer_data"]
 

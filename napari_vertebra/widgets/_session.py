@@ -193,7 +193,7 @@ class Session:
         try:
             _, widget = window.add_plugin_dock_widget("napari-vertebra", title)
         except Exception as e:  # e.g. the plugin is not registered (a bare test viewer)
-            from ._threading import notify
+            from ._status import notify
 
             notify(f"could not open '{title}': {e}", "warning")
             return None

@@ -1,11 +1,12 @@
 """Run core work off the GUI thread, with progress, and never an unhandled exception.
 
 Every long-running core function takes ``progress(fraction, message)``. A
-:class:`TaskRunner` calls such a function on a worker thread (superqt's / napari's
-``FunctionWorker`` on the global ``QThreadPool``), forwards its progress to the GUI
-thread through a queued Qt signal, shows it in a progress bar and a status line of the
-widget and in napari's activity dock, and hands the result (or the error) to callbacks
-that run on the GUI thread::
+:class:`TaskRunner` runs such a function as a generator on a superqt ``GeneratorWorker``
+(``create_worker``, the global ``QThreadPool``): the function's progress callback hands
+each (fraction, message) to the worker's ``yielded`` signal, which carries it to the GUI
+thread, as every yield of a generator worker does. There the widget's own progress bar
+and status line show it (napari's activity dock is not used: one bar per job), and the
+result (or the error) goes to callbacks that run on the GUI thread::
 
     runner = TaskRunner(progress_bar=self.progress_bar, status=self.status)
     runner.start(
@@ -14,132 +15,66 @@ that run on the GUI thread::
         description="Preprocessing",
     )
 
-Tests can run the work inline (synchronously, same thread) by setting ``runner.inline =
-True`` or the module flag :data:`RUN_INLINE`; with a real thread they wait with
-``qtbot.waitUntil(lambda: not runner.busy)``.
+Tests can run the work inline (synchronously, same thread, the same generator) by setting
+``runner.inline = True`` or the module flag :data:`RUN_INLINE`; with a real thread they
+wait with ``qtbot.waitUntil(lambda: not runner.busy)``.
 """
 
 from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from qtpy.QtCore import QEvent, QObject, Signal
+from qtpy.QtCore import QObject, Signal
 
-__all__ = ["RUN_INLINE", "StatusLine", "TaskRunner", "error_message", "notify"]
+from ._status import StatusLine, error_message, notify
+
+__all__ = ["RUN_INLINE", "TaskRunner"]
 
 #: Run every :class:`TaskRunner` inline (same thread), e.g. in tests. A runner's own
 #: ``inline`` attribute (when not None) takes precedence.
 RUN_INLINE: bool = False
 
-_LEVEL_STYLE = {
-    "info": "",
-    "busy": "color: #8ab4f8;",
-    "ok": "color: #7bd88f;",
-    "warning": "color: #ffb454;",
-    "error": "color: #ff6b6b; font-weight: bold;",
-}
+#: (fraction in [0, 1], message): one progress report.
+Progress = tuple[float, str]
 
 
-def error_message(exc: BaseException) -> str:
-    """A one-paragraph message for a user: the exception text, or its type when empty."""
-    text = str(exc).strip()
-    if isinstance(exc, (ValueError, OSError, RuntimeError, KeyError)) and text:
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+@dataclass
+class _Outcome:
+    """How a job ended: its result, or the exception it raised."""
+
+    result: Any = None
+    error: BaseException | None = None
 
 
-def notify(message: str, level: str = "info") -> None:
-    """Show a napari notification (``level``: info, warning or error); never raises."""
+def _job(
+    fn: Callable[..., Any], pass_progress: bool, report: Callable[[Progress], None]
+) -> Generator[Progress, None, _Outcome]:
+    """The job as the worker's generator: yields its start (0, ""), then runs ``fn``
+    (``fn(progress=...)`` when ``pass_progress``) whose progress callback hands each
+    report to ``report`` (the worker's ``yielded`` signal). Returns the :class:`_Outcome`:
+    an exception is returned, not raised (superqt drops a RuntimeError that a generator
+    raises, and the runner would wait forever)."""
+    yield 0.0, ""
     try:
-        from napari.utils import notifications
-
-        fn = {
-            "warning": notifications.show_warning,
-            "error": notifications.show_error,
-        }.get(level, notifications.show_info)
-        fn(message)
-    except Exception:  # the notification system must never break a widget
-        print(f"[napari-vertebra] {level}: {message}")
+        if pass_progress:
+            return _Outcome(fn(progress=lambda f, m: report((float(f), str(m)))))
+        return _Outcome(fn())
+    except Exception as exc:
+        return _Outcome(error=exc)
 
 
-class StatusLine:
-    """A magicgui Label used as a one-line status, coloured by level.
-
-    ``status.set("done", "ok")``; ``status.value`` / ``status.level`` for tests.
-    """
-
-    def __init__(self, label: Any):
-        self.label = label
-        self.level = "info"
-        self._fit = None
+def _drive(gen: Generator[Progress, None, _Outcome], on_progress: Callable) -> _Outcome:
+    """Run ``gen`` to its end on this thread, each yield to ``on_progress``."""
+    while True:
         try:
-            self.label.native.setWordWrap(True)
-            # a wrapped label whose width the dock sets (size policy Ignored) is given
-            # the height of its one-line text: long messages were cut off at the bottom
-            self._fit = _FitHeight(self.label.native)
-        except (AttributeError, TypeError):
-            pass
-
-    @property
-    def value(self) -> str:
-        return str(self.label.value)
-
-    @property
-    def min_height(self) -> int:
-        """The least height of the label in pixels (it grows for a longer message)."""
-        return self._fit.floor if self._fit is not None else 0
-
-    @min_height.setter
-    def min_height(self, px: int) -> None:
-        if self._fit is not None:
-            self._fit.floor = int(px)
-            self._fit.update()
-
-    def set(self, message: str, level: str = "info") -> None:
-        """Show ``message`` (levels: info, busy, ok, warning, error)."""
-        self.level = level
-        self.label.value = message
-        try:
-            self.label.native.setStyleSheet(_LEVEL_STYLE.get(level, ""))
-            self.label.native.setToolTip(message)
-        except (AttributeError, RuntimeError):
-            pass
-        if self._fit is not None:
-            self._fit.update()
-
-
-class _FitHeight(QObject):
-    """Keeps a word-wrapped QLabel at least as tall as its text at its current width."""
-
-    def __init__(self, label: Any):
-        super().__init__(label)
-        self._label = label
-        self.floor = 0  # px, the least height
-        label.installEventFilter(self)
-
-    def update(self) -> None:
-        """Set the label's minimum height for its text at its width."""
-        lab = self._label
-        try:
-            width = lab.width()
-            need = lab.heightForWidth(width) if width > 20 else 0
-            lab.setMinimumHeight(max(self.floor, need))
-        except RuntimeError:  # the label was deleted with its widget
-            pass
-
-    def eventFilter(self, obj: Any, event: Any) -> bool:  # Qt names it
-        if event.type() == QEvent.Type.Resize:
-            self.update()
-        return False
-
-
-class _Relay(QObject):
-    """Carries progress from the worker thread to the GUI thread (queued connection)."""
-
-    progress = Signal(float, str)
+            on_progress(next(gen))
+        except StopIteration as stop:
+            return stop.value
 
 
 class TaskRunner(QObject):
@@ -150,7 +85,7 @@ class TaskRunner(QObject):
     progress_bar:
         A magicgui ``ProgressBar`` (0..100) or None.
     status:
-        A :class:`StatusLine` or None.
+        A :class:`~._status.StatusLine` or None.
     inline:
         True to run on the calling thread (tests); None follows :data:`RUN_INLINE`.
 
@@ -160,8 +95,6 @@ class TaskRunner(QObject):
     current superqt worker, None inline).
     """
 
-    #: (fraction, message) on the GUI thread, for widgets that want more than the bar.
-    progressed = Signal(float, str)
     #: Emitted with the result after ``on_done`` ran without error.
     succeeded = Signal(object)
     #: Emitted with the exception after a job (or its ``on_done``) failed.
@@ -172,23 +105,18 @@ class TaskRunner(QObject):
         progress_bar: Any = None,
         status: StatusLine | None = None,
         inline: bool | None = None,
-        activity_dock: bool = True,
     ):
         super().__init__()
         self.progress_bar = progress_bar
         self.status = status
         self.inline = inline
-        self.activity_dock = activity_dock
         self.busy = False
         self.last_error: BaseException | None = None
         self.last_message = ""
-        self.progress_log: list[tuple[float, str]] = []
+        self.progress_log: list[Progress] = []
         self.worker: Any = None
-        self._pbar: Any = None
         self._description = ""
         self._t0 = 0.0
-        self._relay = _Relay()
-        self._relay.progress.connect(self._on_progress)
 
     # -- public API ------------------------------------------------------------------
     @property
@@ -211,32 +139,23 @@ class TaskRunner(QObject):
         """
         if self.busy:
             return False
-        self.busy = True
-        self.last_error = None
-        self.last_message = ""
-        self.progress_log = []
-        self._description = description
-        self._t0 = time.perf_counter()
-        self._begin_progress(description)
-
-        def call() -> Any:
-            if pass_progress:
-                return fn(progress=self._emit_progress)
-            return fn()
-
+        self._begin(description)
+        finish = partial(self._finish, on_done=on_done, on_error=on_error)
         if self.runs_inline:
-            try:
-                result = call()
-            except Exception as exc:
-                self._finish_error(exc, on_error)
-            else:
-                self._finish_ok(result, on_done, on_error)
+            report = self._on_progress
+            finish(_drive(_job(fn, pass_progress, report), report))
             return True
 
         from superqt.utils import create_worker
 
-        worker = create_worker(call, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(lambda result: self._finish_ok(result, on_done, on_error))
+        def report(item: Progress) -> None:  # on the worker thread
+            worker.yielded.emit(item)
+
+        worker = create_worker(
+            _job, fn, pass_progress, report, _start_thread=False, _ignore_errors=True
+        )
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(finish)
         worker.errored.connect(lambda exc: self._finish_error(exc, on_error))
         self.worker = worker
         worker.start()
@@ -246,84 +165,65 @@ class TaskRunner(QObject):
         """Seconds since the current (or last) job started."""
         return time.perf_counter() - self._t0
 
-    # -- progress ----------------------------------------------------------------------
-    def _emit_progress(self, fraction: float, message: str) -> None:
-        # Called on the worker thread (or inline): hand over to the GUI thread.
-        if self.runs_inline:
-            self._on_progress(float(fraction), str(message))
-        else:
-            self._relay.progress.emit(float(fraction), str(message))
-
-    def _begin_progress(self, description: str) -> None:
+    # -- progress (GUI thread) -----------------------------------------------------------
+    def _begin(self, description: str) -> None:
+        self.busy = True
+        self.last_error = None
+        self.last_message = ""
+        self.progress_log = []
+        self._description = description
+        self._t0 = time.perf_counter()
         if self.progress_bar is not None:
             self.progress_bar.value = 0
             self.progress_bar.visible = True
         if self.status is not None:
             self.status.set(f"{description}…", "busy")
-        if self.activity_dock and not self.runs_inline:
-            try:
-                from napari.utils import progress
 
-                self._pbar = progress(total=100, desc=description)
-            except Exception:
-                self._pbar = None
-
-    def _on_progress(self, fraction: float, message: str) -> None:
+    def _on_progress(self, item: Progress) -> None:
         if not self.busy:
             return
+        fraction, message = item
         self.progress_log.append((fraction, message))
         self.last_message = message
-        pct = round(100 * min(1.0, max(0.0, fraction)))
-        pbar = self._pbar
         try:
             if self.progress_bar is not None:
-                self.progress_bar.value = pct
+                self.progress_bar.value = round(100 * min(1.0, max(0.0, fraction)))
             if self.status is not None and message:
                 self.status.set(f"{self._description}: {message}", "busy")
-            if pbar is not None:
-                delta = pct - pbar.n
-                if delta > 0:
-                    pbar.update(delta)
-                if message:
-                    pbar.set_description(f"{self._description}: {message}")
-            self.progressed.emit(fraction, message)
         except Exception:  # e.g. the widget was deleted while the job ran
             pass
 
     def _end_progress(self) -> None:
         self.busy = False
         self.worker = None
-        if self._pbar is not None:
-            try:
-                self._pbar.close()
-            except Exception:
-                pass
-            self._pbar = None
         try:
             if self.progress_bar is not None:
                 self.progress_bar.value = 100 if self.last_error is None else 0
         except RuntimeError:
             pass
 
-    # -- completion --------------------------------------------------------------------
-    def _finish_ok(
+    # -- completion (GUI thread) ---------------------------------------------------------
+    def _finish(
         self,
-        result: Any,
+        outcome: _Outcome,
         on_done: Callable[[Any], None] | None,
         on_error: Callable[[BaseException], None] | None,
     ) -> None:
+        if outcome.error is not None:
+            self._finish_error(outcome.error, on_error)
+            return
         self._end_progress()
         if on_done is None:
             if self.status is not None:
                 self.status.set(f"{self._description}: done in {self.elapsed():.1f} s", "ok")
-            self._emit(self.succeeded, result)
+            self._emit(self.succeeded, outcome.result)
             return
         try:
-            on_done(result)
+            on_done(outcome.result)
         except Exception as exc:  # a bug in showing the result must not escape either
             self._finish_error(exc, on_error)
             return
-        self._emit(self.succeeded, result)
+        self._emit(self.succeeded, outcome.result)
 
     def _finish_error(
         self, exc: BaseException, on_error: Callable[[BaseException], None] | None

@@ -59,6 +59,16 @@ class TrainForm:
     def __init__(self, on_error: Callable[[str, str], None]) -> None:
         self.on_error = on_error
         self.overrides: dict[str, Any] = {}
+        self._make_source_fields()
+        self._make_run_fields()
+        self.preset.changed.connect(self._on_preset)
+        self.config_file.changed.connect(lambda *_: self.fill_from_config())
+        self.config_file.changed.connect(lambda *_: self._sync_preset())
+        self.source.changed.connect(self._on_source_changed)
+        self.data_dir.changed.connect(lambda *_: self._follow_data_folder())
+
+    def _make_source_fields(self) -> None:
+        """The dataset source and folder, the configuration file and the shipped ones."""
         self.source = ComboBox(
             label="dataset", choices=[SOURCE_COCO, SOURCE_PROJECT], value=SOURCE_COCO
         )
@@ -87,6 +97,9 @@ class TrainForm:
             "smoke: a small CPU model; synth-r50: ResNet-50 on synthetic MIPs);\n"
             f"{OWN_FILE}: the YAML file below."
         )
+
+    def _make_run_fields(self) -> None:
+        """The fields over the configuration, the starting weights and the run folder."""
         self.backbone = ComboBox(label="backbone", choices=list(BACKBONES))
         self.class_set = ComboBox(label="classes", choices=list(CLASS_SETS), value="paper")
         self.class_set.tooltip = (
@@ -112,11 +125,6 @@ class TrainForm:
         self.run_folder.tooltip = (
             "Where checkpoints (last.pt, best.pt), log.csv, progress.jsonl and config go"
         )
-        self.preset.changed.connect(self._on_preset)
-        self.config_file.changed.connect(lambda *_: self.fill_from_config())
-        self.config_file.changed.connect(lambda *_: self._sync_preset())
-        self.source.changed.connect(self._on_source_changed)
-        self.data_dir.changed.connect(lambda *_: self._follow_data_folder())
 
     @property
     def fields(self) -> tuple[Any, ...]:

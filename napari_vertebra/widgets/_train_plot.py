@@ -92,7 +92,7 @@ class LossPlot(QWidget):
         self.ax_map = self.ax_loss.twinx()
         self.n_points = 0
         self.n_draws = 0
-        self.runner = TaskRunner(activity_dock=False)
+        self.runner = TaskRunner()
         self._pending: PlotData | None = None
         self.draw(PlotData())
 

@@ -16,7 +16,7 @@ import numpy as np
 from napari_vertebra.core.io import write_volume
 
 from ._layers import GEOMETRY_KEY
-from ._threading import error_message, notify
+from ._status import error_message, notify
 
 __all__ = ["layer_volume", "write_volume_layer"]
 

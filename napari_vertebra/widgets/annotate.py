@@ -20,18 +20,19 @@ The class is split in mixins: drawing (:mod:`._annotate_drawing`), saving and hi
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, Label, LineEdit, PushButton
+from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, Label, LineEdit
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QListWidget
 
 from napari_vertebra.annotation.history import MAX_STEPS
 from napari_vertebra.annotation.project import AnnotationProject, safe_key
 from napari_vertebra.annotation.session import default_project_dir
-from napari_vertebra.core.labels import CLASS_SETS, VERTEBRAE
+from napari_vertebra.core.labels import CLASS_SETS, LABEL_CONVENTIONS, VERTEBRAE
 
 from ._annotate_drawing import BOUND_KEYS, DIRECTIONS, NUMBER_KEYS, AnnotateDrawing
 from ._annotate_files import AnnotateFiles
@@ -40,20 +41,13 @@ from ._annotate_saving import AnnotateSaving
 from ._base import VertebraWidget, layer_combo
 from ._layers import find_layer, same_layer
 from ._session import Polygons
-from ._shapes import empty_features, shapes_to_annotations
-from ._threading import error_message, notify
+from ._shapes import empty_features
+from ._status import error_message, notify
 
 if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
     import napari.viewer
 
-__all__ = [
-    "DIRECTIONS",
-    "NUMBER_KEYS",
-    "SHORTCUTS",
-    "AnnotateWidget",
-    "default_project_dir",
-    "shapes_to_annotations",
-]
+__all__ = ["SHORTCUTS", "AnnotateWidget"]
 
 SHORTCUTS = (
     "<b>Shortcuts</b> (Shapes layer selected): "
@@ -100,9 +94,31 @@ class AnnotateWidget(
         self._next_instance = 1
         self._mip: Any = None
         self._notified: set[str] = set()
+        self._add_project_rows(project_dir)
+        self._add_class_rows()
+        self._add_history_rows()
+        self._add_conversion_rows()
+        self._add_checks()
+        self.add_status()
+        self.mip_layer.changed.connect(self._on_mip_changed)
+        self.project_dir.changed.connect(self._on_project_dir_changed)
+        self.image_key.changed.connect(self._on_key_edited)
+        self.vertebra.changed.connect(self._on_class_changed)
+        self.class_set.changed.connect(self._on_class_set_changed)
+        self._listen(self.session.annotate_requested, self._on_annotate_requested)
+        self._listen(self.session.annotations_replaced, self._on_annotations_replaced)
+        self._viewer_keys_bound = False
+        self._bind_viewer_keys()
+        self._open_project(quiet=True)
+        self.refresh_choices()
+        self._on_class_changed()
+        self._on_mip_changed()
 
+    # -- building ------------------------------------------------------------------------
+    def _add_project_rows(self, project_dir: str | None) -> None:
+        """The MIP picker, the project folder, the image key and the project's images."""
         is2d = lambda layer: layer.ndim == 2 and not getattr(layer, "rgb", False)  # noqa: E731
-        self.mip_layer = layer_combo(viewer, "Image", "MIP image", predicate=is2d)
+        self.mip_layer = layer_combo(self.viewer, "Image", "MIP image", predicate=is2d)
         self.project_dir = FileEdit(
             mode="d", value=str(project_dir or default_project_dir()), label="project folder"
         )
@@ -111,9 +127,11 @@ class AnnotateWidget(
         self.image_key.tooltip = "Name of this MIP in the project (a safe file name)."
         self.project_images = ComboBox(choices=self._project_keys, label="project images")
         self.add_form(self.mip_layer, self.project_dir, self.image_key, self.project_images)
-        self.open_button = PushButton(text="Open project image")
+        self.open_button = self.button("Open project image", self.open_project_image)
         self.add_buttons(self.open_button)
 
+    def _add_class_rows(self) -> None:
+        """The class set and vertebra pickers, then drawing and assigning."""
         self.class_set = ComboBox(value="paper", choices=list(CLASS_SETS), label="classes")
         self.class_set.tooltip = (
             "paper: T1..L5 (the paper's 17 classes). extended: also C7, T13, L6 and the\n"
@@ -124,17 +142,24 @@ class AnnotateWidget(
         self.swatch = Label(value="")
         self.direction = ComboBox(value=DIRECTIONS[0], choices=list(DIRECTIONS), label="then")
         self.add_form(self.class_set, self.vertebra, self.swatch, self.direction)
-        self.draw_button = PushButton(text="Draw polygon (P)")
-        self.assign_button = PushButton(text="Set class (Shift+C)")
-        self.delete_button = PushButton(text="Delete selected")
+        self.draw_button = self.button("Draw polygon (P)", self.draw_polygon)
+        self.assign_button = self.button("Set class (Shift+C)", self.assign_class_to_selected)
+        self.delete_button = self.button("Delete selected", self.delete_selected)
         self.add_buttons(self.draw_button, self.assign_button, self.delete_button)
-        self.undo_button = PushButton(text="Undo (Ctrl+Z)")
-        self.redo_button = PushButton(text="Redo (Ctrl+Shift+Z)")
+
+    def _add_history_rows(self) -> None:
+        """Undo / redo, shifting every level, the history list and the autosave line."""
+        self.undo_button = self.button("Undo (Ctrl+Z)", self.undo)
+        self.redo_button = self.button("Redo (Ctrl+Shift+Z)", self.redo)
         self.add_buttons(self.undo_button, self.redo_button)
-        self.shift_up_button = PushButton(text="Shift levels up ↑")
-        self.shift_up_button.tooltip = "Every label of this MIP one level up (L2 → L1)."
-        self.shift_down_button = PushButton(text="Shift levels down ↓")
-        self.shift_down_button.tooltip = "Every label of this MIP one level down (L1 → L2)."
+        self.shift_up_button = self.button(
+            "Shift levels up ↑", partial(self.shift_levels, -1),
+            "Every label of this MIP one level up (L2 → L1).",
+        )  # fmt: skip
+        self.shift_down_button = self.button(
+            "Shift levels down ↓", partial(self.shift_levels, 1),
+            "Every label of this MIP one level down (L1 → L2).",
+        )  # fmt: skip
         self.add_buttons(self.shift_up_button, self.shift_down_button)
         self.history_list = QListWidget()
         self.history_list.setMaximumHeight(92)
@@ -143,39 +168,35 @@ class AnnotateWidget(
         self.autosave_label = Label(value="not saved yet")
         self.add(self.autosave_label)
 
-        self.ct_layer = layer_combo(
-            viewer, "Image", "CT (3D)", nullable=True, predicate=lambda la: la.ndim == 3
-        )
-        self.labels3d_layer = layer_combo(
-            viewer, "Labels", "3D labels", nullable=True, predicate=lambda la: la.ndim == 3
-        )
+    def _add_conversion_rows(self) -> None:
+        """Labels from 3D, mask <-> polygons, COCO / VIA import and export."""
+        is3d, is2d = (lambda la: la.ndim == 3), (lambda la: la.ndim == 2)
+        combo = partial(layer_combo, self.viewer, nullable=True)
+        self.ct_layer = combo("Image", "CT (3D)", predicate=is3d)
+        self.labels3d_layer = combo("Labels", "3D labels", predicate=is3d)
         self.labels_convention = ComboBox(
-            value="auto", choices=["auto", "class ids", "totalsegmentator", "verse"],
-            label="label ids",
-        )  # fmt: skip
+            value="auto", choices=list(LABEL_CONVENTIONS), label="label ids"
+        )
         self.min_visible = FloatSpinBox(
             value=0.5, min=0.0, max=1.0, step=0.05, label="min visible"
         )
         self.min_visible.tooltip = "Drop vertebrae less visible than this fraction (cut ones)."
-        self.mask_layer = layer_combo(
-            viewer, "Labels", "2D mask", nullable=True, predicate=lambda la: la.ndim == 2
-        )
+        self.mask_layer = combo("Labels", "2D mask", predicate=is2d)
         self.add_form(
-            self.ct_layer,
-            self.labels3d_layer,
-            self.labels_convention,
-            self.min_visible,
+            self.ct_layer, self.labels3d_layer, self.labels_convention, self.min_visible,
             self.mask_layer,
-        )
-        self.from3d_button = PushButton(text="Labels from 3D")
-        self.mask_to_poly_button = PushButton(text="Mask → polygons")
-        self.poly_to_mask_button = PushButton(text="Polygons → mask")
+        )  # fmt: skip
+        self.from3d_button = self.button("Labels from 3D", self.labels_from_3d)
+        self.mask_to_poly_button = self.button("Mask → polygons", self.mask_to_polygons)
+        self.poly_to_mask_button = self.button("Polygons → mask", self.polygons_to_mask)
         self.add_buttons(self.from3d_button, self.mask_to_poly_button, self.poly_to_mask_button)
-        self.import_button = PushButton(text="Import COCO/VIA…")
-        self.export_coco_button = PushButton(text="Export COCO…")
-        self.export_via_button = PushButton(text="Export VIA…")
+        self.import_button = self.button("Import COCO/VIA…", self.import_annotations)
+        self.export_coco_button = self.button("Export COCO…", self.export_coco)
+        self.export_via_button = self.button("Export VIA…", self.export_via)
         self.add_buttons(self.import_button, self.export_coco_button, self.export_via_button)
 
+    def _add_checks(self) -> None:
+        """The checks' warnings list and the shortcuts."""
         self.add(Label(value="<b>Checks</b>"))
         self.warnings_list = QListWidget()
         self.warnings_list.setMaximumHeight(110)
@@ -183,36 +204,6 @@ class AnnotateWidget(
         self.help_label = Label(value=SHORTCUTS)
         self.help_label.native.setWordWrap(True)
         self.add(self.help_label)
-        self.add_status()
-
-        self.mip_layer.changed.connect(self._on_mip_changed)
-        self.project_dir.changed.connect(self._on_project_dir_changed)
-        self.image_key.changed.connect(self._on_key_edited)
-        self.vertebra.changed.connect(self._on_class_changed)
-        self.class_set.changed.connect(self._on_class_set_changed)
-        self.open_button.changed.connect(lambda *_: self.open_project_image())
-        self.draw_button.changed.connect(lambda *_: self.draw_polygon())
-        self.assign_button.changed.connect(lambda *_: self.assign_class_to_selected())
-        self.delete_button.changed.connect(lambda *_: self.delete_selected())
-        self.undo_button.changed.connect(lambda *_: self.undo())
-        self.redo_button.changed.connect(lambda *_: self.redo())
-        self.shift_up_button.changed.connect(lambda *_: self.shift_levels(-1))
-        self.shift_down_button.changed.connect(lambda *_: self.shift_levels(1))
-        self.from3d_button.changed.connect(lambda *_: self.labels_from_3d())
-        self.mask_to_poly_button.changed.connect(lambda *_: self.mask_to_polygons())
-        self.poly_to_mask_button.changed.connect(lambda *_: self.polygons_to_mask())
-        self.import_button.changed.connect(lambda *_: self.import_annotations())
-        self.export_coco_button.changed.connect(lambda *_: self.export_coco())
-        self.export_via_button.changed.connect(lambda *_: self.export_via())
-
-        self._listen(self.session.annotate_requested, self._on_annotate_requested)
-        self._listen(self.session.annotations_replaced, self._on_annotations_replaced)
-        self._viewer_keys_bound = False
-        self._bind_viewer_keys()
-        self._open_project(quiet=True)
-        self.refresh_choices()
-        self._on_class_changed()
-        self._on_mip_changed()
 
     # -- project -----------------------------------------------------------------------
     @property

@@ -18,7 +18,7 @@ from napari_vertebra.annotation.dataset import SPLITS, build_dataset
 from napari_vertebra.annotation.project import AnnotationProject
 
 from ._base import VertebraWidget
-from ._threading import error_message, notify
+from ._status import error_message, notify
 
 if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
     import napari.viewer

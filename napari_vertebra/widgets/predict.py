@@ -2,7 +2,7 @@
 
 Pick a checkpoint and an Image layer: a 2D MIP (e.g. "MIP <ct>" of 'Preprocess CT') or a
 3D CT, which is preprocessed first (:func:`napari_vertebra.core.run_pipeline`). The
-model runs on a worker thread (:mod:`._predict_jobs`, through the model's
+model runs on a worker thread (:mod:`napari_vertebra.model.predict_jobs`, through the model's
 ``Predictor``); the raw detections are kept, so the score slider re-filters them (score
 threshold, duplicate suppression, anatomical order: the model's ``postprocess``) without
 predicting again. Output layers: "predicted vertebrae <image>" (Labels, one colour per
@@ -28,30 +28,21 @@ from magicgui.widgets import ComboBox, FileEdit, FloatSlider, Label, PushButton
 from qtpy.QtCore import QTimer
 
 from napari_vertebra.core.labels import class_colour, class_name
-
-from ._base import VertebraWidget, layer_combo
-from ._layers import class_label_colormap, class_label_features, find_layer, layer_kwargs
-from ._predict_jobs import (
+from napari_vertebra.model.predict_jobs import (
     RawPrediction,
-    avoid_triton,
-    back_to_3d,
     back_to_3d_job,
     boxes_to_rectangles,
     predict_job,
 )
+
+from ._base import VertebraWidget, layer_combo
+from ._layers import class_label_colormap, class_label_features, find_layer, layer_kwargs
 from ._session import ShownPrediction
 
 if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
     import napari.viewer
 
-__all__ = [
-    "BACK3D_TIP",
-    "PredictWidget",
-    "RawPrediction",
-    "avoid_triton",
-    "back_to_3d",
-    "boxes_to_rectangles",
-]
+__all__ = ["BACK3D_TIP", "PredictWidget"]
 
 BACK3D_TIP = (
     "Carry the predicted MIP labels back into the CT: each labelled MIP pixel labels the\n"

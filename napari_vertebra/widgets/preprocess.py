@@ -17,41 +17,30 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, Label
 from qtpy.QtCore import QTimer
+from superqt import QCollapsible
 
 from napari_vertebra.core import STEP_PARAMS, STEPS, PipelineResult, PreprocessParams
-from napari_vertebra.core.labels import NUM_CLASSES, to_class_map
+from napari_vertebra.core.labels import (
+    LABEL_CONVENTIONS,
+    NUM_CLASSES,
+    resolve_convention,
+    to_class_map,
+)
+from napari_vertebra.core.pipeline import steps_to_rerun
 from napari_vertebra.core.volume import Volume
 
 from ._base import VertebraWidget, layer_combo
 from ._layers import volume_from_layer
 from ._preprocess_form import ADVANCED, STEP_TITLES, field_docs, make_field
-from ._preprocess_helpers import (
-    LABEL_CONVENTIONS,
-    box_edges_path,
-    box_rectangles,
-    fit_to_layer,
-    guess_convention,
-    mip_labels,
-    steps_to_rerun,
-)
 from ._preprocess_layers import PreprocessLayers
-from ._threading import error_message
+from ._status import error_message
 
 if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
     import napari.viewer
 
-__all__ = [
-    "LABEL_CONVENTIONS",
-    "PreprocessWidget",
-    "box_edges_path",
-    "box_rectangles",
-    "fit_to_layer",
-    "guess_convention",
-    "mip_labels",
-    "steps_to_rerun",
-]
+__all__ = ["PreprocessWidget"]
 
 
 class PreprocessWidget(PreprocessLayers, VertebraWidget):
@@ -81,9 +70,21 @@ class PreprocessWidget(PreprocessLayers, VertebraWidget):
         self._ct_layer_ref: Any = None
         self._planned: list[str] = []
         self._warned: tuple[int, tuple[str, ...]] | None = None  # last warnings notified
+        self._add_inputs()
+        self._add_param_fields()
+        self._add_controls()
+        self._listen(viewer.dims.events.ndisplay, self._on_ndisplay)
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self.run)
+        self._publish_params()
+        self.refresh_choices()
 
-        self.ct_layer = layer_combo(viewer, "Image", "CT image")
-        self.labels_layer = layer_combo(viewer, "Labels", "labels (optional)", nullable=True)
+    # -- building ----------------------------------------------------------------------
+    def _add_inputs(self) -> None:
+        """The CT and labels pickers and the labels' convention."""
+        self.ct_layer = layer_combo(self.viewer, "Image", "CT image")
+        self.labels_layer = layer_combo(self.viewer, "Labels", "labels (optional)", nullable=True)
         self.labels_convention = ComboBox(
             value="auto", choices=list(LABEL_CONVENTIONS), label="label ids"
         )
@@ -93,6 +94,9 @@ class PreprocessWidget(PreprocessLayers, VertebraWidget):
         )
         self.add_form(self.ct_layer, self.labels_layer, self.labels_convention)
 
+    def _add_param_fields(self) -> None:
+        """One field per :class:`PreprocessParams` field, under its step's title; the
+        advanced ones in a collapsed box."""
         hints = typing.get_type_hints(PreprocessParams)
         docs = field_docs(PreprocessParams)
         step_of = {n: s for s, names in STEP_PARAMS.items() for n in names}
@@ -113,36 +117,24 @@ class PreprocessWidget(PreprocessLayers, VertebraWidget):
                 last_step = step
             main.append(w)
         self.add_form(*main)
-        from superqt import QCollapsible
-
         self._advanced = QCollapsible("advanced parameters")
-        from magicgui.widgets import Container
-
         self._advanced_box = Container(widgets=advanced, labels=True)
         self._advanced.addWidget(self._advanced_box.native)
         self.add(self._advanced)
 
+    def _add_controls(self) -> None:
+        """Re-run on change, Run / Defaults / Show volume, the progress and status."""
         self.auto_rerun = CheckBox(value=True, label="re-run on change")
         self.auto_rerun.tooltip = (
             "After a first run, changing a parameter re-runs the pipeline from the first "
             "step that uses it."
         )
         self.add_form(self.auto_rerun, labels=False)
-        self.run_button = PushButton(text="Run")
-        self.defaults_button = PushButton(text="Defaults")
-        self.view_button = PushButton(text="Show volume")
-        self.run_button.changed.connect(lambda *_: self.run())
-        self.defaults_button.changed.connect(lambda *_: self.set_params(PreprocessParams()))
-        self.view_button.changed.connect(lambda *_: self._toggle_view())
+        self.run_button = self.button("Run", self.run)
+        self.defaults_button = self.button("Defaults", lambda: self.set_params(PreprocessParams()))
+        self.view_button = self.button("Show volume", self._toggle_view)
         self.add_buttons(self.run_button, self.defaults_button, self.view_button)
         self.add_status()
-
-        self._listen(viewer.dims.events.ndisplay, self._on_ndisplay)
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.timeout.connect(self.run)
-        self._publish_params()
-        self.refresh_choices()
 
     # -- parameters --------------------------------------------------------------------
     def params(self) -> PreprocessParams:
@@ -210,10 +202,9 @@ class PreprocessWidget(PreprocessLayers, VertebraWidget):
                 f"labels {layer.name!r} have shape {arr.shape}, the CT {ct.shape}; "
                 "choose the label map of this CT (or none)"
             )
-        conv = self.labels_convention.value
-        if conv == "auto":
-            conv = (layer.metadata or {}).get("convention") or guess_convention(arr)
-        if conv in ("class ids", "class_ids"):
+        hint = (layer.metadata or {}).get("convention")
+        conv = resolve_convention(self.labels_convention.value, arr, hint)
+        if conv == "class ids":
             classes = np.where((arr >= 0) & (arr < NUM_CLASSES), arr, 0).astype(np.uint8)
         else:
             classes = to_class_map(arr, conv)

@@ -23,28 +23,23 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Label, PushButton
+from magicgui.widgets import ComboBox, Label
 from qtpy.QtCore import Signal
 
 from napari_vertebra.annotation.polygons import annotations_to_label_image
-from napari_vertebra.annotation.review import (
-    STATES,
-    ReviewController,
-    ReviewError,
-    dice_scores,
-)
+from napari_vertebra.annotation.review import ReviewController, ReviewError, dice_scores
 from napari_vertebra.core.labels import VERTEBRAE, class_id, class_name, class_set_of_size
 
 from ._base import VertebraWidget
 from ._keys import KeyBindings
 from ._review_interaction import TOOLTIPS, ReviewInteraction
-from ._review_table import COLUMNS, ReviewTable
+from ._review_table import ReviewTable
 from ._shapes import shapes_to_annotations
 
 if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
     import napari.viewer
 
-__all__ = ["COLUMNS", "SHORTCUTS", "STATES", "ReviewWidget"]
+__all__ = ["SHORTCUTS", "ReviewWidget"]
 
 #: key -> (method name, description)
 SHORTCUTS = {
@@ -80,7 +75,30 @@ class ReviewWidget(ReviewInteraction, VertebraWidget):
         self.dice: list[float | None] = []
         self._dock: Any = None
         self.keys = KeyBindings({k: getattr(self, m) for k, (m, _) in SHORTCUTS.items()})
+        self._add_sources()
+        self.table = ReviewTable()
+        self.add(self.table, stretch=1)
+        self._add_actions()
+        self.summary = Label(value="")
+        self.summary.native.setWordWrap(True)
+        self.add(self.summary)
+        keys = " · ".join(f"<b>{k.upper()}</b> {d}" for k, (_, d) in SHORTCUTS.items())
+        self.help_label = Label(
+            value=f"<b>Shortcuts</b> (any layer, while this is shown): {keys}. A polygon "
+            "already there is never replaced without asking; Reject restores it."
+        )
+        self.help_label.native.setWordWrap(True)
+        self.add(self.help_label)
+        self.add_status()
+        self.ground_truth.changed.connect(lambda *_: self._on_gt_changed())
+        self.table.itemSelectionChanged.connect(self._on_row_selected)
+        self._listen(self.session.prediction_changed, self._on_prediction_changed)
+        self.refresh_choices()
+        if self.session.prediction is not None:
+            self.refresh()
 
+    def _add_sources(self) -> None:
+        """The ground truth and 'fix as' pickers and the level confidence line."""
         self.ground_truth = ComboBox(label="ground truth", choices=self._gt_choices)
         self.ground_truth.tooltip = (
             "Compare with: the project's polygons of this MIP (as saved before the review\n"
@@ -96,47 +114,17 @@ class ReviewWidget(ReviewInteraction, VertebraWidget):
         self.add(self.levels_label)
         self._combos.append(self.ground_truth)
 
-        self.table = ReviewTable()
-        self.add(self.table, stretch=1)
-
-        self.accept_button = PushButton(text="Accept (A)")
-        self.reject_button = PushButton(text="Reject (R)")
-        self.fix_button = PushButton(text="Fix (F)")
+    def _add_actions(self) -> None:
+        """Accept / Reject / Fix, Accept all pending / Next / Reload prediction."""
+        accept_tip, reject_tip, fix_tip, accept_all_tip = TOOLTIPS
+        self.accept_button = self.button("Accept (A)", self.accept, accept_tip)
+        self.reject_button = self.button("Reject (R)", self.reject, reject_tip)
+        self.fix_button = self.button("Fix (F)", self.fix, fix_tip)
         self.add_buttons(self.accept_button, self.reject_button, self.fix_button)
-        self.accept_all_button = PushButton(text="Accept all pending")
-        self.next_button = PushButton(text="Next (N)")
-        self.refresh_button = PushButton(text="Reload prediction")
+        self.accept_all_button = self.button("Accept all pending", self.accept_all, accept_all_tip)
+        self.next_button = self.button("Next (N)", self.next)
+        self.refresh_button = self.button("Reload prediction", self.refresh)
         self.add_buttons(self.accept_all_button, self.next_button, self.refresh_button)
-        for button, tip in zip(
-            (self.accept_button, self.reject_button, self.fix_button, self.accept_all_button),
-            TOOLTIPS,
-            strict=True,
-        ):
-            button.tooltip = tip
-        self.summary = Label(value="")
-        self.summary.native.setWordWrap(True)
-        self.add(self.summary)
-        keys = " · ".join(f"<b>{k.upper()}</b> {d}" for k, (_, d) in SHORTCUTS.items())
-        self.help_label = Label(
-            value=f"<b>Shortcuts</b> (any layer, while this is shown): {keys}. A polygon "
-            "already there is never replaced without asking; Reject restores it."
-        )
-        self.help_label.native.setWordWrap(True)
-        self.add(self.help_label)
-        self.add_status()
-
-        self.accept_button.changed.connect(lambda *_: self.accept())
-        self.reject_button.changed.connect(lambda *_: self.reject())
-        self.fix_button.changed.connect(lambda *_: self.fix())
-        self.accept_all_button.changed.connect(lambda *_: self.accept_all())
-        self.next_button.changed.connect(lambda *_: self.next())
-        self.refresh_button.changed.connect(lambda *_: self.refresh())
-        self.ground_truth.changed.connect(lambda *_: self._on_gt_changed())
-        self.table.itemSelectionChanged.connect(self._on_row_selected)
-        self._listen(self.session.prediction_changed, self._on_prediction_changed)
-        self.refresh_choices()
-        if self.session.prediction is not None:
-            self.refresh()
 
     @property
     def states(self) -> list[str]:

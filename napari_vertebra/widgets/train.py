@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Label, PushButton
+from magicgui.widgets import ComboBox, Label
 from qtpy.QtCore import QTimer, Signal
 
 from napari_vertebra.model.run import (
@@ -34,8 +34,9 @@ from napari_vertebra.model.run import (
 )
 
 from ._base import VertebraWidget
-from ._threading import notify
-from ._train_form import SOURCE_COCO, SOURCE_PROJECT, TrainForm
+from ._status import notify
+from ._train_checkpoints import CheckpointsMixin
+from ._train_form import SOURCE_PROJECT, TrainForm
 from ._train_job import ClusterJobMixin
 from ._train_plot import LossPlot, plot_data
 
@@ -46,9 +47,7 @@ if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
 
     from napari_vertebra.model.config import TrainConfig
 
-#: completed_epochs and export_project_dataset are napari_vertebra.model.run's
-__all__ = ["SOURCE_COCO", "SOURCE_PROJECT", "TrainWidget", "completed_epochs",
-           "export_project_dataset"]  # fmt: skip
+__all__ = ["TrainWidget"]
 
 _CLOSE_TIP = (
     "Training runs in its own detached process: closing napari does not stop it. It\n"
@@ -60,7 +59,7 @@ _FIELDS = ("source", "data_dir", "preset", "config_file", "backbone", "class_set
            "lr", "batch_size", "device", "weights", "run_folder")  # fmt: skip
 
 
-class TrainWidget(ClusterJobMixin, VertebraWidget):
+class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
     """Train the Mask R-CNN on a COCO split folder or on the open annotation project.
 
     Children are attributes (the form's fields, the buttons, ``plot``, ``checkpoint``)
@@ -83,20 +82,22 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
         self.run: TrainingRun | None = None
         self._gpu_probe: Any = None  # a model.run.GpuProbe once asked
         self.add_form(*self.form.fields)
-        self.start_button = _button("Start", _CLOSE_TIP)
-        self.stop_button = _button(
-            "Stop", "Stop after the current step, saving a resumable RUN/last.pt"
+        self.start_button = self.button("Start", self.start, _CLOSE_TIP)
+        self.stop_button = self.button(
+            "Stop", self.stop, "Stop after the current step, saving a resumable RUN/last.pt"
         )
-        self.resume_button = _button(
-            "Resume", "Continue the run folder's training from RUN/last.pt"
+        self.resume_button = self.button(
+            "Resume", self.resume, "Continue the run folder's training from RUN/last.pt"
         )
         self.add_buttons(self.start_button, self.stop_button, self.resume_button)
-        self.load_button = _button("Load run…", "Show a run folder's curves and checkpoints")
-        self.cluster_button = _button(
-            "Write cluster job",
+        self.load_button = self.button(
+            "Load run…", self._browse_load_run, "Show a run folder's curves and checkpoints"
+        )
+        self.cluster_button = self.button(
+            "Write cluster job", self.write_job,
             "Write the dataset, RUN/job_config.yaml, a torchrun command (RUN/run.sh)\n"
             "and a Slurm script (RUN/job.sbatch); copy the run folder to a GPU machine.",
-        )
+        )  # fmt: skip
         self.add_buttons(self.load_button, self.cluster_button)
         self.gpu_label = Label(value="")
         self.gpu_label.native.setWordWrap(True)
@@ -107,9 +108,10 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
         self.checkpoint = ComboBox(label="checkpoint", choices=[])
         self.checkpoint.tooltip = "Checkpoints of the run folder (best.pt first)"
         self.add_form(self.checkpoint)
-        self.use_button = _button(
-            "Use for prediction", "Predict with this checkpoint in 'Predict vertebrae'"
-        )
+        self.use_button = self.button(
+            "Use for prediction", self.use_checkpoint,
+            "Predict with this checkpoint in 'Predict vertebrae'",
+        )  # fmt: skip
         self.add_buttons(self.use_button)
         self.progress_bar.visible = True
         self.add_status()
@@ -121,12 +123,6 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
         self._gpu_timer = QTimer(self)
         self._gpu_timer.setInterval(300)
         self._gpu_timer.timeout.connect(self._check_gpu_probe)
-        self.start_button.changed.connect(lambda *_: self.start())
-        self.stop_button.changed.connect(lambda *_: self.stop())
-        self.resume_button.changed.connect(lambda *_: self.resume())
-        self.load_button.changed.connect(lambda *_: self._browse_load_run())
-        self.cluster_button.changed.connect(lambda *_: self.write_job())
-        self.use_button.changed.connect(lambda *_: self.use_checkpoint())
         self.form.fill_from_config()
         self._update_buttons()
         self.probe_gpu()
@@ -390,39 +386,6 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
         if run.log_changed:
             self.log_updated.emit(completed_epochs(run.log))
 
-    def _refresh_checkpoints(self) -> None:
-        paths = self.run.checkpoints() if self.run is not None else []
-        choices = [(p.name, str(p)) for p in paths]
-        before = [str(c) for c in self.checkpoint.choices]
-        if before != [c[1] for c in choices]:
-            value = self.checkpoint.value
-            # the default (best.pt first) follows the run: a best.pt written just after
-            # last.pt replaces last.pt; a checkpoint the user picked stays picked
-            # (the combo's order is ours: it is rebuilt below, so its first item was the
-            # default of the last refresh)
-            default = value is None or str(value) == before[0]
-            self.checkpoint.choices = []  # the combo appends new items: keep the order
-            self.checkpoint.choices = choices
-            if not default and str(value) in dict(choices).values():
-                self.checkpoint.value = str(value)
-        self._update_buttons()
-
-    def selected_checkpoint(self) -> Path | None:
-        """The checkpoint chosen in the combo box, or None."""
-        value = self.checkpoint.value
-        return Path(value) if value else None
-
-    def use_checkpoint(self) -> None:
-        """Predict with the chosen checkpoint in 'Predict vertebrae' (docking it if needed)."""
-        ckpt = self.selected_checkpoint()
-        if ckpt is None:
-            self._message("Train: no checkpoint yet: train or load a run first", "warning")
-            return
-        if self.session.use_checkpoint(str(ckpt)):
-            self.status.set(f"'Predict vertebrae' uses {ckpt}", "ok")
-        else:
-            self._message(f"Train: open 'Predict vertebrae' to use {ckpt}", "warning")
-
     # ----------------------------------------------------------------- helpers
     def _update_buttons(self) -> None:
         running = self.running
@@ -442,9 +405,3 @@ class TrainWidget(ClusterJobMixin, VertebraWidget):
 
 #: Said when a button is pressed while the widget's worker is busy.
 _BUSY = "{what}: still exporting the project or reading a run folder; try again when it is done"
-
-
-def _button(text: str, tooltip: str) -> PushButton:
-    button = PushButton(text=text)
-    button.tooltip = tooltip
-    return button

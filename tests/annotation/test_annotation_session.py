@@ -97,8 +97,10 @@ def test_controllers_import_no_qt_napari_or_torch():
     ]
     assert "napari_vertebra.annotation.session" in modules
     modules += [
-        "napari_vertebra.widgets._predict_jobs",
-        "napari_vertebra.widgets._preprocess_helpers",
+        "napari_vertebra.model.predict_jobs",
+        "napari_vertebra.core.box_outline",
+        "napari_vertebra.core.labels",
+        "napari_vertebra.core.pipeline",
     ]
     if importlib.util.find_spec("napari_vertebra.model.run") is not None:
         modules.append("napari_vertebra.model.run")

@@ -11,7 +11,8 @@ from app_model.types import KeyBinding
 from napari_vertebra.annotation.project import AnnotationProject
 from napari_vertebra.annotation.types import VertebraAnnotation
 from napari_vertebra.core.labels import VERTEBRAE, class_colour, class_id
-from napari_vertebra.widgets.annotate import DIRECTIONS, AnnotateWidget
+from napari_vertebra.widgets._annotate_drawing import DIRECTIONS
+from napari_vertebra.widgets.annotate import AnnotateWidget
 from napari_vertebra.widgets.preprocess import PreprocessWidget
 
 pytestmark = pytest.mark.gui

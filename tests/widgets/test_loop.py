@@ -31,8 +31,9 @@ def test_preprocess_train_predict_review(
     thread_spy(train_module, "export_project_dataset")
 
     from napari_vertebra.launch import dock_widgets
+    from napari_vertebra.model.run import completed_epochs
     from napari_vertebra.widgets._sample import CT_NAME, LABELS_NAME
-    from napari_vertebra.widgets.train import SOURCE_PROJECT, completed_epochs
+    from napari_vertebra.widgets._train_form import SOURCE_PROJECT
 
     viewer = make_napari_viewer()
     widgets = dock_widgets(viewer, project=tmp_path / "project")

@@ -7,7 +7,7 @@ import pytest
 
 from napari_vertebra.annotation.polygons import dice, rasterize
 from napari_vertebra.synth import synth_column
-from napari_vertebra.widgets._outline_tool import OUTLINE_KEY, install_outline_tool
+from napari_vertebra.widgets._outline_tool import OUTLINE_KEY, OutlineTool
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def _setup(make_napari_viewer, column, get_outliner=None):
     def on_polygon(polygon, source="outline", score=None):
         got.append((np.asarray(polygon), source, score))
 
-    tool = install_outline_tool(viewer, layer, on_polygon, get_outliner=get_outliner, inline=True)
+    tool = OutlineTool(viewer, layer, on_polygon, get_outliner=get_outliner, inline=True).install()
     return viewer, layer, tool, got
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_vertebra.core.labels import class_colours_rgba
-from napari_vertebra.widgets.predict import PredictWidget, boxes_to_rectangles
+from napari_vertebra.widgets.predict import PredictWidget
 
 pytestmark = [pytest.mark.gui, pytest.mark.torch]
 
@@ -18,7 +18,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 def make_random_checkpoint(path):
     """Save a checkpoint of an untrained small Mask R-CNN at ``path`` (fast to make; its
     detections are arbitrary, which is all the widget tests need)."""
-    from napari_vertebra.widgets.predict import avoid_triton
+    from napari_vertebra.model.predict_jobs import avoid_triton
 
     avoid_triton()  # as the widget does: Triton after napari's OpenGL crashes (llvmpipe)
     import torch
@@ -40,18 +40,12 @@ def random_checkpoint(tmp_path_factory):
 
 def add_mip(viewer, result, with_result=True):
     """The MIP and its ground-truth labels, as 'Preprocess CT' shows them."""
-    from napari_vertebra.widgets.preprocess import mip_labels
+    from napari_vertebra.core.pipeline import mip_labels
 
     meta = {"pipeline_result": result} if with_result else {}
     layer = viewer.add_image(result.mip, name="MIP lumbar CT", colormap="gray", metadata=meta)
     viewer.add_labels(mip_labels(result), name="MIP labels lumbar CT", opacity=0.3)
     return layer
-
-
-def test_boxes_to_rectangles_hug_the_pixels():
-    (rect,) = boxes_to_rectangles(np.array([[2.0, 3.0, 6.0, 9.0]]))  # x0, y0, x1, y1
-    # pixel edges 3..9 (rows) are the centres 3..8 +- 0.5
-    assert np.allclose(rect, [[2.5, 1.5], [2.5, 5.5], [8.5, 5.5], [8.5, 1.5]])
 
 
 def test_predict_slider_and_back_to_3d(

@@ -10,12 +10,7 @@ import pytest
 
 from napari_vertebra.core import STEPS, PreprocessParams
 from napari_vertebra.widgets._sample import CT_NAME, LABELS_NAME
-from napari_vertebra.widgets.preprocess import (
-    PreprocessWidget,
-    box_edges_path,
-    guess_convention,
-    steps_to_rerun,
-)
+from napari_vertebra.widgets.preprocess import PreprocessWidget
 
 pytestmark = pytest.mark.gui
 
@@ -188,23 +183,6 @@ def test_errors_in_the_worker_become_a_status_line(make_napari_viewer, qtbot):
     assert isinstance(widget.runner.last_error, ValueError)
     assert widget.status.level == "error"
     assert "something is wrong" in widget.status.value
-
-
-def test_pure_helpers():
-    p = PreprocessParams()
-    assert steps_to_rerun(None, p) == list(STEPS)
-    assert steps_to_rerun(p, p) == []
-    assert steps_to_rerun(p, p.replace(canal_r_max_mm=15.0)) == ["canal", "crop", "mip"]
-    assert steps_to_rerun(p, p.replace(spacing_mm=2.0)) == list(STEPS)
-    path = box_edges_path(((0, 10), (2, 6), (3, 9)))
-    assert path.shape == (16, 3)
-    assert path.min(axis=0).tolist() == [0, 2, 3] and path.max(axis=0).tolist() == [9, 5, 8]
-    # every one of the 12 box edges is walked
-    edges = {tuple(sorted((tuple(a), tuple(b)))) for a, b in itertools.pairwise(path)}
-    assert len(edges) == 12
-    assert guess_convention(np.array([0, 1, 17])) == "class ids"
-    assert guess_convention(np.array([0, 27, 31, 79])) == "totalsegmentator"
-    assert guess_convention(np.array([0, 20, 21, 22])) == "verse"
 
 
 def test_warnings_become_a_notification_and_the_status_line(

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.gui, pytest.mark.torch]
 @pytest.fixture(scope="module")
 def shared_checkpoint(tmp_path_factory):
     """An untrained small Mask R-CNN (its detections are arbitrary, enough to review)."""
-    from napari_vertebra.widgets.predict import avoid_triton
+    from napari_vertebra.model.predict_jobs import avoid_triton
 
     avoid_triton()  # as the widget does: Triton after napari's OpenGL crashes (llvmpipe)
     import torch
@@ -32,9 +32,9 @@ def shared_checkpoint(tmp_path_factory):
 @pytest.fixture
 def reviewing(make_napari_viewer, sample_result, shared_checkpoint, qtbot, tmp_path):
     """Viewer with the sample MIP, Annotate (empty project), Predict (done) and Review."""
+    from napari_vertebra.core.pipeline import mip_labels
     from napari_vertebra.widgets.annotate import AnnotateWidget
     from napari_vertebra.widgets.predict import PredictWidget
-    from napari_vertebra.widgets.preprocess import mip_labels
     from napari_vertebra.widgets.review import ReviewWidget
 
     viewer = make_napari_viewer()

@@ -85,7 +85,7 @@ def test_no_widget_registry_is_left():
         assert not re.search(pattern, text), path.name
         assert "find_annotation_project" not in text, path.name
     predict = (WIDGETS / "predict.py").read_text(encoding="utf-8")
-    jobs = (WIDGETS / "_predict_jobs.py").read_text(encoding="utf-8")
+    jobs = (WIDGETS.parent / "model" / "predict_jobs.py").read_text(encoding="utf-8")
     assert "roi_heads" not in predict + jobs  # the live model is never changed
 
 

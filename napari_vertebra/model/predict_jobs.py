@@ -1,11 +1,12 @@
-"""The work behind 'Predict vertebrae', with no Qt or napari (run on a worker thread).
+"""The work behind the 'Predict vertebrae' widget, Qt-free (run on its worker thread).
 
 :func:`predict_job` loads a :class:`~napari_vertebra.model.predict.Predictor` (kept by
 the widget between predictions) and returns the :class:`RawPrediction` of a MIP: every
 detection the model keeps (the Predictor is built with ``box_score_thresh`` 0, never
 changed afterwards), so that the widget's score slider re-filters them with the model's
 own post-processing (``Predictor.finish``) without predicting again.
-:func:`back_to_3d` carries MIP labels into the CT's resampled grid.
+:func:`back_to_3d_job` carries MIP labels into the CT's resampled grid. Importing this
+module does not import torch.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from napari_vertebra.core.progress import ProgressCallback, report, scaled
 __all__ = [
     "RawPrediction",
     "avoid_triton",
-    "back_to_3d",
     "back_to_3d_job",
     "boxes_to_rectangles",
     "load_predictor",
@@ -163,20 +163,16 @@ def _leave_a_core_for_the_viewer() -> None:
         torch.set_num_threads(want)
 
 
-def back_to_3d(
+def back_to_3d_job(
     label_image: np.ndarray, result: Any, progress: ProgressCallback | None = None
-) -> np.ndarray:
-    """uint8 class labels on the resampled grid from MIP labels (worker-thread body)."""
+) -> tuple[np.ndarray, list[int]]:
+    """Worker-thread body: uint8 class labels on the resampled grid from MIP labels
+    (:func:`~napari_vertebra.core.mip_labels_to_volume`) and the classes that reached it."""
     from napari_vertebra.core import mip_labels_to_volume
 
     report(progress, 0.0, "back-projecting")
     vol = mip_labels_to_volume(label_image, result).astype(np.uint8)
     report(progress, 1.0, "done")
-    return vol
-
-
-def back_to_3d_job(label_image: np.ndarray, result: Any, progress=None) -> tuple:
-    vol = back_to_3d(label_image, result, progress)
     present = [int(c) for c in np.unique(label_image) if c and (vol == c).any()]
     return vol, present
 
