@@ -150,7 +150,7 @@ def _build(cfg, settings: str = "task"):
     (frozen stages, FrozenBatchNorm) without loading the file."""
     from napari_vertebra.model.build import build_model
 
-    data = dict(cfg)
+    data = cfg.to_dict()
     if data.get("weights"):
         try:
             return build_model(data, settings=settings, load_weights=False), True
@@ -192,7 +192,7 @@ def _optimizer(model, cfg):
 
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.SGD(
-        params, lr=float(cfg["lr"]), momentum=float(cfg["momentum"]), weight_decay=1e-4
+        params, lr=float(cfg.lr), momentum=float(cfg.momentum), weight_decay=1e-4
     )
 
 

@@ -209,7 +209,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.max_dist <= 0:
         raise ValueError(f"--max-dist must be a positive distance in mm, not {args.max_dist}")
     if args.predictions is not None:
-        from napari_vertebra.model.evaluate import format_table, run_results_evaluation
+        from napari_vertebra.model.report import format_table, run_results_evaluation
 
         metrics = run_results_evaluation(
             args.predictions, args.data, args.output, args.min_score, args.max_dist
@@ -217,7 +217,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for w in metrics.get("warnings", []):
             print(f"warning: {w}", file=sys.stderr)
     else:
-        from napari_vertebra.model.evaluate import format_table, run_evaluation
+        from napari_vertebra.model.report import format_table, run_evaluation
 
         metrics = run_evaluation(
             args.checkpoint, args.data, args.output, args.device, args.min_score, args.max_dist
