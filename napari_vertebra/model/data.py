@@ -359,4 +359,3 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 def collate(batch):
     """Lists of images and targets (torchvision detection models take lists)."""
     return tuple(zip(*batch, strict=True))
-

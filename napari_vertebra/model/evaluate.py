@@ -17,7 +17,7 @@ ground truth:
   anatomical order): a truncated precision-recall curve, not comparable with the above.
 - ``level_certain_share``, ``level_certain_id_rate``, ``level_uncertain_id_rate``: is
   the level confidence honest on these images? The share of images whose naming is
-  called certain (level confidence >= :data:`~napari_vertebra.model.levels.CERTAIN`),
+  called certain (level confidence >= :data:`~napari_vertebra.model.calibration.CERTAIN`),
   and the identification rate of those images and of the rest (None when no image is
   in the group; absent when the predictions carry no ``level_confidence``: ours do).
 
@@ -46,7 +46,7 @@ import numpy as np
 from napari_vertebra.core.labels import EXTENDED, PAPER, class_id, class_name, class_set_for
 from napari_vertebra.core.progress import ProgressCallback, report
 
-from .levels import CERTAIN
+from .calibration import level_calibration
 from .metrics import Identification, centroids, dice_per_vertebra, identification, one_per_label
 from .render import coco_results, mask_rle
 
@@ -57,7 +57,6 @@ __all__ = [
     "evaluate_predictor",
     "ground_truth",
     "image_spacing",
-    "level_calibration",
     "model_results",
     "named_results",
     "split_ground_truth",
@@ -345,25 +344,6 @@ def _pooled(scores: list[_ImageScore], max_dist, min_score, n_images: int) -> di
         "n_neighbour_confusions": int(sum(confusions.values())),
         "per_image": [s.entry for s in scores],
         "_dice_values": {class_name(c): v for c, v in dices.items()},
-    }
-
-
-def level_calibration(
-    rates: dict[str, float | None], confidence: dict[str, float], cutoff: float = CERTAIN
-) -> dict[str, Any]:
-    """Whether a level confidence is honest: of the images that show vertebrae
-    (``rates``: identification rate per image, None for none), the share called certain
-    (``confidence`` >= ``cutoff``; an image without a confidence, e.g. with no
-    prediction, is not certain) and the mean identification rate of those and of the rest.
-    """
-    shown = {k: r for k, r in rates.items() if r is not None}
-    sure = [r for k, r in shown.items() if confidence.get(k, 0.0) >= cutoff]
-    rest = [r for k, r in shown.items() if confidence.get(k, 0.0) < cutoff]
-    return {
-        "level_certain_cutoff": float(cutoff),
-        "level_certain_share": len(sure) / len(shown) if shown else None,
-        "level_certain_id_rate": float(np.mean(sure)) if sure else None,
-        "level_uncertain_id_rate": float(np.mean(rest)) if rest else None,
     }
 
 

@@ -33,6 +33,7 @@ from napari_vertebra.core.labels import ClassSet, class_name, class_set_of_size,
 
 from .anatomy import mask_overlap_suppression, order_classes
 from .build import model_from_checkpoint
+from .calibration import CERTAIN
 from .config import TrainConfig, as_config
 from .data import image_to_tensor
 from .detect import (
@@ -45,7 +46,7 @@ from .detect import (
     vertebra_scores,
 )
 from .device import resolve_device
-from .levels import CERTAIN, LevelDecoding, decode_levels
+from .levels import LevelDecoding, decode_levels
 from .levels import class_frequencies as _training_shares
 from .scale import TILE_OVERLAP_MM, merge_tiles, row_tiles
 
@@ -361,26 +362,22 @@ def postprocess(
     detection).
 
     Levels (``order=True``): :func:`~napari_vertebra.model.levels.decode_levels` names the
-    instances jointly from their class probabilities (consecutive top to bottom, spine
-    variants of ``class_set``; default: the set whose size matches ``class_probs``), with
-    the size prior on centroid spacing when ``pixel_mm`` (mm per image pixel) is given,
-    ``evidence_weight`` on the class evidence and ``class_frequencies`` (the training
-    share of each class, divided out); ``Prediction.levels`` holds the decoding and its
-    level confidence.
+    instances jointly from their class probabilities (spine variants of ``class_set``;
+    default: the set whose size matches ``class_probs``), with the size prior when
+    ``pixel_mm`` (mm per image pixel) is given, ``evidence_weight`` and
+    ``class_frequencies`` (the training share of each class, divided out);
+    ``Prediction.levels`` holds the decoding and its level confidence.
     """
     inst = _survivors(det, min_score, box_iou)
     masks, labels, probs = inst["masks"], inst["labels"], inst["probs"]
-    rows = np.array([np.nonzero(m)[0].mean() for m in masks]) if len(masks) else np.zeros(0)
-    inst["rows"] = rows
+    inst["rows"] = (
+        np.array([np.nonzero(m)[0].mean() for m in masks]) if len(masks) else np.zeros(0)
+    )
     n_cls = probs.shape[1]
     cs = get_class_set(class_set) if class_set is not None else class_set_of_size(n_cls)
-    decoding = None
-    meta: dict[str, Any] = {}
+    decoding, meta = None, {}
     if order and len(masks):
-        inst, decoding, meta = _name_levels(
-            inst, cs, pixel_mm, evidence_weight=evidence_weight,
-            class_frequencies=class_frequencies,
-        )  # fmt: skip
+        inst, decoding, meta = _name_levels(inst, cs, pixel_mm, evidence_weight, class_frequencies)
     else:  # the most probable class of each instance
         inst["classes"] = probs.argmax(1) + 1 if len(masks) else labels.copy()
     top = np.argsort(inst["rows"], kind="stable")
@@ -448,7 +445,8 @@ def _name_levels(
     inst: dict[str, np.ndarray],
     cs: ClassSet,
     pixel_mm: float | None,
-    **decode_kw: Any,
+    evidence_weight: float,
+    class_frequencies: np.ndarray | None,
 ) -> tuple[dict[str, np.ndarray], LevelDecoding | None, dict[str, Any]]:
     """(the instances with ``classes``, the level decoding, meta) of :func:`postprocess`:
     :func:`~napari_vertebra.model.levels.decode_levels` of the instances top to bottom;
@@ -462,7 +460,10 @@ def _name_levels(
         cols = np.array([np.nonzero(m)[1].mean() for m in masks])
         cen = np.stack([rows, cols], 1)[top_first] * float(pixel_mm)
     try:
-        d = decode_levels(probs[top_first], cs, cen, **decode_kw)
+        d = decode_levels(
+            probs[top_first], cs, cen, evidence_weight=evidence_weight,
+            class_frequencies=class_frequencies,
+        )  # fmt: skip
     except ValueError as e:  # e.g. two instances at one centroid: no joint naming
         n_cls = probs.shape[1]
         classes = order_classes(probs, rows) if n_cls == 17 else probs.argmax(1) + 1

@@ -19,8 +19,8 @@ import numpy as np
 
 from napari_vertebra.core.progress import ProgressCallback
 
+from .calibration import CERTAIN
 from .evaluate import ID_MAX_DIST_MM, detection_metrics, evaluate_predictor, split_ground_truth
-from .levels import CERTAIN
 from .results import read_results
 
 __all__ = [

@@ -443,9 +443,9 @@ class GpuProbe:
 def level_check(progress: TrainProgress) -> tuple[str, str]:
     """(sentence, warning) on the level confidence at the last validated epoch: how many
     val images it called certain and how well those were identified; the warning (else
-    "") when they were identified below :data:`~napari_vertebra.model.levels.CERTAIN`.
+    "") when they were identified below :data:`~napari_vertebra.model.calibration.CERTAIN`.
     ("", "") before any validation that reports it."""
-    from napari_vertebra.model.levels import certainty_check
+    from .calibration import certainty_check
 
     def last(key: str) -> float | None:
         v = progress.val.get(key) or []

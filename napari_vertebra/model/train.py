@@ -410,7 +410,7 @@ def _print_summary(out: dict[str, Any]) -> None:
     )
     share = m.get("val_level_certain_share")
     if share is not None:
-        from .levels import certainty_check
+        from .calibration import certainty_check
 
         note, warning = certainty_check(
             share, m.get("val_level_certain_id_rate"), n_images=m.get("val_n_images")
