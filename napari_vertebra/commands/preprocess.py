@@ -208,20 +208,6 @@ def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
     return unique
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda t: t.write_text(text, encoding="utf-8"))
-
-
 def is_done(out_dir: Path, params_dict: dict[str, Any], identity: dict[str, Any]) -> bool:
     """True when ``out_dir`` holds a complete result of the same input and parameters.
 
@@ -297,6 +283,7 @@ def _process(
     hu_offset: float | None = None,
 ) -> list[str]:
     """Run the pipeline on one scan and write its outputs; returns its warnings."""
+    from napari_vertebra.annotation._atomic import atomic_write_text
     from napari_vertebra.core import PreprocessParams, read_ct, run_pipeline
 
     params = PreprocessParams.from_dict(params_dict)
@@ -318,40 +305,39 @@ def _process(
         | {k: round(v, 3) for k, v in res.timings.items()},
         "params": params_dict,
     }
-    _write_text(out_dir / "report.json", json.dumps(report, indent=2, default=_json_scalar))
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, default=_json_scalar))
     return list(res.warnings)
 
 
 def _write_outputs(out_dir: Path, res: Any, hu_max: float) -> float:
     """mip.png, mip.npy, canal_centres.csv and crop_box.json of a pipeline result;
     returns the PNG's stored value per HU."""
-    import numpy as np
-    from PIL import Image
+    import io
 
+    import numpy as np
+
+    from napari_vertebra.annotation._atomic import atomic_write_bytes, atomic_write_text, png_bytes
     from napari_vertebra.annotation.coco import HU_SCALE
 
     # the COCO images' scale (40 per HU), so predict / annotation tools read it back as HU;
     # a window reaching past 65535 / 40 = 1638 HU gets a smaller scale, kept in the report
     hu_scale = min(HU_SCALE, 65535.0 / hu_max)
     png = np.clip(np.rint(res.mip * hu_scale), 0, 65535).astype(np.uint16)
-    _atomic_write(out_dir / "mip.png", lambda t: Image.fromarray(png).save(t, format="PNG"))
-
-    def save_npy(t: Path) -> None:
-        with open(t, "wb") as f:
-            np.save(f, res.mip.astype(np.float32))
-
-    _atomic_write(out_dir / "mip.npy", save_npy)
+    atomic_write_bytes(out_dir / "mip.png", png_bytes(png))
+    npy = io.BytesIO()
+    np.save(npy, res.mip.astype(np.float32))
+    atomic_write_bytes(out_dir / "mip.npy", npy.getvalue())
     lines = ["z,y,x,found"] + [
         f"{z:.0f},{y:.2f},{x:.2f},{int(f)}"
         for (z, y, x), f in zip(res.canal_centres, res.canal_found, strict=True)
     ]
-    _write_text(out_dir / "canal_centres.csv", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "canal_centres.csv", "\n".join(lines) + "\n")
     crop = {
         "crop_box": [list(map(int, b)) for b in res.crop_box],
         "axes": "z, y, x voxels of the resampled grid, half-open",
         "resampled_shape": list(res.resampled.shape),
     }
-    _write_text(out_dir / "crop_box.json", json.dumps(crop, indent=2))
+    atomic_write_text(out_dir / "crop_box.json", json.dumps(crop, indent=2))
     return hu_scale
 
 

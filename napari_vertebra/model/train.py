@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from napari_vertebra.annotation._atomic import atomic_write_text
 from napari_vertebra.annotation.dataset import val_split_problem
 from napari_vertebra.core.progress import ProgressCallback
 
@@ -72,15 +73,6 @@ def _val_split(data_dir: Path, warn: bool = True) -> Path:
             stacklevel=3,
         )
     return train
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------ one process's training
@@ -168,7 +160,7 @@ class _Training:
         from .evaluate import ground_truth
 
         self.val_gt = ground_truth(self.val_set.images)
-        _write_text_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())
+        atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
         if skipped:
             text = "\n".join(skipped) + "\n"
             (self.run_dir / "skipped_weights.txt").write_text(text, encoding="utf-8")
