@@ -150,7 +150,7 @@ def _build(cfg, settings: str = "task"):
     (frozen stages, FrozenBatchNorm) without loading the file."""
     from napari_vertebra.model.build import build_model
 
-    data = dict(cfg)
+    data = cfg.to_dict()
     if data.get("weights"):
         try:
             return build_model(data, settings=settings, load_weights=False), True
@@ -193,7 +193,7 @@ def _optimizer(model, cfg):
 
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.SGD(
-        params, lr=float(cfg["lr"]), momentum=float(cfg["momentum"]), weight_decay=1e-4
+        params, lr=float(cfg.lr), momentum=float(cfg.momentum), weight_decay=1e-4
     )
 
 
@@ -269,7 +269,7 @@ def data_phase(model, init, cfg, split_dir: Path, workers: int, dev, amp: str, s
     from napari_vertebra.model.data import VertebraDataset, collate
 
     ds = VertebraDataset(split_dir, cfg, train=True)
-    bs = int(cfg["batch_size"])
+    bs = int(cfg.batch_size)
     loader = torch.utils.data.DataLoader(
         ds, batch_size=bs, shuffle=True, drop_last=True, collate_fn=collate,
         num_workers=workers, pin_memory=dev.type == "cuda",
@@ -333,9 +333,9 @@ def infer_phase(state, cfg, mips, dev, repeats: int, budget: float) -> list[Row]
     ours_model.load_state_dict(state)
     tv_model, _ = _build(cfg, "torchvision")
     tv_model.load_state_dict(state)
-    hu_max = float(cfg["hu_max"])
-    min_score = float(cfg["min_score"])
-    ours = Predictor(ours_model, device=str(dev), config=dict(cfg))
+    hu_max = float(cfg.hu_max)
+    min_score = float(cfg.min_score)
+    ours = Predictor(ours_model, device=str(dev), config=cfg)
     tv_model.to(dev).eval()
 
     def tv(im):
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     size = (128, 32) if args.small else MIP_SIZE
     try:
         cfg, cfg_note = _config(args)
-        bs = int(cfg["batch_size"])
+        bs = int(cfg.batch_size)
         torch.manual_seed(0)
         model, as_transfer = _build(cfg)
         model.to(dev)
@@ -435,8 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     print(
-        f"device {name}  torch {torch.__version__}  {cfg_note}: {cfg['backbone']}, "
-        f"min/max size {cfg['min_size']}/{cfg['max_size']}, batch {bs}, "
+        f"device {name}  torch {torch.__version__}  {cfg_note}: {cfg.backbone}, "
+        f"min/max size {cfg.min_size}/{cfg.max_size}, batch {bs}, "
         f"{'starting-weights architecture (random values)' if as_transfer else 'random start'}"
         f"\nsynthetic MIPs {size[0]} x {size[1]} px; budget {args.budget:.0f} s",
         flush=True,
@@ -447,9 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_vertebra.model.data import image_to_tensor
 
     for im, cls, masks in samples:
-        tensors.append(
-            (image_to_tensor(im, float(cfg["hu_max"])).to(dev), _target(cls, masks, dev))
-        )
+        tensors.append((image_to_tensor(im, float(cfg.hu_max)).to(dev), _target(cls, masks, dev)))
     batches = [
         tuple(zip(*tensors[k : k + bs], strict=True)) for k in range(0, len(tensors) - bs + 1, bs)
     ]
@@ -472,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(format_table([row]).splitlines()[1], flush=True)
     # the data path
-    amp_data = "fp16" if bool(cfg["amp"]) and dev.type == "cuda" else "fp32"
+    amp_data = "fp16" if bool(cfg.amp) and dev.type == "cuda" else "fp32"
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         try:
             from napari_vertebra.synth import write_synth

@@ -29,7 +29,7 @@ def run(out: Path, epochs: int, lr: float | None, seed: int = 0, reuse: bool = F
     if lr is not None:
         over["lr"] = lr
     cfg = load_config("smoke", over)
-    run_dir = out / f"run_lr{cfg['lr']}"
+    run_dir = out / f"run_lr{cfg.lr}"
     t0 = time.time()
     if reuse and (run_dir / "last.pt").is_file():  # evaluate an earlier run again
         import csv
@@ -39,11 +39,11 @@ def run(out: Path, epochs: int, lr: float | None, seed: int = 0, reuse: bool = F
     else:
         train(cfg, out / "data", run_dir)
     t_train = time.time() - t0
-    res = {"lr": cfg["lr"], "epochs": epochs, "train_s": t_train}
+    res = {"lr": cfg.lr, "epochs": epochs, "train_s": t_train}
     for order in (True, False):
         # inference settings of the current smoke.yaml (also for runs trained before a change)
         p = Predictor(
-            run_dir / "last.pt", order=order, settings={k: cfg[k] for k in TEST_SETTINGS}
+            run_dir / "last.pt", order=order, settings={k: getattr(cfg, k) for k in TEST_SETTINGS}
         )
         m = evaluate_predictor(p, out / "data" / "test")
         tag = "" if order else "_noorder"

@@ -79,7 +79,8 @@ def _median_time(fn, images, repeats: int) -> tuple[float, list]:
 def _full_predict(predictor, im):
     """The prediction on torchvision's eval forward (mask head on every detection)."""
     from napari_vertebra.model.data import image_to_tensor
-    from napari_vertebra.model.predict import _check_image, full_detections, postprocess
+    from napari_vertebra.model.detect import full_detections
+    from napari_vertebra.model.predict import _check_image, postprocess
 
     a = _check_image(im)
     t = image_to_tensor(a, predictor.hu_max).to(predictor.device)
@@ -101,7 +102,7 @@ def _counts(predictor, images) -> tuple[float, float, float]:
     """Mean detections before the score threshold, mean boxes the mask head runs on and
     mean vertebrae kept, by ours."""
     from napari_vertebra.model.data import image_to_tensor
-    from napari_vertebra.model.predict import raw_detections
+    from napari_vertebra.model.detect import raw_detections
 
     n_det, n_roi, n_kept = [], [], []
     for im in images:
@@ -154,8 +155,8 @@ def main() -> None:
 
     from napari_vertebra.model.build import build_model, load_checkpoint
     from napari_vertebra.model.config import load_config
+    from napari_vertebra.model.device import resolve_device
     from napari_vertebra.model.predict import Predictor
-    from napari_vertebra.model.train import resolve_device
 
     torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)

@@ -160,10 +160,10 @@ def stratified(n: int, rates: dict) -> dict[tuple[int, int], int]:
 
 def population_weights(variants: list[tuple[int, int]]) -> np.ndarray:
     """Per-image weights that give each spine variant of a test set its population share
-    (levels.VARIANT_PRIORS, renormalised over the variants present): the test set
+    (spine.VARIANT_PRIORS, renormalised over the variants present): the test set
     over-samples transitional spines, whose views the decoder's population prior names
     as normal ones."""
-    from napari_vertebra.model.levels import VARIANT_PRIORS
+    from napari_vertebra.model.spine import VARIANT_PRIORS
 
     present = sorted(set(variants))
     pop = np.array([VARIANT_PRIORS.get(v, 0.0) for v in present])
@@ -440,7 +440,7 @@ def main() -> None:
         f"\nlevel confidence (cut-off {args.certain}): share of test images called certain, "
         "identification among them / among the rest, mean confidence vs mean identification;"
         "\npopulation-weighted: the same with each spine variant's test images weighted to "
-        "its population share (levels.VARIANT_PRIORS: 11T 5 %, 13T 1 %, 6L 5 %), which the "
+        "its population share (spine.VARIANT_PRIORS: 11T 5 %, 13T 1 %, 6L 5 %), which the "
         "decoder's prior assumes"
     )
     for arm, r in results.items():

@@ -64,7 +64,7 @@ def _checkpoint(folder: Path) -> Path:
 
 def _long_run(folder: Path, epochs: int = 100, steps: int = 400) -> Path:
     """A finished run folder whose progress.jsonl holds epochs x steps step events."""
-    from napari_vertebra.model.run import PROGRESS_NAME, ProgressWriter
+    from napari_vertebra.model.progress import PROGRESS_NAME, ProgressWriter
 
     run = folder / "long_run"
     run.mkdir()

@@ -23,7 +23,7 @@ from napari_vertebra.annotation.polygons import mask_to_polygons, polygon_area, 
 from napari_vertebra.annotation.types import AnnotatedImage, VertebraAnnotation
 from napari_vertebra.core.labels import LEVEL_IDS, VERTEBRAE, ClassSet, get_class_set
 from napari_vertebra.core.progress import ProgressCallback, report
-from napari_vertebra.model.levels import BODY_HEIGHT_MM, DISC_HEIGHT_MM, variant_levels
+from napari_vertebra.model.spine import BODY_HEIGHT_MM, DISC_HEIGHT_MM, variant_levels
 
 __all__ = [
     "LUMBAR_COUNT_RATES",

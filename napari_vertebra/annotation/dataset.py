@@ -13,6 +13,7 @@ partial views) goes to the same split. See :func:`split_scans` for small scan co
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -21,13 +22,13 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from napari_vertebra.core.labels import class_set_for
+from napari_vertebra.core.labels import LEVEL_IDS, class_set_for
 from napari_vertebra.core.progress import ProgressCallback, report, scaled
 
 from ._atomic import AtomicBatch
 from .coco import read_coco, stage_coco
 from .partial import partial_views
-from .project import safe_key
+from .project import AnnotationProject, safe_key
 from .types import AnnotatedImage, VertebraAnnotation
 from .validate import image_size_problem, keep_polygon
 
@@ -327,3 +328,112 @@ def build_dataset(
     paths = _write_splits(Path(out_dir), per_scan, split, summary)
     report(progress, 1.0, "done")
     return paths
+
+
+# ------------------------------------------------------------------ training data checks
+def export_project_dataset(
+    project: AnnotationProject,
+    out_dir: str | os.PathLike,
+    progress: ProgressCallback | None = None,
+) -> list[str]:
+    """Write an annotation project as COCO splits ``out_dir/{train,val,test}``.
+
+    Uses :func:`build_dataset` (partial views, split by scan). A project of a single
+    scan gets no validation images: then the training split is copied as ``val`` (its
+    mAP is then measured on training images) and a note says so. Returns such notes.
+    """
+    import shutil
+
+    images = [im for im in project.images(load_pixels=True) if im.annotations]
+    if not images:
+        raise ValueError(f"{project.folder}: the project has no annotated image to train on")
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    build_dataset(images, out, progress=progress)
+    notes = []
+    if val_split_problem(out):
+        shutil.rmtree(out / "val", ignore_errors=True)
+        shutil.copytree(out / "train", out / "val")
+        scans = {im.scan for im in images}
+        notes.append(
+            f"the project holds {len(scans)} scan(s), too few for a validation split: "
+            "validating on the training images (optimistic mAP)"
+        )
+    return notes
+
+
+def check_dataset(data_dir: str | os.PathLike | None) -> Path:
+    """The resolved COCO split folder if it has a train split; ValueError in plain words."""
+    if not data_dir or str(data_dir) in ("", "."):
+        raise ValueError("choose a dataset folder (with train/ and val/ splits)")
+    data = Path(data_dir).expanduser().resolve()
+    if not data.is_dir():
+        raise ValueError(f"{data}: no such dataset folder")
+    if not (data / "train" / "annotations.json").is_file():
+        raise ValueError(
+            f"{data} has no train split (no train/annotations.json): choose the folder "
+            "that 'Export dataset' wrote, or train on the open annotation project"
+        )
+    return data
+
+
+def dataset_class_set(data_dir: str | os.PathLike | None) -> str | None:
+    """The class set a COCO dataset folder's labels need, or None when it cannot tell.
+
+    ``dataset.json``'s ``class_set`` (written by ``dataset build`` / Export dataset: the
+    smallest set holding every level used), else the levels the train split's
+    annotations use: ``"extended"`` when they hold C7, T13, L6 or S1, else ``"paper"``.
+    """
+    if not data_dir or str(data_dir) in ("", "."):
+        return None
+    data = Path(data_dir).expanduser()
+    try:
+        meta = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
+        name = meta.get("class_set") if isinstance(meta, dict) else None
+        if isinstance(name, str) and name:
+            return name
+    except (OSError, ValueError):
+        pass
+    ann = data / "train" / "annotations.json"
+    try:
+        st = ann.stat()
+        used = _used_levels(str(ann), st.st_mtime_ns, st.st_size)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # unreadable: the trainer says what is wrong with it
+    ids = [LEVEL_IDS[n] for n in used if n in LEVEL_IDS]  # every level is in a set
+    return class_set_for(ids).name if ids else None
+
+
+@functools.lru_cache(maxsize=8)
+def _used_levels(path: str, mtime_ns: int, size: int) -> frozenset[str | None]:
+    """The category names a COCO file's annotations use; read once per version of the
+    file (the Train form asks on every change of the folder and again at Start)."""
+    coco = json.loads(Path(path).read_text(encoding="utf-8"))
+    names = {int(c["id"]): str(c["name"]) for c in coco.get("categories") or []}
+    return frozenset(names.get(int(a["category_id"])) for a in coco.get("annotations") or [])
+
+
+def val_split_problem(data_dir: str | os.PathLike) -> str:
+    """What is wrong with ``data_dir/val`` for validation: ``"is missing"``, ``"has no
+    images"``, or "" when it holds images or cannot be read (its reader then says why)."""
+    ann = Path(data_dir) / "val" / "annotations.json"
+    if not ann.is_file():
+        return "is missing"
+    try:
+        n = len(json.loads(ann.read_text(encoding="utf-8"))["images"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return "" if n else "has no images"
+
+
+def validation_note(data_dir: str | os.PathLike) -> str:
+    """A warning when ``data_dir/val`` is missing or holds no image (the trainer then
+    validates on the train split, as it says in its output), else ''."""
+    state = val_split_problem(data_dir)
+    if not state:
+        return ""
+    return (
+        f"the val split of {Path(data_dir).name} {state}: validating on the train split "
+        "(its scores say little about new scans; export more scans for a val split)"
+    )

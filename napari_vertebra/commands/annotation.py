@@ -7,6 +7,8 @@ import contextlib
 import sys
 from pathlib import Path
 
+from . import add_common_args
+
 PAIRS_HELP = (
     "a CSV with a header row and columns 'ct' and 'labels' (paths relative to the CSV), "
     "optional 'scan' (name; default the CT file name) and 'convention' (per row)"
@@ -193,6 +195,12 @@ def _common_3d(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     """Add the annotation commands to the ``napari-vertebra`` parser."""
+    _add_convert(subparsers)
+    _add_labels_to_coco(subparsers)
+    _add_dataset(subparsers)
+
+
+def _add_convert(subparsers) -> None:
     p = subparsers.add_parser(
         "convert",
         help="convert annotations between COCO and VIA",
@@ -222,6 +230,8 @@ def register(subparsers) -> None:
     )
     p.set_defaults(func=_run_convert)
 
+
+def _add_labels_to_coco(subparsers) -> None:
     p = subparsers.add_parser(
         "labels-to-coco",
         help="vertebra polygons on the MIP from a 3D label map, as COCO",
@@ -233,11 +243,13 @@ def register(subparsers) -> None:
     )
     p.add_argument("ct", metavar="CT", nargs="?", help="CT file or DICOM folder")
     p.add_argument("labels", metavar="LABELS", nargs="?", help="label map on the CT's grid")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    add_common_args(p, "output folder")
     p.add_argument("--scan", help="scan name (default: the CT file name)")
     _common_3d(p)
     p.set_defaults(func=_run_labels_to_coco)
 
+
+def _add_dataset(subparsers) -> None:
     p = subparsers.add_parser(
         "dataset", help="build a train/val/test dataset", description="Dataset tools."
     )
@@ -254,7 +266,7 @@ def register(subparsers) -> None:
         "(docs/annotations.md).",
     )
     b.add_argument("inputs", metavar="INPUT", nargs="*", help="COCO JSON files")
-    b.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    add_common_args(b, "output folder")
     b.add_argument(
         "--ct-labels",
         nargs=2,

@@ -11,18 +11,28 @@ import json
 import sys
 from pathlib import Path
 
+from . import add_common_args
+
 __all__ = ["register", "run_evaluate", "run_predict", "run_synth", "run_train"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the model commands to the ``napari-vertebra`` parser."""
+    _add_train(sub)
+    _add_predict(sub)
+    _add_evaluate(sub)
+    _add_synth(sub)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train Mask R-CNN on COCO splits (DIR/train, DIR/val)",
         description="Train Mask R-CNN. --config takes a YAML file or a shipped "
         "configuration by name (paper, smoke, synth-r50). RUN gets last.pt (every epoch and "
         "when stopped), best.pt (best validation best_metric, default the identification "
-        "rate), log.csv, config.yaml (and TensorBoard events if installed). --resume "
+        "rate), progress.jsonl (one line per step and per epoch), log.csv (one row per "
+        "epoch), config.yaml (and TensorBoard events if installed). --resume "
         "continues exactly where last.pt stopped; changes other than epochs, lr and a few "
         "inference keys are refused. Several GPUs: start with torchrun (see "
         "training/torchrun.sh); lr is for one process's batch and scales linearly with the "
@@ -33,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_train_arguments(p)
     p.set_defaults(func=run_train)
 
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="find and label vertebrae on MIPs or CT scans",
@@ -45,14 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", help="a checkpoint from napari-vertebra train (best.pt)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="MIP (.png, .npy) or CT")
-    p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument(
-        "--min-score",
-        type=float,
-        help="minimum class probability of a detection (default: the config's, the paper's "
-        "0.9; see docs/model.md)",
-    )
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_common_args(
+        p, "output folder", device=True,
+        min_score="minimum class probability of a detection (default: the config's, the "
+        "paper's 0.9; see docs/model.md)",
+    )  # fmt: skip
     p.add_argument(
         "--hu-scale",
         type=float,
@@ -62,6 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-order", action="store_true", help="skip the anatomical ordering")
     p.set_defaults(func=run_predict)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="identification rate, Dice per vertebra and COCO mAP on a test split",
@@ -85,14 +96,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "score}) to evaluate instead of a checkpoint",
     )
     p.add_argument("--data", required=True, help="COCO split folder (e.g. DIR/test)")
-    p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument(
-        "--min-score",
-        type=float,
-        help="minimum class probability of a prediction (checkpoint: default the config's, "
-        "0.9; --predictions: default none, every entry counts)",
-    )
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_common_args(
+        p, "output folder", device=True,
+        min_score="minimum class probability of a prediction (checkpoint: default the "
+        "config's, 0.9; --predictions: default none, every entry counts)",
+    )  # fmt: skip
     p.add_argument(
         "--max-dist",
         type=float,
@@ -101,13 +109,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=run_evaluate)
 
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "synth",
         help="write synthetic spine MIPs with COCO annotations (train/val/test)",
         description="Synthetic sagittal spine MIPs (T1..L5, ribs, sacrum, noise) in the "
         "layout of 'dataset build': DIR/train|val|test/annotations.json + 16-bit PNGs.",
     )
-    p.add_argument("-o", "--output", required=True, help="output folder")
+    add_common_args(p, "output folder")
     p.add_argument("--n", type=int, default=60, help="number of images (default 60)")
     p.add_argument("--size", type=int, nargs=2, default=(256, 128), metavar=("H", "W"), help="px")
     p.add_argument("--partial", action="store_true", help="every other image a partial view")
@@ -209,7 +219,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.max_dist <= 0:
         raise ValueError(f"--max-dist must be a positive distance in mm, not {args.max_dist}")
     if args.predictions is not None:
-        from napari_vertebra.model.evaluate import format_table, run_results_evaluation
+        from napari_vertebra.model.report import format_table, run_results_evaluation
 
         metrics = run_results_evaluation(
             args.predictions, args.data, args.output, args.min_score, args.max_dist
@@ -217,7 +227,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for w in metrics.get("warnings", []):
             print(f"warning: {w}", file=sys.stderr)
     else:
-        from napari_vertebra.model.evaluate import format_table, run_evaluation
+        from napari_vertebra.model.report import format_table, run_evaluation
 
         metrics = run_evaluation(
             args.checkpoint, args.data, args.output, args.device, args.min_score, args.max_dist

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import add_common_args
+
 __all__ = [
     "expand_inputs",
     "input_identity",
@@ -65,7 +67,7 @@ def register(subparsers: Any) -> None:
         help="a CT file (.nii, .nii.gz, .nrrd, .mha, .mhd), a DICOM folder, or a folder of "
         "scans (every supported file and DICOM sub-folder inside)",
     )
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="DIR")
+    add_common_args(p, "output folder (a sub-folder per scan)")
     p.add_argument(
         "--params",
         metavar="JSON",
@@ -206,20 +208,6 @@ def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
     return unique
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda t: t.write_text(text, encoding="utf-8"))
-
-
 def is_done(out_dir: Path, params_dict: dict[str, Any], identity: dict[str, Any]) -> bool:
     """True when ``out_dir`` holds a complete result of the same input and parameters.
 
@@ -295,11 +283,7 @@ def _process(
     hu_offset: float | None = None,
 ) -> list[str]:
     """Run the pipeline on one scan and write its outputs; returns its warnings."""
-    import numpy as np
-    from PIL import Image
-
-    from napari_vertebra import __version__
-    from napari_vertebra.annotation.image_files import HU_SCALE
+    from napari_vertebra.annotation._atomic import atomic_write_text
     from napari_vertebra.core import PreprocessParams, read_ct, run_pipeline
 
     params = PreprocessParams.from_dict(params_dict)
@@ -311,34 +295,57 @@ def _process(
     t_total = time.perf_counter() - t
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").unlink(missing_ok=True)  # not done until rewritten
-
-    # the COCO images' scale (40 per HU), so predict / annotation tools read it back as HU;
-    # a window reaching past 65535 / 40 = 1638 HU gets a smaller scale, kept in the report
-    hu_scale = min(HU_SCALE, 65535.0 / params.hu_max)
-    png = np.clip(np.rint(res.mip * hu_scale), 0, 65535).astype(np.uint16)
-    _atomic_write(out_dir / "mip.png", lambda t: Image.fromarray(png).save(t, format="PNG"))
-
-    def save_npy(t: Path) -> None:
-        with open(t, "wb") as f:
-            np.save(f, res.mip.astype(np.float32))
-
-    _atomic_write(out_dir / "mip.npy", save_npy)
-    lines = ["z,y,x,found"] + [
-        f"{z:.0f},{y:.2f},{x:.2f},{int(f)}"
-        for (z, y, x), f in zip(res.canal_centres, res.canal_found, strict=True)
-    ]
-    _write_text(out_dir / "canal_centres.csv", "\n".join(lines) + "\n")
-    box = [list(map(int, b)) for b in res.crop_box]
-    crop = {
-        "crop_box": box,
-        "axes": "z, y, x voxels of the resampled grid, half-open",
-        "resampled_shape": list(res.resampled.shape),
-    }
-    _write_text(out_dir / "crop_box.json", json.dumps(crop, indent=2))
+    hu_scale = _write_outputs(out_dir, res, params.hu_max)
     report = {
         "input": str(path.resolve()),
         "source": identity if identity is not None else input_identity(path, series, hu_offset),
         "series": series,
+        **_report(ct, res, hu_scale),
+        "timings_s": {"read": round(t_read, 3), "pipeline": round(t_total, 3)}
+        | {k: round(v, 3) for k, v in res.timings.items()},
+        "params": params_dict,
+    }
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, default=_json_scalar))
+    return list(res.warnings)
+
+
+def _write_outputs(out_dir: Path, res: Any, hu_max: float) -> float:
+    """mip.png, mip.npy, canal_centres.csv and crop_box.json of a pipeline result;
+    returns the PNG's stored value per HU."""
+    import io
+
+    import numpy as np
+
+    from napari_vertebra.annotation._atomic import atomic_write_bytes, atomic_write_text, png_bytes
+    from napari_vertebra.annotation.image_files import HU_SCALE
+
+    # the COCO images' scale (40 per HU), so predict / annotation tools read it back as HU;
+    # a window reaching past 65535 / 40 = 1638 HU gets a smaller scale, kept in the report
+    hu_scale = min(HU_SCALE, 65535.0 / hu_max)
+    png = np.clip(np.rint(res.mip * hu_scale), 0, 65535).astype(np.uint16)
+    atomic_write_bytes(out_dir / "mip.png", png_bytes(png))
+    npy = io.BytesIO()
+    np.save(npy, res.mip.astype(np.float32))
+    atomic_write_bytes(out_dir / "mip.npy", npy.getvalue())
+    lines = ["z,y,x,found"] + [
+        f"{z:.0f},{y:.2f},{x:.2f},{int(f)}"
+        for (z, y, x), f in zip(res.canal_centres, res.canal_found, strict=True)
+    ]
+    atomic_write_text(out_dir / "canal_centres.csv", "\n".join(lines) + "\n")
+    crop = {
+        "crop_box": [list(map(int, b)) for b in res.crop_box],
+        "axes": "z, y, x voxels of the resampled grid, half-open",
+        "resampled_shape": list(res.resampled.shape),
+    }
+    atomic_write_text(out_dir / "crop_box.json", json.dumps(crop, indent=2))
+    return hu_scale
+
+
+def _report(ct: Any, res: Any, hu_scale: float) -> dict[str, Any]:
+    """The geometry, canal and decisions of a pipeline result, for report.json."""
+    from napari_vertebra import __version__
+
+    return {
         "version": __version__,
         "input_shape": list(ct.shape),
         "input_spacing": list(ct.spacing),
@@ -346,7 +353,7 @@ def _process(
         "resampled_spacing": list(res.resampled.spacing),
         "resampled_origin_lps": list(res.resampled.origin),
         "resampled_direction": res.resampled.direction.ravel().tolist(),
-        "crop_box": box,
+        "crop_box": [list(map(int, b)) for b in res.crop_box],
         "cropped_origin_lps": list(res.cropped.origin),
         "mip_shape": list(res.mip.shape),
         "mip_orientation": "row 0 superior, column 0 anterior; max over x (left-right)",
@@ -356,12 +363,7 @@ def _process(
         "canal_found_slices": int(res.canal_found.sum()),
         "warnings": list(res.warnings),
         "decisions": res.decisions,
-        "timings_s": {"read": round(t_read, 3), "pipeline": round(t_total, 3)}
-        | {k: round(v, 3) for k, v in res.timings.items()},
-        "params": params_dict,
     }
-    _write_text(out_dir / "report.json", json.dumps(report, indent=2, default=_json_scalar))
-    return list(res.warnings)
 
 
 def _json_scalar(value: Any) -> Any:
@@ -380,7 +382,7 @@ def run(args: argparse.Namespace) -> int:
     scans = expand_inputs(args.inputs)
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
-    out_root: Path = args.output
+    out_root = Path(args.output)
     out_root.mkdir(parents=True, exist_ok=True)
     jobs = [(p, out_root / output_name(p)) for p in scans]
 

@@ -32,7 +32,7 @@ _LAZY = {
     "Prediction": "predict",
     "predict": "predict",
     "evaluate_predictor": "evaluate",
-    "run_evaluation": "evaluate",
+    "run_evaluation": "report",
 }
 
 __all__ = sorted(_LAZY)

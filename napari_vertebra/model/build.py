@@ -17,15 +17,15 @@ from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import TwoMLPHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from napari_vertebra.core.labels import get_class_set
 
 from .config import TrainConfig, as_config
-from .weights import load_starting_weights, set_stride_in_1x1  # load_...: re-exported
+from .weights import load_starting_weights, set_stride_in_1x1
 
 __all__ = [
     "BACKBONES",
@@ -34,7 +34,6 @@ __all__ = [
     "build_model",
     "config_from_checkpoint",
     "load_checkpoint",
-    "load_starting_weights",
     "model_from_checkpoint",
     "save_checkpoint",
 ]
@@ -99,76 +98,22 @@ def build_model(
         if "backbone" in str(e):
             raise ValueError(f"unknown backbone: {e}") from None
         raise
-    name = cfg.backbone
-    weights = cfg.weights
-    pretrained = cfg.pretrained
-    frozen_bn = cfg.use_frozen_bn
-    norm = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
-    n_levels = len(cfg.anchor_sizes)
+    if settings not in ("task", "torchvision"):
+        raise ValueError(f"settings must be 'task' or 'torchvision'; got {settings!r}")
     anchors = AnchorGenerator(
         sizes=tuple((s,) for s in cfg.anchor_sizes),
-        aspect_ratios=(cfg.aspect_ratios,) * n_levels,
+        aspect_ratios=(cfg.aspect_ratios,) * len(cfg.anchor_sizes),
     )
     kw = {k: getattr(cfg, k) for k in TORCHVISION_SETTINGS}
     kw["box_positive_fraction"] = cfg.box_positive_fraction
     if settings == "torchvision":
         kw.update(TORCHVISION_SETTINGS)
-    elif settings != "task":
-        raise ValueError(f"settings must be 'task' or 'torchvision'; got {settings!r}")
+    common = dict(min_size=_min_size(cfg.min_size), max_size=cfg.max_size, **kw)
     n_classes = get_class_set(cfg.class_set).num_classes
-    common = dict(
-        num_classes=n_classes,
-        min_size=_min_size(cfg.min_size),
-        max_size=cfg.max_size,
-        rpn_anchor_generator=anchors,
-        **kw,
-    )
-    if name == "resnet50":
-        v2_kw = {k: v for k, v in common.items() if k != "rpn_anchor_generator"}
-        model = torchvision.models.detection.maskrcnn_resnet50_fpn_v2(
-            weights=None, weights_backbone=None, **v2_kw
-        )
-        model.rpn.anchor_generator = anchors  # the v2 builder sets its own
-        n_anchors = anchors.num_anchors_per_location()[0]
-        if model.rpn.head.cls_logits.out_channels != n_anchors:
-            from torchvision.models.detection.rpn import RPNHead
-
-            model.rpn.head = RPNHead(model.backbone.out_channels, n_anchors, conv_depth=2)
-        if frozen_bn:  # the v2 builder picks trainable BN for random weights
-            _freeze_bn(model.backbone.body)
-        if pretrained:
-            _freeze_stages(model.backbone.body, cfg.trainable_layers)
-        if cfg.stride_in_1x1:
-            set_stride_in_1x1(model.backbone.body)
+    if cfg.backbone == "resnet50":
+        model = _resnet50_v2(cfg, n_classes, anchors, common)
     else:
-        body = getattr(torchvision.models, name)(weights=None, norm_layer=norm)
-        if cfg.stride_in_1x1:
-            set_stride_in_1x1(body)
-        if pretrained:
-            _freeze_stages(body, cfg.trainable_layers)
-        c = 512 if name in ("resnet18", "resnet34") else 2048
-        fpn_ch = cfg.fpn_channels
-        backbone = BackboneWithFPN(
-            body,
-            return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
-            in_channels_list=[c // 8, c // 4, c // 2, c],
-            out_channels=fpn_ch,
-            extra_blocks=LastLevelMaxPool(),
-        )
-        rep = cfg.box_head_dim
-        layers = cfg.mask_head_layers
-        model = MaskRCNN(
-            backbone,
-            box_head=TwoMLPHead(fpn_ch * 7 * 7, rep),
-            box_predictor=torchvision.models.detection.faster_rcnn.FastRCNNPredictor(
-                rep, n_classes
-            ),
-            mask_head=MaskRCNNHeads(fpn_ch, layers, 1),
-            mask_predictor=torchvision.models.detection.mask_rcnn.MaskRCNNPredictor(
-                layers[-1], layers[-1], n_classes
-            ),
-            **{k: v for k, v in common.items() if k != "num_classes"},
-        )
+        model = _resnet_fpn(cfg, n_classes, anchors, common)
     if cfg.pixels_per_mm is not None:
         from .scale import FixedScaleTransform
 
@@ -177,9 +122,61 @@ def build_model(
             cfg.pixels_per_mm, cfg.max_size, t.image_mean, t.image_std, t.size_divisible
         )
     model.skipped_keys = []
-    if pretrained and load_weights:
-        model.skipped_keys = load_starting_weights(model, weights)
+    if cfg.pretrained and load_weights:
+        model.skipped_keys = load_starting_weights(model, cfg.weights)
     return model
+
+
+def _resnet50_v2(
+    cfg: TrainConfig, n_classes: int, anchors: AnchorGenerator, common: dict[str, Any]
+) -> MaskRCNN:
+    """torchvision's Mask R-CNN v2 (ResNet-50-FPN) with our anchors and numbers."""
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn_v2(
+        weights=None, weights_backbone=None, num_classes=n_classes, **common
+    )
+    model.rpn.anchor_generator = anchors  # the v2 builder sets its own
+    n_anchors = anchors.num_anchors_per_location()[0]
+    if model.rpn.head.cls_logits.out_channels != n_anchors:
+        from torchvision.models.detection.rpn import RPNHead
+
+        model.rpn.head = RPNHead(model.backbone.out_channels, n_anchors, conv_depth=2)
+    if cfg.use_frozen_bn:  # the v2 builder picks trainable BN for random weights
+        _freeze_bn(model.backbone.body)
+    if cfg.pretrained:
+        _freeze_stages(model.backbone.body, cfg.trainable_layers)
+    if cfg.stride_in_1x1:
+        set_stride_in_1x1(model.backbone.body)
+    return model
+
+
+def _resnet_fpn(
+    cfg: TrainConfig, n_classes: int, anchors: AnchorGenerator, common: dict[str, Any]
+) -> MaskRCNN:
+    """Mask R-CNN on a ResNet-18/34/101 FPN backbone with the config's head sizes."""
+    norm = FrozenBatchNorm2d if cfg.use_frozen_bn else nn.BatchNorm2d
+    body = getattr(torchvision.models, cfg.backbone)(weights=None, norm_layer=norm)
+    if cfg.stride_in_1x1:
+        set_stride_in_1x1(body)
+    if cfg.pretrained:
+        _freeze_stages(body, cfg.trainable_layers)
+    c = 512 if cfg.backbone in ("resnet18", "resnet34") else 2048
+    fpn_ch, rep, layers = cfg.fpn_channels, cfg.box_head_dim, cfg.mask_head_layers
+    backbone = BackboneWithFPN(
+        body,
+        return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        in_channels_list=[c // 8, c // 4, c // 2, c],
+        out_channels=fpn_ch,
+        extra_blocks=LastLevelMaxPool(),
+    )
+    return MaskRCNN(
+        backbone,
+        box_head=TwoMLPHead(fpn_ch * 7 * 7, rep),
+        box_predictor=FastRCNNPredictor(rep, n_classes),
+        mask_head=MaskRCNNHeads(fpn_ch, layers, 1),
+        mask_predictor=MaskRCNNPredictor(layers[-1], layers[-1], n_classes),
+        rpn_anchor_generator=anchors,
+        **common,
+    )
 
 
 def _freeze_stages(body: nn.Module, trainable_layers: int) -> None:

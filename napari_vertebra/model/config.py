@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,127 +67,144 @@ RESUME_MUTABLE = frozenset(
 )
 
 
+def _spec(
+    default: Any,
+    kind: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    choices: tuple[str, ...] = (),
+    optional: bool = False,
+    empty: bool = False,
+) -> Any:
+    """A :class:`TrainConfig` field whose value :func:`_check` validates.
+
+    ``kind``: ``int``, ``float``, ``bool``, ``choice`` (one of ``choices``, any case),
+    ``path``, ``ints`` / ``floats`` (a list), ``int_or_ints``; numbers lie in
+    [``lo``, ``hi``]; ``optional``: None is allowed; ``empty``: an empty list is."""
+    meta = {"kind": kind, "lo": lo, "hi": hi, "choices": choices, "optional": optional}
+    return field(default=default, metadata={**meta, "empty": empty})
+
+
 @dataclass(frozen=True)
-class TrainConfig(Mapping):
+class TrainConfig:
     """Every setting of the model, its training and its inference (the paper's defaults).
 
-    Frozen; build variants with :meth:`replace`. For code written against the former
-    dict, it also reads like a mapping (``cfg["lr"]``, ``cfg.get``, ``dict(cfg)``);
-    new code uses attributes. List values are stored as tuples.
+    Frozen; build variants with :meth:`replace`, read the plain dict with
+    :meth:`to_dict`. Each field's bounds or choices sit in its metadata (:func:`_spec`)
+    and are checked on construction; list values are stored as tuples.
     """
 
     # ----- model
     #: resnet18 | resnet34 | resnet50 (torchvision's Mask R-CNN v2) | resnet101
-    backbone: str = "resnet101"
+    backbone: str = _spec("resnet101", "choice", choices=BACKBONES)
     #: local starting-weights file (COCO Mask R-CNN or ImageNet ResNet state dict)
-    weights: str | None = None
+    weights: str | None = _spec(None, "path", optional=True)
     #: FrozenBatchNorm in the backbone; None: frozen with starting weights, trainable without
-    frozen_bn: bool | None = None
+    frozen_bn: bool | None = _spec(None, "bool", optional=True)
     #: backbone stages trained when starting from weights (0..5, torchvision's convention)
-    trainable_layers: int = 3
+    trainable_layers: int = _spec(3, "int", 0, 5)
     #: stride 2 in each ResNet stage's first 1x1 conv (detectron2 / MSRA weights) instead of
     #: its 3x3 conv (torchvision); set it when starting from detectron2's COCO R101 file
-    stride_in_1x1: bool = False
+    stride_in_1x1: bool = _spec(False, "bool")
     #: the classes the model learns and predicts: "paper" (T1..L5) or "extended" (adds the
     #: landmarks C7 and S1 and the transitional T13 and L6); see docs/levels.md
-    class_set: str = "paper"
+    class_set: str = _spec("paper", "choice", choices=tuple(CLASS_SETS))
     #: fixed physical scale: the model sees every MIP (1 mm per pixel) at this many pixels
     #: per mm, whatever its field of view, in training, validation and prediction; images
     #: larger than ``max_size`` at that scale are cropped (training) or tiled (prediction),
     #: never squeezed (docs/model.md). None: torchvision's resizing, the short side to
     #: ``min_size`` (a vertebra's pixel size then depends on the field of view)
-    pixels_per_mm: float | None = None
+    pixels_per_mm: float | None = _spec(None, "float", 0.05, 20, optional=True)
     #: GeneralizedRCNNTransform min_size (px); a list trains multi-scale (inference: the
     #: last). Unused with ``pixels_per_mm``
-    min_size: int | tuple[int, ...] = 1024
+    min_size: int | tuple[int, ...] = _spec(1024, "int_or_ints", 16)
     #: the longest side (px) the model sees: torchvision's cap, or with ``pixels_per_mm``
     #: the tile / crop size
-    max_size: int = 1024
+    max_size: int = _spec(1024, "int", 16)
     #: anchor size per FPN level (px at the input scale), 5 values
-    anchor_sizes: tuple[int, ...] = (24, 48, 96, 192, 384)
+    anchor_sizes: tuple[int, ...] = _spec((24, 48, 96, 192, 384), "ints", 1)
     #: anchor height / width
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    fpn_channels: int = 256
-    box_head_dim: int = 1024
-    mask_head_layers: tuple[int, ...] = (256, 256, 256, 256)
-    rpn_pre_nms_top_n_train: int = 600
-    rpn_post_nms_top_n_train: int = 300
-    rpn_pre_nms_top_n_test: int = 300
-    rpn_post_nms_top_n_test: int = 100
-    rpn_batch_size_per_image: int = 128
-    box_batch_size_per_image: int = 128
-    box_positive_fraction: float = 0.25
+    aspect_ratios: tuple[float, ...] = _spec((0.5, 1.0, 2.0), "floats", 1e-6)
+    fpn_channels: int = _spec(256, "int", 1)
+    box_head_dim: int = _spec(1024, "int", 1)
+    mask_head_layers: tuple[int, ...] = _spec((256, 256, 256, 256), "ints", 1)
+    rpn_pre_nms_top_n_train: int = _spec(600, "int", 1)
+    rpn_post_nms_top_n_train: int = _spec(300, "int", 1)
+    rpn_pre_nms_top_n_test: int = _spec(300, "int", 1)
+    rpn_post_nms_top_n_test: int = _spec(100, "int", 1)
+    rpn_batch_size_per_image: int = _spec(128, "int", 1)
+    box_batch_size_per_image: int = _spec(128, "int", 1)
+    box_positive_fraction: float = _spec(0.25, "float", 1e-6, 1)
     #: detections kept by the box stage (a vertebra comes once per likely class)
-    box_detections_per_img: int = 100
-    box_score_thresh: float = 0.05
+    box_detections_per_img: int = _spec(100, "int", 1)
+    box_score_thresh: float = _spec(0.05, "float", 0, 1)
     #: the paper's minimum confidence of a prediction
-    min_score: float = 0.9
+    min_score: float = _spec(0.9, "float", 0, 1)
     #: weight of the class evidence in the joint level decoding (model/levels.py): below 1
     #: because one image's detections share one bias; 0.5 named within 0.01 of 1.0 or better
     #: and called fewer wrong namings certain in every benchmarks/partial_views.py run
-    level_evidence_weight: float = 0.5
+    level_evidence_weight: float = _spec(0.5, "float", 0.01, 10)
     #: divide the class evidence by each class's share of the training vertebrae (stored
     #: in the checkpoint) before the level decoding, so that a level rare in training
     #: (T13, L6) is weighed by the spine-variant prior alone, not twice (model/levels.py)
-    level_class_prior: bool = True
+    level_class_prior: bool = _spec(True, "bool")
     #: class-agnostic box IoU above which a lower-scored detection is a duplicate (None:
     #: mask overlap only)
-    dedup_box_iou: float | None = 0.5
+    dedup_box_iou: float | None = _spec(0.5, "float", 0, 1, optional=True)
     #: the model sees clip(HU / hu_max, 0, 1) replicated to 3 channels
-    hu_max: float = 1500.0
+    hu_max: float = _spec(1500.0, "float", 1e-6)
     #: SyncBatchNorm across GPUs for trainable BatchNorm layers (DDP on CUDA only)
-    sync_bn: bool = False
+    sync_bn: bool = _spec(False, "bool")
     # ----- training
-    epochs: int = 24
+    epochs: int = _spec(24, "int", 0)
     #: images per GPU (per process); the global batch is batch_size x number of processes
-    batch_size: int = 5
-    optimizer: str = "sgd"  # sgd | adamw
+    batch_size: int = _spec(5, "int", 1)
+    optimizer: str = _spec("sgd", "choice", choices=("sgd", "adamw"))
     #: learning rate for a global batch of ``batch_size`` images (one process); see lr_scaling
-    lr: float = 0.001
+    lr: float = _spec(0.001, "float", 0)
     #: "linear": lr x number of processes (the global batch grows with them); "none": as given
-    lr_scaling: str = "linear"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr_scaling: str = _spec("linear", "choice", choices=("linear", "none"))
+    momentum: float = _spec(0.9, "float", 0, 1)
+    weight_decay: float = _spec(1e-4, "float", 0)
     #: weight decay of normalisation layers and of every bias (torchvision's
     #: norm_weight_decay); None: weight_decay
-    norm_weight_decay: float | None = 0.0
-    lr_schedule: str = "multistep"  # multistep | cosine | constant
-    lr_steps: tuple[int, ...] = (16, 22)  # epochs (multistep)
-    lr_gamma: float = 0.1
-    warmup_iters: int = 100
-    grad_clip: float | None = 10.0
-    workers: int = 2
-    seed: int = 0
+    norm_weight_decay: float | None = _spec(0.0, "float", 0, optional=True)
+    lr_schedule: str = _spec("multistep", "choice", choices=("multistep", "cosine", "constant"))
+    #: epochs at which the rate drops by ``lr_gamma`` (multistep)
+    lr_steps: tuple[int, ...] = _spec((16, 22), "ints", 0, empty=True)
+    lr_gamma: float = _spec(0.1, "float", 0)
+    warmup_iters: int = _spec(100, "int", 0)
+    grad_clip: float | None = _spec(10.0, "float", 0, optional=True)
+    workers: int = _spec(2, "int", 0)
+    seed: int = _spec(0, "int", 0)
     #: mixed precision (CUDA only)
-    amp: bool = True
+    amp: bool = _spec(True, "bool")
     #: cap on optimizer steps per epoch (smoke runs)
-    max_steps_per_epoch: int | None = None
-    val_max_images: int | None = None
+    max_steps_per_epoch: int | None = _spec(None, "int", 1, optional=True)
+    val_max_images: int | None = _spec(None, "int", 1, optional=True)
     #: validation metric that chooses best.pt (higher is better)
-    best_metric: str = "id_rate"
+    best_metric: str = _spec("id_rate", "choice", choices=BEST_METRICS)
     #: batches hold images of similar height/width (torchvision's aspect-ratio grouping);
     #: bins per doubling of the ratio, -1: off
-    aspect_ratio_group_factor: int = 2
+    aspect_ratio_group_factor: int = _spec(2, "int", -1, 8)
     # ----- augmentation (anatomy-respecting: never flipped)
-    aug_intensity: float = 0.15
-    aug_contrast: float = 0.2
-    aug_noise: float = 0.02
-    aug_rotate_deg: float = 5.0
-    aug_scale: float = 0.1
-    aug_partial_prob: float = 0.3
-    aug_min_rows: float = 0.4
-    aug_min_visible: float = 0.5
+    aug_intensity: float = _spec(0.15, "float", 0, 1)
+    aug_contrast: float = _spec(0.2, "float", 0, 0.99)
+    aug_noise: float = _spec(0.02, "float", 0, 1)
+    aug_rotate_deg: float = _spec(5.0, "float", 0, 180)
+    aug_scale: float = _spec(0.1, "float", 0, 0.9)
+    aug_partial_prob: float = _spec(0.3, "float", 0, 1)
+    aug_min_rows: float = _spec(0.4, "float", 1e-6, 1)
+    aug_min_visible: float = _spec(0.5, "float", 0, 1)
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = _check(f.name, getattr(self, f.name))
-            object.__setattr__(self, f.name, value)
+            object.__setattr__(self, f.name, _check(f, getattr(self, f.name)))
         if len(self.anchor_sizes) != 5:
             raise ValueError(
                 f"anchor_sizes needs 5 values (one per FPN level); got {len(self.anchor_sizes)}"
             )
-        if self.warmup_iters < 0:
-            raise ValueError(f"warmup_iters must not be negative; got {self.warmup_iters}")
         if self.stride_in_1x1 and self.backbone not in ("resnet50", "resnet101"):
             raise ValueError(
                 f"stride_in_1x1 needs a bottleneck ResNet (resnet50, resnet101); "
@@ -234,80 +251,6 @@ class TrainConfig(Mapping):
         """The resolved ``frozen_bn`` (None: frozen exactly when starting from weights)."""
         return self.pretrained if self.frozen_bn is None else bool(self.frozen_bn)
 
-    # ----- transitional mapping API (read-only)
-    def __getitem__(self, key: str) -> Any:
-        if key not in DEFAULTS:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(DEFAULTS)
-
-    def __len__(self) -> int:
-        return len(DEFAULTS)
-
-
-# key -> (kind, low, high); kind: int, float, bool, str, ints (list of int), floats
-_SPEC: dict[str, tuple[str, float | None, float | None]] = {
-    "trainable_layers": ("int", 0, 5),
-    "pixels_per_mm": ("float?", 0.05, 20),
-    "min_size": ("int_or_ints", 16, None),
-    "max_size": ("int", 16, None),
-    "anchor_sizes": ("ints", 1, None),
-    "aspect_ratios": ("floats", 1e-6, None),
-    "fpn_channels": ("int", 1, None),
-    "box_head_dim": ("int", 1, None),
-    "mask_head_layers": ("ints", 1, None),
-    "rpn_pre_nms_top_n_train": ("int", 1, None),
-    "rpn_post_nms_top_n_train": ("int", 1, None),
-    "rpn_pre_nms_top_n_test": ("int", 1, None),
-    "rpn_post_nms_top_n_test": ("int", 1, None),
-    "rpn_batch_size_per_image": ("int", 1, None),
-    "box_batch_size_per_image": ("int", 1, None),
-    "box_positive_fraction": ("float", 1e-6, 1),
-    "box_detections_per_img": ("int", 1, None),
-    "box_score_thresh": ("float", 0, 1),
-    "min_score": ("float", 0, 1),
-    "level_evidence_weight": ("float", 0.01, 10),
-    "level_class_prior": ("bool", None, None),
-    "dedup_box_iou": ("float?", 0, 1),
-    "hu_max": ("float", 1e-6, None),
-    "sync_bn": ("bool", None, None),
-    "stride_in_1x1": ("bool", None, None),
-    "epochs": ("int", 0, None),
-    "batch_size": ("int", 1, None),
-    "lr": ("float", 0, None),
-    "momentum": ("float", 0, 1),
-    "weight_decay": ("float", 0, None),
-    "norm_weight_decay": ("float?", 0, None),
-    "lr_steps": ("ints", 0, None),
-    "lr_gamma": ("float", 0, None),
-    "warmup_iters": ("int", 0, None),
-    "grad_clip": ("float?", 0, None),
-    "workers": ("int", 0, None),
-    "seed": ("int", 0, None),
-    "amp": ("bool", None, None),
-    "max_steps_per_epoch": ("int?", 1, None),
-    "val_max_images": ("int?", 1, None),
-    "aspect_ratio_group_factor": ("int", -1, 8),
-    "aug_intensity": ("float", 0, 1),
-    "aug_contrast": ("float", 0, 0.99),
-    "aug_noise": ("float", 0, 1),
-    "aug_rotate_deg": ("float", 0, 180),
-    "aug_scale": ("float", 0, 0.9),
-    "aug_partial_prob": ("float", 0, 1),
-    "aug_min_rows": ("float", 1e-6, 1),
-    "aug_min_visible": ("float", 0, 1),
-}
-_CHOICES = {
-    "backbone": BACKBONES,
-    "optimizer": ("sgd", "adamw"),
-    "lr_schedule": ("multistep", "cosine", "constant"),
-    "lr_scaling": ("linear", "none"),
-    "best_metric": BEST_METRICS,
-    "class_set": tuple(CLASS_SETS),
-}
-
 
 def _number(key: str, v: Any, integer: bool, lo, hi) -> int | float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -327,36 +270,33 @@ def _number(key: str, v: Any, integer: bool, lo, hi) -> int | float:
     return v
 
 
-def _check(key: str, v: Any) -> Any:
-    """The validated (and normalised: tuples, ints, floats) value of ``key``."""
-    if key in _CHOICES:
-        if not isinstance(v, str) or v.lower() not in _CHOICES[key]:
-            raise ValueError(f"{key} must be one of {list(_CHOICES[key])}; got {v!r}")
+def _check(f: Field, v: Any) -> Any:
+    """The value of field ``f`` validated against its metadata (:func:`_spec`) and
+    normalised: tuples, ints, floats, lower-case choices."""
+    key, m = f.name, f.metadata
+    kind, lo, hi = m["kind"], m["lo"], m["hi"]
+    if v is None and m["optional"]:
+        return None
+    if kind == "choice":
+        if not isinstance(v, str) or v.lower() not in m["choices"]:
+            raise ValueError(f"{key} must be one of {list(m['choices'])}; got {v!r}")
         return v.lower()
-    if key == "weights":
-        if v is None or v == "":
+    if kind == "path":
+        if v == "":
             return None
         if not isinstance(v, (str, os.PathLike)):
-            raise ValueError(f"weights must be a file path or null; got {v!r}")
+            raise ValueError(f"{key} must be a file path or null; got {v!r}")
         return str(v)
-    if key == "frozen_bn":
-        if v is not None and not isinstance(v, bool):
-            raise ValueError(f"frozen_bn must be true, false or null; got {v!r}")
-        return v
-    kind, lo, hi = _SPEC[key]
-    if kind.endswith("?"):
-        if v is None:
-            return None
-        kind = kind[:-1]
     if kind == "bool":
         if not isinstance(v, bool):
-            raise ValueError(f"{key} must be true or false; got {v!r}")
+            either = "true, false or null" if m["optional"] else "true or false"
+            raise ValueError(f"{key} must be {either}; got {v!r}")
         return v
     if kind in ("int", "float"):
         return _number(key, v, kind == "int", lo, hi)
     if kind == "int_or_ints" and not isinstance(v, (list, tuple)):
         return _number(key, v, True, lo, hi)
-    if not isinstance(v, (list, tuple)) or (not v and key != "lr_steps"):
+    if not isinstance(v, (list, tuple)) or (not v and not m["empty"]):
         raise ValueError(f"{key} must be a non-empty list of numbers; got {v!r}")
     integer = kind in ("ints", "int_or_ints")
     return tuple(_number(key, x, integer, lo, hi) for x in v)

@@ -30,7 +30,6 @@ __all__ = [
     "EpochBatchSampler",
     "VertebraDataset",
     "aspect_group",
-    "coco_ground_truth",
     "collate",
     "epoch_steps",
     "image_to_tensor",
@@ -360,37 +359,3 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 def collate(batch):
     """Lists of images and targets (torchvision detection models take lists)."""
     return tuple(zip(*batch, strict=True))
-
-
-def coco_ground_truth(dataset: VertebraDataset) -> dict:
-    """An in-memory COCO ground-truth dict (RLE masks) for pycocotools' COCOeval.
-
-    Image ids are dataset indices + 1. Used for evaluation only; the files on disk are
-    written by :func:`napari_vertebra.annotation.coco.write_coco`.
-    """
-    from pycocotools import mask as mask_utils
-
-    from napari_vertebra.core.labels import get_class_set
-
-    images, anns = [], []
-    for i, im in enumerate(dataset.images):
-        images.append({"id": i + 1, "height": im.height, "width": im.width})
-        cls, masks = dataset.masks(i)
-        for c, m in zip(cls, masks, strict=True):
-            if not m.any():
-                continue
-            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": i + 1,
-                    "category_id": int(c),
-                    "segmentation": rle,
-                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                    "area": float(m.sum()),
-                    "iscrowd": 0,
-                }
-            )
-    cats = get_class_set(dataset.cfg.class_set).coco_categories()
-    return {"images": images, "annotations": anns, "categories": cats}

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["DistInfo", "dist_info", "resolve_device", "setup_device"]
+__all__ = ["DistInfo", "dist_info", "gather", "resolve_device", "setup_device"]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -66,3 +66,15 @@ def setup_device(device: str | None) -> tuple[torch.device, DistInfo]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return dev, info
+
+
+def gather(obj: Any, world: int) -> list[Any]:
+    """``obj`` of every rank of a torchrun job, in rank order (every rank calls it;
+    ``[obj]`` alone for one process)."""
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out

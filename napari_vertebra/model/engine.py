@@ -16,8 +16,9 @@ from typing import Any, Protocol
 
 import torch
 
+from .device import gather
+
 __all__ = [
-    "LOSS_KEYS",
     "LossMeter",
     "StopFile",
     "StopFlag",
@@ -26,8 +27,6 @@ __all__ = [
     "stop_requested",
     "train_one_epoch",
 ]
-
-LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 
 
 class StopFlag(Protocol):
@@ -118,12 +117,7 @@ def train_one_epoch(
             break
         if stop_requested(stop, device, distributed):
             raise Stopped
-        nb = device.type == "cuda"
-        images = [im.to(device, non_blocking=nb) for im in images]
-        targets = [
-            {k: (v.to(device, non_blocking=nb) if torch.is_tensor(v) else v) for k, v in t.items()}
-            for t in targets
-        ]
+        images, targets = _to_device(images, targets, device)
         with torch.autocast(device.type, enabled=scaler is not None):
             losses = model(images, targets)
             loss = sum(losses.values())
@@ -133,19 +127,7 @@ def train_one_epoch(
                 f"({ {k: round(v.item(), 4) for k, v in losses.items()} }): training diverged; "
                 "lower the learning rate or start from weights"
             )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+        _optimizer_step(model, optimizer, loss, scaler, grad_clip)
         scheduler.step()
         vals = {k: float(v.detach()) for k, v in losses.items()}
         vals["loss"] = float(loss.detach())
@@ -154,6 +136,33 @@ def train_one_epoch(
             on_step(step, vals)
         step += 1
     return meter.means()
+
+
+def _to_device(images, targets, device: torch.device) -> tuple[list, list]:
+    nb = device.type == "cuda"
+    images = [im.to(device, non_blocking=nb) for im in images]
+    targets = [
+        {k: (v.to(device, non_blocking=nb) if torch.is_tensor(v) else v) for k, v in t.items()}
+        for t in targets
+    ]
+    return images, targets
+
+
+def _optimizer_step(model, optimizer, loss, scaler, grad_clip: float | None) -> None:
+    """Backward pass (scaled with a GradScaler), gradient clipping, optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        return
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
 
 
 def evaluate(
@@ -186,26 +195,16 @@ def evaluate(
 
     idx = list(range(rank, len(dataset), world))
     raw, kept = named_results(
-        model,
-        [dataset.images[i].image for i in idx],
-        dataset.cfg,
-        min_score,
-        box_iou,
-        ids=[i + 1 for i in idx],
-        device=device,
-        class_counts=class_counts,
-    )
+        model, [dataset.images[i].image for i in idx], dataset.cfg, min_score, box_iou,
+        ids=[i + 1 for i in idx], device=device, class_counts=class_counts,
+    )  # fmt: skip
     if world > 1:
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, (raw, kept))
+        gathered = gather((raw, kept), world)
         raw = [r for g in gathered for r in g[0]]
         kept = [r for g in gathered for r in g[1]]
     metrics: dict[str, Any] = {}
     if rank == 0:
-        if gt is None:
-            gt = ground_truth(dataset.images)
+        gt = gt if gt is not None else ground_truth(dataset.images)
         full = detection_metrics(gt, raw, kept, min_score)
         metrics = {
             k: (None if isinstance(v, float) and math.isnan(v) else v)

@@ -17,7 +17,7 @@ ground truth:
   anatomical order): a truncated precision-recall curve, not comparable with the above.
 - ``level_certain_share``, ``level_certain_id_rate``, ``level_uncertain_id_rate``: is
   the level confidence honest on these images? The share of images whose naming is
-  called certain (level confidence >= :data:`~napari_vertebra.model.levels.CERTAIN`),
+  called certain (level confidence >= :data:`~napari_vertebra.model.calibration.CERTAIN`),
   and the identification rate of those images and of the rest (None when no image is
   in the group; absent when the predictions carry no ``level_confidence``: ours do).
 
@@ -26,9 +26,9 @@ image entry or its ``meta``; 1 mm, the preprocessed MIP's, when absent). Identif
 localisation and Dice use the thresholded predictions (for a results file: its entries
 with ``score >= min_score``, all by default), one per label (the highest-scored).
 
-``napari-vertebra evaluate CHECKPOINT --data SPLIT -o OUT`` and ``napari-vertebra evaluate
---predictions RESULTS.json --data SPLIT -o OUT`` write ``OUT/metrics.json`` and
-``OUT/dice_per_class.png`` (a box plot of Dice per vertebra like the paper's figure 7).
+Results files of other tools are read by :mod:`napari_vertebra.model.results`; the
+table, plot and files of ``napari-vertebra evaluate`` are :mod:`napari_vertebra.model.
+report`'s.
 """
 
 from __future__ import annotations
@@ -36,10 +36,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import os
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,23 +46,19 @@ import numpy as np
 from napari_vertebra.core.labels import EXTENDED, PAPER, class_id, class_name, class_set_for
 from napari_vertebra.core.progress import ProgressCallback, report
 
-from .levels import CERTAIN
-from .metrics import centroids, dice, identification, one_per_label
+from .calibration import level_calibration
+from .metrics import Identification, centroids, dice_per_vertebra, identification, one_per_label
+from .render import coco_results, mask_rle
 
 __all__ = [
+    "ID_MAX_DIST_MM",
     "coco_map",
     "detection_metrics",
-    "evaluate_model",
     "evaluate_predictor",
-    "format_table",
     "ground_truth",
     "image_spacing",
-    "level_calibration",
     "model_results",
     "named_results",
-    "read_results",
-    "run_evaluation",
-    "run_results_evaluation",
     "split_ground_truth",
 ]
 
@@ -94,14 +89,6 @@ def image_spacing(entry: dict[str, Any] | None) -> tuple[float, float]:
                 )
             return float(v[0]), float(v[1])
     return 1.0, 1.0
-
-
-def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
 
 
 def ground_truth(
@@ -137,7 +124,7 @@ def ground_truth(
             m = rasterize(a.polygons, shape)
             if not m.any():
                 continue
-            rle = _rle(m)
+            rle = mask_rle(m)
             x0, y0, x1, y1 = _mask_box(m)
             anns.append(
                 {
@@ -188,139 +175,6 @@ def split_ground_truth(split_dir: str | os.PathLike) -> dict:
     return _read_split(split_dir)[1]
 
 
-# ------------------------------------------------------------------ results files
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _result_errors(k: int, r: Any, gt_images: dict[int, dict], cats: dict[int, int]) -> list:
-    tag = f"entry {k}"
-    if not isinstance(r, dict):
-        return [f"{tag}: not an object"]
-    errs = [
-        f"{tag}: missing {key!r}"
-        for key in ("image_id", "category_id", "segmentation", "score")
-        if key not in r
-    ]
-    if errs:
-        return errs
-    if (
-        isinstance(r["score"], bool)
-        or not isinstance(r["score"], (int, float))
-        or not math.isfinite(r["score"])
-    ):
-        errs.append(f"{tag}: score {r['score']!r} is not a number")
-    if not _is_int(r["category_id"]) or r["category_id"] not in cats:
-        errs.append(f"{tag}: category_id {r['category_id']!r} is not a vertebra of the split")
-    if not _is_int(r["image_id"]) or r["image_id"] not in gt_images:
-        errs.append(f"{tag}: image_id {r['image_id']!r} is not an image of the split")
-        return errs
-    seg = r["segmentation"]
-    if not (isinstance(seg, dict) and "counts" in seg and "size" in seg) and not (
-        isinstance(seg, list) and seg and all(isinstance(p, list) for p in seg)
-    ):
-        errs.append(f"{tag}: segmentation is neither RLE ({{size, counts}}) nor polygons")
-    elif isinstance(seg, dict):
-        im = gt_images[r["image_id"]]
-        if not isinstance(seg["counts"], (str, list)):
-            errs.append(f"{tag}: RLE counts must be a string or a list of run lengths")
-        elif not isinstance(seg["size"], list) or seg["size"] != [im["height"], im["width"]]:
-            errs.append(
-                f"{tag}: mask size {seg['size']} is not the image's "
-                f"[{im['height']}, {im['width']}] (image_id {r['image_id']})"
-            )
-    return errs
-
-
-def _match_file_names(results: list, gt: dict, warnings: list[str]) -> None:
-    """Where every entry names its image (``file_name``, as ``napari-vertebra predict``
-    writes), match images by file name, not by ``image_id`` (in place)."""
-    if not results or not all(isinstance(r, dict) and r.get("file_name") for r in results):
-        return
-    names = {str(PurePosixPath(im["file_name"])): im["id"] for im in gt["images"]}
-    moved = 0
-    for r in results:
-        given = str(r["file_name"]).replace("\\", "/")
-        hits = {n for n in names if given == n or given.endswith("/" + n)}
-        if len(hits) != 1:
-            raise ValueError(
-                f"results entry for {given!r} names {'no' if not hits else 'several'} "
-                "image(s) of the split; give results for the split's images"
-            )
-        img_id = names[hits.pop()]
-        if r.get("image_id") != img_id:
-            moved += 1
-        r["image_id"] = img_id
-    if moved:
-        warnings.append(
-            f"{moved} results entries had another image_id than their file_name's image "
-            "in the split; matched by file_name"
-        )
-
-
-def read_results(
-    path: str | os.PathLike, gt: dict, warnings: list[str] | None = None
-) -> list[dict]:
-    """COCO results (a JSON list of {image_id, category_id, segmentation, score[, bbox]})
-    of any tool, validated against ``gt`` (:func:`split_ground_truth`).
-
-    Segmentations may be RLE (compressed or not) or polygons; they come back as
-    compressed RLE, category ids as class ids 1..17 (by the split's category names), and
-    bbox from the mask when absent. Entries that carry ``file_name`` (our ``predict``)
-    are matched to images by it. Raises ValueError naming the file and the problems.
-    """
-    from pycocotools import mask as mask_utils
-
-    from napari_vertebra.annotation._io import read_json
-
-    warnings = [] if warnings is None else warnings
-    p = Path(path)
-    data = read_json(p)
-    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-        data = data["annotations"]  # a COCO file with scored annotations
-    if not isinstance(data, list):
-        raise ValueError(f"{p}: not COCO results (expected a JSON list of detections)")
-    gt_images = {im["id"]: im for im in gt["images"]}
-    cats = gt.get("_categories") or {c["id"]: c["id"] for c in gt["categories"]}
-    _match_file_names(data, gt, warnings)
-    errors = [e for k, r in enumerate(data) for e in _result_errors(k, r, gt_images, cats)]
-    if errors:
-        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-        raise ValueError(f"{p}: {'; '.join(errors[:5])}{more}")
-    out = []
-    for r in data:
-        im = gt_images[r["image_id"]]
-        h, w = im["height"], im["width"]
-        seg = r["segmentation"]
-        try:
-            if isinstance(seg, list):
-                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-            elif isinstance(seg["counts"], list):
-                rle = mask_utils.frPyObjects(seg, h, w)
-            else:
-                rle = {"size": list(seg["size"]), "counts": seg["counts"].encode("ascii")}
-            m = mask_utils.decode(rle)
-        except (TypeError, ValueError, AttributeError) as e:
-            raise ValueError(
-                f"{p}: a segmentation of image {r['image_id']} is unreadable ({e})"
-            ) from e
-        entry = {
-            "image_id": int(r["image_id"]),
-            "category_id": int(cats[r["category_id"]]),
-            "segmentation": _rle(m),
-            "score": float(r["score"]),
-        }
-        conf = r.get("level_confidence")
-        if isinstance(conf, (int, float)) and not isinstance(conf, bool) and 0 <= conf <= 1:
-            entry["level_confidence"] = float(conf)
-        if isinstance(r.get("bbox"), list) and len(r["bbox"]) == 4:
-            entry["bbox"] = [float(v) for v in r["bbox"]]
-        else:
-            entry["bbox"] = [float(v) for v in mask_utils.toBbox(entry["segmentation"])]
-        out.append(entry)
-    return out
-
-
 # ----------------------------------------------------------------------- metrics
 def coco_map(gt: dict, results: list[dict]) -> dict[str, float]:
     """``box_mAP``, ``box_mAP50``, ``mask_mAP``, ``mask_mAP50`` (pycocotools COCOeval,
@@ -361,6 +215,54 @@ def _image_keys(images: list[dict]) -> list[str]:
     return [str(im["id"]) for im in images]
 
 
+@dataclass
+class _ImageScore:
+    """Identification and Dice of one image's true vertebrae (:func:`detection_metrics`)."""
+
+    key: str
+    entry: dict[str, Any]
+    classes: np.ndarray
+    dice: np.ndarray
+    ident: Identification
+    n_pred: int
+    confidence: float | None
+
+
+def _score_image(
+    key: str, im: dict, truth: list[dict], preds: list[dict], max_dist: float
+) -> _ImageScore:
+    """The predictions of one image (one per label, the highest-scored) against its truth."""
+    shape = (int(im["height"]), int(im["width"]))
+    spacing = image_spacing(im)
+    g_cls = np.array([a["category_id"] for a in truth], int)
+    g_masks = _decode([a["segmentation"] for a in truth], shape)
+    sel = one_per_label([r["category_id"] for r in preds], [r["score"] for r in preds])
+    preds = [preds[j] for j in sel]
+    p_cls = np.array([r["category_id"] for r in preds], int)
+    p_masks = _decode([r["segmentation"] for r in preds], shape)
+    confs = [r["level_confidence"] for r in preds if r.get("level_confidence") is not None]
+    ident = identification(
+        g_cls, centroids(g_masks), p_cls, centroids(p_masks), max_dist=max_dist, spacing=spacing
+    )
+    d = dice_per_vertebra(g_cls, g_masks, p_cls, p_masks)
+    loc = ident.localisation_mm
+    entry = {
+        "image": key,
+        "image_id": im["id"],
+        "n_true": len(g_cls),
+        "n_pred": len(preds),
+        "identified": int(ident.identified.sum()),
+        "id_rate": ident.rate,
+        "localisation_mm": float(loc.mean()) if loc.size else None,
+        "mean_dice": float(d.mean()) if len(d) else None,
+        "spacing_mm": list(spacing),
+    }
+    conf = float(max(confs)) if confs else None  # one naming per image: one confidence
+    if conf is not None:
+        entry["level_confidence"] = conf
+    return _ImageScore(key, entry, g_cls, d, ident, len(preds), conf)
+
+
 def detection_metrics(
     gt: dict,
     results: list[dict],
@@ -389,112 +291,59 @@ def detection_metrics(
     if results_at_threshold is not None or min_score is not None:
         for k, v in coco_map(gt, at).items():
             metrics[f"{k}_at_threshold"] = v
-    gt_by_img: dict[int, list[dict]] = {im["id"]: [] for im in gt["images"]}
+    truth: dict[int, list[dict]] = {im["id"]: [] for im in gt["images"]}
     for a in gt["annotations"]:
-        gt_by_img[a["image_id"]].append(a)
-    pr_by_img: dict[int, list[dict]] = {im["id"]: [] for im in gt["images"]}
+        truth[a["image_id"]].append(a)
+    preds: dict[int, list[dict]] = {im["id"]: [] for im in gt["images"]}
     for r in at:
-        pr_by_img[r["image_id"]].append(r)
-
-    dices: dict[int, list[float]] = {c: [] for c in PAPER.ids}
-    confusions: dict[str, int] = {}
-    per_image, rates, dists = [], {}, []
-    level_conf: dict[str, float] = {}
-    n_true = n_id = n_pred = 0
-    for key, im in zip(_image_keys(gt["images"]), gt["images"], strict=True):
-        shape = (int(im["height"]), int(im["width"]))
-        spacing = image_spacing(im)
-        g, pr = gt_by_img[im["id"]], pr_by_img[im["id"]]
-        g_cls = np.array([a["category_id"] for a in g], int)
-        g_masks = _decode([a["segmentation"] for a in g], shape)
-        sel = one_per_label([r["category_id"] for r in pr], [r["score"] for r in pr])
-        pr = [pr[j] for j in sel]
-        p_cls = np.array([r["category_id"] for r in pr], int)
-        p_masks = _decode([r["segmentation"] for r in pr], shape)
-        confs = [r["level_confidence"] for r in pr if r.get("level_confidence") is not None]
-        ident = identification(
-            g_cls, centroids(g_masks), p_cls, centroids(p_masks),
-            max_dist=max_dist, spacing=spacing,
-        )  # fmt: skip
-        d = np.array(
-            [
-                dice(m, p_masks[p_cls == c][0]) if (p_cls == c).any() else 0.0
-                for c, m in zip(g_cls, g_masks, strict=True)
-            ]
-        )
-        for c, v in zip(g_cls, d, strict=True):
-            dices.setdefault(int(c), []).append(float(v))
-        for t, p in ident.confusions:
-            name = f"{class_name(t)}->{class_name(p)}"
-            confusions[name] = confusions.get(name, 0) + 1
-        loc = ident.localisation_mm
-        dists += loc.tolist()
-        rates[key] = ident.rate
-        n_true += len(g_cls)
-        n_id += int(ident.identified.sum())
-        n_pred += len(pr)
-        per_image.append(
-            {
-                "image": key,
-                "image_id": im["id"],
-                "n_true": len(g_cls),
-                "n_pred": len(pr),
-                "identified": int(ident.identified.sum()),
-                "id_rate": ident.rate,
-                "localisation_mm": float(loc.mean()) if loc.size else None,
-                "mean_dice": float(d.mean()) if len(d) else None,
-                "spacing_mm": list(spacing),
-            }
-        )
-        if confs:  # one naming per image: its entries share the confidence
-            level_conf[key] = float(max(confs))
-            per_image[-1]["level_confidence"] = level_conf[key]
-    defined = [r for r in rates.values() if r is not None]
-    all_d = [v for vs in dices.values() for v in vs]
-    dices = {c: dices[c] for c in sorted(dices, key=EXTENDED.rank)}  # superior first
-    metrics.update(
-        {
-            "id_rate": float(np.mean(defined)) if defined else 0.0,
-            "id_rate_per_image": rates,
-            "id_rate_pooled": n_id / n_true if n_true else 0.0,
-            "localisation_mm": float(np.mean(dists)) if dists else None,
-            "mean_dice": float(np.mean(all_d)) if all_d else 0.0,
-            "dice_per_class": {
-                class_name(c): (float(np.mean(v)) if v else None) for c, v in dices.items()
-            },
-            "id_max_dist_mm": float(max_dist),
-            "min_score": min_score,
-            "n_images": len(gt["images"]),
-            "n_true": n_true,
-            "n_pred": n_pred,
-            "n_identified": n_id,
-            "neighbour_confusions": dict(sorted(confusions.items())),
-            "n_neighbour_confusions": int(sum(confusions.values())),
-            "per_image": per_image,
-            "_dice_values": {class_name(c): v for c, v in dices.items()},
-        }
-    )
+        preds[r["image_id"]].append(r)
+    scores = [
+        _score_image(key, im, truth[im["id"]], preds[im["id"]], max_dist)
+        for key, im in zip(_image_keys(gt["images"]), gt["images"], strict=True)
+    ]
+    metrics.update(_pooled(scores, max_dist, min_score, len(gt["images"])))
+    level_conf = {s.key: s.confidence for s in scores if s.confidence is not None}
     if level_conf:
-        metrics.update(level_calibration(rates, level_conf))
+        metrics.update(level_calibration(metrics["id_rate_per_image"], level_conf))
     return metrics
 
 
-def level_calibration(
-    rates: dict[str, float | None], confidence: dict[str, float], cutoff: float = CERTAIN
-) -> dict[str, Any]:
-    """Whether a level confidence is honest: of the images that show vertebrae
-    (``rates``: identification rate per image, None for none), the share called certain
-    (``confidence`` >= ``cutoff``; an image without a confidence, e.g. with no
-    prediction, is not certain) and the mean identification rate of those and of the rest.
-    """
-    shown = {k: r for k, r in rates.items() if r is not None}
-    sure = [r for k, r in shown.items() if confidence.get(k, 0.0) >= cutoff]
-    rest = [r for k, r in shown.items() if confidence.get(k, 0.0) < cutoff]
+def _pooled(scores: list[_ImageScore], max_dist, min_score, n_images: int) -> dict[str, Any]:
+    """The metrics over every image of :func:`detection_metrics` from each one's."""
+    dices: dict[int, list[float]] = {c: [] for c in PAPER.ids}
+    confusions: dict[str, int] = {}
+    for s in scores:
+        for c, v in zip(s.classes, s.dice, strict=True):
+            dices.setdefault(int(c), []).append(float(v))
+        for t, p in s.ident.confusions:
+            name = f"{class_name(t)}->{class_name(p)}"
+            confusions[name] = confusions.get(name, 0) + 1
+    rates = {s.key: s.ident.rate for s in scores}
+    defined = [r for r in rates.values() if r is not None]
+    dists = [d for s in scores for d in s.ident.localisation_mm.tolist()]
+    all_d = [v for vs in dices.values() for v in vs]
+    dices = {c: dices[c] for c in sorted(dices, key=EXTENDED.rank)}  # superior first
+    n_true = sum(len(s.classes) for s in scores)
+    n_id = sum(int(s.ident.identified.sum()) for s in scores)
     return {
-        "level_certain_cutoff": float(cutoff),
-        "level_certain_share": len(sure) / len(shown) if shown else None,
-        "level_certain_id_rate": float(np.mean(sure)) if sure else None,
-        "level_uncertain_id_rate": float(np.mean(rest)) if rest else None,
+        "id_rate": float(np.mean(defined)) if defined else 0.0,
+        "id_rate_per_image": rates,
+        "id_rate_pooled": n_id / n_true if n_true else 0.0,
+        "localisation_mm": float(np.mean(dists)) if dists else None,
+        "mean_dice": float(np.mean(all_d)) if all_d else 0.0,
+        "dice_per_class": {
+            class_name(c): (float(np.mean(v)) if v else None) for c, v in dices.items()
+        },
+        "id_max_dist_mm": float(max_dist),
+        "min_score": min_score,
+        "n_images": n_images,
+        "n_true": n_true,
+        "n_pred": sum(s.n_pred for s in scores),
+        "n_identified": n_id,
+        "neighbour_confusions": dict(sorted(confusions.items())),
+        "n_neighbour_confusions": int(sum(confusions.values())),
+        "per_image": [s.entry for s in scores],
+        "_dice_values": {class_name(c): v for c, v in dices.items()},
     }
 
 
@@ -524,53 +373,20 @@ def model_results(
     """
     import torch
 
-    from .data import image_to_tensor
-    from .predict import full_detections, postprocess
-    from .render import coco_results
+    from .predict import postprocess
 
     ids = list(range(1, len(images) + 1)) if ids is None else list(ids)
     if device is None:
         device = next(model.parameters()).device
+    decoder = predictor.decoder_settings() if predictor is not None else {}
     raw: list[dict] = []
     kept: list[dict] = []
     for k, (im, img_id) in enumerate(zip(images, ids, strict=True)):
         report(progress, k / max(1, len(images)), f"predicting image {k + 1}/{len(images)}")
         a = np.asarray(im, np.float32)
-        tall = predictor is not None and predictor.tile_rows and a.shape[0] > predictor.tile_rows
-        if tall:  # tiles: the raw results are the de-duplicated detections with masks
-            det = predictor.detect(a, 0.0)
-            keep = det["keep"].numpy()
-            raw += coco_results(
-                img_id,
-                (det["masks"][:, 0] > 0.5).numpy(),
-                det["boxes"].numpy()[keep],
-                det["labels"].numpy()[keep],
-                det["scores"].numpy()[keep],
-            )
-        else:
-            t = image_to_tensor(a, hu_max).to(device)
-            det = {key: v.detach().cpu() for key, v in full_detections(model, [t])[0].items()}
-            raw += coco_results(
-                img_id,
-                (det["masks"][:, 0] > 0.5).numpy(),
-                det["boxes"].numpy(),
-                det["labels"].numpy(),
-                det["scores"].numpy(),
-            )
-        if predictor is not None:
-            pred = postprocess(
-                det,
-                a.shape,
-                min_score,
-                order,
-                box_iou,
-                class_set=predictor.class_set,
-                pixel_mm=predictor.pixel_mm,
-                evidence_weight=predictor.config.level_evidence_weight,
-                class_frequencies=predictor.class_frequencies,
-            )
-        else:
-            pred = postprocess(det, a.shape, min_score, order, box_iou)
+        det, entries = _raw_results(model, a, img_id, hu_max, device, predictor)
+        raw += entries
+        pred = postprocess(det, a.shape, min_score, order, box_iou, **decoder)
         entries = coco_results(img_id, pred.masks, pred.boxes, pred.classes, pred.scores)
         if pred.level_confidence is not None:
             for e in entries:
@@ -581,6 +397,25 @@ def model_results(
         torch.cuda.empty_cache()
     report(progress, 1.0, "predicted")
     return raw, kept
+
+
+def _raw_results(model, a: np.ndarray, img_id: int, hu_max: float, device, predictor):
+    """(detections, their COCO results) of one MIP: torchvision's eval forward (a mask
+    for every detection), or for a MIP taller than the predictor's tiles the merged
+    tiles' de-duplicated detections with masks."""
+    from .data import image_to_tensor
+    from .detect import full_detections
+
+    if predictor is not None and predictor.tile_rows and a.shape[0] > predictor.tile_rows:
+        det = predictor.detect(a, 0.0)
+        keep = det["keep"].numpy()
+        boxes, labels, scores = (det[k].numpy()[keep] for k in ("boxes", "labels", "scores"))
+    else:
+        t = image_to_tensor(a, hu_max).to(device)
+        det = {key: v.detach().cpu() for key, v in full_detections(model, [t])[0].items()}
+        boxes, labels, scores = (det[k].numpy() for k in ("boxes", "labels", "scores"))
+    masks = (det["masks"][:, 0] > 0.5).numpy()
+    return det, coco_results(img_id, masks, boxes, labels, scores)
 
 
 def named_results(
@@ -613,38 +448,6 @@ def named_results(
     )  # fmt: skip
 
 
-def evaluate_model(
-    model,
-    dataset,
-    min_score: float = 0.9,
-    box_iou: float | None = 0.5,
-    order: bool = True,
-    max_dist: float = ID_MAX_DIST_MM,
-    device=None,
-    progress: ProgressCallback | None = None,
-    class_counts: Sequence[int] | None = None,
-) -> dict[str, Any]:
-    """:func:`detection_metrics` of a model (not a checkpoint) on a
-    :class:`~napari_vertebra.model.data.VertebraDataset` (no augmentation; image ids
-    1..N; spacing from each image's ``meta``): ``mask_mAP``/``box_mAP`` of the raw
-    detections, ``*_at_threshold``, ``id_rate`` ... at ``min_score`` (the class
-    probability), levels named with the dataset's config and ``class_counts`` (the
-    training vertebrae per class, the level decoder's class prior). Training validates
-    with :func:`napari_vertebra.model.engine.evaluate` (ranks, the same naming)."""
-    raw, kept = named_results(
-        model,
-        [im.image for im in dataset.images],
-        dataset.cfg,
-        min_score,
-        box_iou,
-        order,
-        device=device,
-        progress=progress,
-        class_counts=class_counts,
-    )
-    return detection_metrics(ground_truth(dataset.images), raw, kept, min_score, max_dist)
-
-
 def evaluate_predictor(
     predictor,
     split_dir: str | os.PathLike,
@@ -672,139 +475,3 @@ def evaluate_predictor(
 
 
 # -------------------------------------------------------------------- reporting
-def _fmt(v: Any, spec: str = ".3f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def _level_lines(metrics: dict[str, Any]) -> list[str]:
-    share = metrics.get("level_certain_share")
-    if share is None:
-        return []
-    cut = metrics.get("level_certain_cutoff", CERTAIN)
-    sure, rest = metrics.get("level_certain_id_rate"), metrics.get("level_uncertain_id_rate")
-    lines = [
-        f"level confidence: {share:.0%} of images called certain (>= {cut:g}), identified "
-        f"at {_fmt(sure)}; the rest at {_fmt(rest)}"
-    ]
-    if sure is not None and sure < cut:
-        lines.append(
-            f"  warning: the images called certain are identified at {sure:.2f}, below "
-            f"{cut:g}: on these images the level confidence overstates how sure the naming "
-            "is (see docs/levels.md)"
-        )
-    return lines
-
-
-def format_table(metrics: dict[str, Any]) -> str:
-    """A plain-text summary table of :func:`detection_metrics`'s metrics."""
-    lines = [
-        f"images {metrics['n_images']}  true vertebrae {metrics['n_true']}  "
-        f"predicted {metrics['n_pred']}",
-        f"raw detections:  box mAP {metrics['box_mAP']:.3f}  mask mAP {metrics['mask_mAP']:.3f}"
-        f"  mask mAP50 {metrics['mask_mAP50']:.3f}",
-    ]
-    if "mask_mAP_at_threshold" in metrics:
-        lines.append(
-            f"at score >= {_fmt(metrics.get('min_score'), '.2f')}:  box mAP "
-            f"{metrics['box_mAP_at_threshold']:.3f}  mask mAP "
-            f"{metrics['mask_mAP_at_threshold']:.3f}"
-        )
-    lines += [
-        f"identification rate {metrics['id_rate']:.3f} (mean over images; pooled "
-        f"{metrics['id_rate_pooled']:.3f})  localisation {_fmt(metrics['localisation_mm'], '.1f')}"
-        f" mm  mean Dice {metrics['mean_dice']:.3f}  neighbour confusions "
-        f"{metrics['n_neighbour_confusions']}",
-        *_level_lines(metrics),
-        "",
-        f"{'vertebra':<9}{'n':>4}{'Dice':>8}",
-    ]
-    for name, v in metrics["dice_per_class"].items():
-        n = len(metrics.get("_dice_values", {}).get(name, []))
-        lines.append(f"{name:<9}{n:>4}{('   -' if v is None else f'{v:8.3f}'):>8}")
-    return "\n".join(lines)
-
-
-def _dice_png(metrics: dict[str, Any]) -> bytes:
-    """Box plot of Dice per vertebra class (matplotlib, Agg) as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    vals = metrics["_dice_values"]
-    names = list(vals)
-    fig, ax = plt.subplots(figsize=(9, 3.5), dpi=100)
-    data = [vals.get(n) or [np.nan] for n in names]
-    ax.boxplot(data, tick_labels=names, showfliers=True)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("Dice")
-    ax.set_title(
-        f"Dice per vertebra (mean {metrics['mean_dice']:.3f}, id rate {metrics['id_rate']:.3f})"
-    )
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def plot_dice(metrics: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Box plot of Dice per vertebra class, written to ``path`` (PNG)."""
-    p = Path(path)
-    p.write_bytes(_dice_png(metrics))
-    return p
-
-
-def _write(metrics: dict[str, Any], out_dir: str | os.PathLike, **extra: Any) -> None:
-    """OUT/metrics.json (public keys plus ``extra``) and OUT/dice_per_class.png, together."""
-    from napari_vertebra.annotation._atomic import AtomicBatch
-
-    out = Path(out_dir)
-    public = {k: v for k, v in metrics.items() if not k.startswith("_")}
-    public.update(extra)
-    text = json.dumps(public, indent=1)
-    png = _dice_png(metrics)
-    with AtomicBatch() as batch:
-        batch.add(out / "metrics.json", text.encode("utf-8"))
-        batch.add(out / "dice_per_class.png", png)
-
-
-def run_evaluation(
-    checkpoint: str | os.PathLike,
-    split_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    device: str = "cpu",
-    min_score: float | None = None,
-    max_dist: float = ID_MAX_DIST_MM,
-    progress: ProgressCallback | None = None,
-) -> dict[str, Any]:
-    """Evaluate a checkpoint on a split; writes metrics.json and dice_per_class.png."""
-    from .predict import Predictor
-
-    predictor = Predictor(checkpoint, device=device, min_score=min_score)
-    metrics = evaluate_predictor(predictor, split_dir, max_dist, progress)
-    _write(metrics, out_dir, checkpoint=str(checkpoint), split=str(split_dir))
-    return metrics
-
-
-def run_results_evaluation(
-    predictions: str | os.PathLike,
-    split_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    min_score: float | None = None,
-    max_dist: float = ID_MAX_DIST_MM,
-) -> dict[str, Any]:
-    """Evaluate a COCO results file of any tool against a split (same metrics as
-    :func:`run_evaluation`); writes OUT/metrics.json and OUT/dice_per_class.png.
-
-    ``box_mAP``/``mask_mAP`` rank every entry of the file; identification, localisation
-    and Dice use the entries with ``score >= min_score`` (all when None), one per label.
-    """
-    gt = split_ground_truth(split_dir)
-    warnings: list[str] = []
-    results = read_results(predictions, gt, warnings)
-    metrics = detection_metrics(gt, results, None, min_score, max_dist)
-    metrics["warnings"] = warnings
-    _write(metrics, out_dir, predictions=str(predictions), split=str(split_dir))
-    return metrics

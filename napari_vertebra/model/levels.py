@@ -6,17 +6,17 @@ assigns the levels of a class set to N detections ordered top to bottom, jointly
 
 - the levels are consecutive from top to bottom in one *spine variant*: the usual 12
   thoracic + 5 lumbar, or 11 / 13 thoracic (T12 absent / T13 present) and 5 / 6 lumbar
-  (L6), each with a prior (:data:`VARIANT_PRIORS`, from the frequencies in
-  ``docs/levels.md``). An extra level that is not a class of the set but lies between
-  two of its levels (T13 in the paper set, between T12 and L1) is a vertebra the
+  (L6), each with a prior (:data:`~napari_vertebra.model.spine.VARIANT_PRIORS`, from the
+  frequencies in ``docs/levels.md``). An extra level that is not a class of the set but
+  lies between two of its levels (T13 in the paper set, between T12 and L1) is a vertebra the
   detector sees and the set cannot name: it is left unnamed (``""``), its evidence that
   of the neighbour it looks more like, so the levels above it are not named one off.
   One below the set's last level (L6 in the paper set) is an end detection left
   unnamed (``p_outside``). One vertebra missed by the detector may be skipped
   (``p_skip``), the spacing tells when;
 - the evidence is the class probabilities (raised to ``evidence_weight``), optionally
-  whether each vertebra bears a rib, and a prior on vertebral size in mm
-  (:data:`BODY_HEIGHT_MM`, :data:`DISC_HEIGHT_MM`): the centroid spacing of neighbours
+  whether each vertebra bears a rib, and a prior on vertebral size in mm (the typical
+  sizes of :mod:`napari_vertebra.model.spine`): the centroid spacing of neighbours
   and, if given, the body heights, compared with the level's typical adult size times a
   patient scale (log-normal, sd 0.10) that is marginalised over a grid.
 
@@ -36,73 +36,9 @@ import numpy as np
 
 from napari_vertebra.core.labels import LEVEL_IDS, ClassSet, get_class_set
 
-__all__ = [
-    "BODY_HEIGHT_MM",
-    "CERTAIN",
-    "DISC_HEIGHT_MM",
-    "VARIANT_PRIORS",
-    "LevelDecoding",
-    "certainty_check",
-    "class_frequencies",
-    "decode_levels",
-    "expected_spacing_mm",
-    "fit_evidence_weight",
-    "variant_levels",
-]
+from .spine import BODY_HEIGHT_MM, LEVEL_RANK, VARIANT_PRIORS, expected_spacing_mm, variant_levels
 
-#: Typical adult vertebral body height (mm, mid-sagittal, rounded), superior to inferior.
-#: Approximate, after Panjabi et al. (Spine 1991, thoracic; Spine 1992, lumbar): about
-#: 15 mm at T1 rising to 23 mm at T12 and 27 mm at L4/L5; C7 a little below T1; T13 and L6
-#: taken as their neighbours. S1 is the whole sacrum's outline: no height prior (None).
-BODY_HEIGHT_MM: dict[str, float | None] = {
-    "C7": 14.0, "T1": 15.0, "T2": 16.0, "T3": 16.5, "T4": 17.0, "T5": 17.5, "T6": 18.0,
-    "T7": 18.5, "T8": 19.0, "T9": 20.0, "T10": 21.0, "T11": 22.0, "T12": 23.0, "T13": 24.0,
-    "L1": 25.0, "L2": 26.0, "L3": 26.5, "L4": 27.0, "L5": 27.0, "L6": 27.0, "S1": None,
-}  # fmt: skip
-#: Typical height (mm) of the disc below each level; approximate: thoracic discs about
-#: 4..6 mm, the thoracolumbar one about 7 mm, lumbar discs 9..12 mm.
-DISC_HEIGHT_MM: dict[str, float] = {
-    "C7": 4.0, "T1": 4.0, "T2": 4.0, "T3": 4.0, "T4": 4.0, "T5": 4.5, "T6": 5.0, "T7": 5.0,
-    "T8": 5.0, "T9": 5.0, "T10": 5.5, "T11": 6.0, "T12": 7.0, "T13": 7.0,
-    "L1": 9.0, "L2": 10.0, "L3": 11.0, "L4": 12.0, "L5": 11.0, "L6": 11.0,
-}  # fmt: skip
-#: Centroid distance (mm) from the lowest lumbar vertebra to the sacrum outline's centroid.
-SACRUM_SPACING_MM = 55.0
-
-#: Prior of each spine variant: (thoracic count, lumbar count) -> probability. Thoracic
-#: and lumbar counts taken as independent: 11 thoracic 5 %, 13 thoracic 1 %, 6 lumbar
-#: 5 % (approximate; sources in docs/levels.md).
-_P_THORACIC = {11: 0.05, 12: 0.94, 13: 0.01}
-_P_LUMBAR = {5: 0.95, 6: 0.05}
-VARIANT_PRIORS: dict[tuple[int, int], float] = {
-    (t, lum): pt * pl for t, pt in _P_THORACIC.items() for lum, pl in _P_LUMBAR.items()
-}
-
-#: The level confidence at which a naming is called *certain* (evaluate and the
-#: benchmark report how often such namings are right; docs/levels.md).
-CERTAIN = 0.9
-
-
-def certainty_check(
-    share: float, certain_id_rate: float | None, n_images: int | float | None = None
-) -> tuple[str, str]:
-    """(sentence, warning) on a level confidence checked against the truth on the val
-    images (``n_images`` of them, said when given: a check on 4 images is rough):
-    ``share`` called certain (>= :data:`CERTAIN`), identified at ``certain_id_rate``;
-    the warning (else "") when that is below :data:`CERTAIN`."""
-    images = "the val images" if n_images is None else f"the {int(n_images)} val images"
-    note = f"level confidence on {images}: {share:.0%} called certain (>= {CERTAIN:g})"
-    if certain_id_rate is None:
-        return note, ""
-    note += f", identified at {certain_id_rate:.2f}"
-    if certain_id_rate >= CERTAIN:
-        return note, ""
-    return note, (
-        f"the level confidence overstates certainty ({images} it called certain "
-        f"were identified at {certain_id_rate:.2f}): check it on annotated scans of your "
-        "own (evaluate) before trusting a high one"
-    )
-
+__all__ = ["LevelDecoding", "class_frequencies", "decode_levels"]
 
 #: Log-normal sd of the patient scale, of one spacing and of one body height.
 SCALE_SD = 0.10
@@ -110,26 +46,6 @@ SPACING_SD = 0.12
 HEIGHT_SD = 0.12
 _SCALE_GRID = np.exp(np.linspace(-3 * SCALE_SD, 3 * SCALE_SD, 13))
 _SHIFT_WORDS = {-2: "two levels up", -1: "one level up", 1: "one level down", 2: "two levels down"}
-
-
-def variant_levels(thoracic: int = 12, lumbar: int = 5) -> tuple[str, ...]:
-    """All levels C7..S1 of a spine with ``thoracic`` (11..13) and ``lumbar`` (5..6) vertebrae.
-
-    11 thoracic means T12 is absent (T11 is followed by L1), as VerSe labels it.
-    """
-    if thoracic not in (11, 12, 13) or lumbar not in (5, 6):
-        raise ValueError(f"no spine variant with {thoracic} thoracic and {lumbar} lumbar")
-    t = [f"T{i}" for i in range(1, thoracic + 1)]
-    lum = [f"L{i}" for i in range(1, lumbar + 1)]
-    return ("C7", *t, *lum, "S1")
-
-
-def expected_spacing_mm(upper: str, lower: str) -> float:
-    """Typical centroid distance (mm) of two adjacent levels (``lower`` just below ``upper``)."""
-    if lower == "S1":
-        return SACRUM_SPACING_MM
-    disc = DISC_HEIGHT_MM["T12"] if lower == "L1" else DISC_HEIGHT_MM[upper]
-    return (BODY_HEIGHT_MM[upper] + BODY_HEIGHT_MM[lower]) / 2 + disc
 
 
 @dataclass(frozen=True)
@@ -183,13 +99,6 @@ class LevelDecoding:
         if self.variant != (12, 5):
             text += f" ({self.variant[0]} thoracic, {self.variant[1]} lumbar)"
         return text
-
-
-#: Anatomical rank of every level (C7 first) across all variants, for ordering names.
-LEVEL_RANK: dict[str, int] = {
-    lv: i for i, lv in enumerate(("C7", *[f"T{i}" for i in range(1, 14)], "L1", "L2", "L3",
-                                   "L4", "L5", "L6", "S1"))
-}  # fmt: skip
 
 
 def _logsumexp(a: np.ndarray, axis: int | None = None) -> np.ndarray:
@@ -249,8 +158,9 @@ def decode_levels(
     spacing, 1 mm for ours) is given: then they are sorted by row. ``heights_mm``: (N,)
     vertebral *body* heights in mm (not the whole vertebra's extent), optional.
     ``rib_bearing``: (N,) probability that each vertebra bears a rib, optional.
-    ``variant_priors`` replaces :data:`VARIANT_PRIORS`; ``p_skip`` is the probability
-    that the detector missed one vertebra between two neighbours.
+    ``variant_priors`` replaces :data:`~napari_vertebra.model.spine.VARIANT_PRIORS`;
+    ``p_skip`` is the probability that the detector missed one vertebra between two
+    neighbours.
 
     ``class_frequencies``: (K,) share of each class among the training vertebrae. A
     detector's class probability already holds the training rarity of T13 and L6; the
@@ -267,6 +177,41 @@ def decode_levels(
     as "C7-like" forces every vertebra below one or two levels down.
     """
     cs = get_class_set(class_set)
+    ev = _evidence(class_probs, cs, centroids_mm, heights_mm, rib_bearing, class_frequencies, eps)
+    if ev is None:
+        return LevelDecoding((), np.zeros(0, int), 0.0, {k: 0.0 for k in _SHIFT_WORDS})
+    if not 0 <= p_skip < 1:
+        raise ValueError(f"p_skip must be in [0, 1), got {p_skip}")
+    if not 0 <= p_outside < 1:
+        raise ValueError(f"p_outside must be in [0, 1), got {p_outside}")
+    priors = VARIANT_PRIORS if variant_priors is None else variant_priors
+    hyps = _hypotheses(ev, cs, priors, p_skip, evidence_weight, p_outside, max_outside)
+    if not hyps:
+        raise ValueError(
+            f"{len(ev.order)} detections cannot be named in order with the {cs.name} class "
+            f"set ({len(cs.levels)} levels); suppress duplicates first"
+        )
+    return _posterior(hyps, ev.order, cs)
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    """:func:`decode_levels`' inputs checked and sorted top to bottom: ``p`` (N, K)
+    renormalised class evidence, ``order`` the input index of each row, ``gaps`` (N-1,)
+    centroid distances (mm) of neighbours, ``heights`` and ``ribs`` (N,) or None."""
+
+    p: np.ndarray
+    order: np.ndarray
+    gaps: np.ndarray | None
+    heights: np.ndarray | None
+    ribs: np.ndarray | None
+
+
+def _evidence(
+    class_probs, cs: ClassSet, centroids_mm, heights_mm, rib_bearing, class_frequencies, eps
+) -> _Evidence | None:
+    """The checked evidence of :func:`decode_levels` (ValueError saying what is wrong),
+    None for no detection."""
     p = np.asarray(class_probs, dtype=float)
     n_cls = len(cs.ids)
     if p.ndim != 2 or p.shape[1] != n_cls:
@@ -275,7 +220,7 @@ def decode_levels(
         )
     n = p.shape[0]
     if n == 0:
-        return LevelDecoding((), np.zeros(0, int), 0.0, {k: 0.0 for k in _SHIFT_WORDS})
+        return None
     if not np.all(np.isfinite(p)) or (p < 0).any():
         raise ValueError("class_probs must be finite and non-negative")
     p = np.clip(p, eps, None)
@@ -285,8 +230,7 @@ def decode_levels(
             raise ValueError(f"class_frequencies must be {n_cls} positive numbers")
         p = p / f[None, :]
     p /= p.sum(1, keepdims=True)
-    order = np.arange(n)
-    cen = None
+    order, cen = np.arange(n), None
     if centroids_mm is not None:
         cen = np.asarray(centroids_mm, dtype=float)
         if cen.shape[:1] != (n,) or cen.ndim > 2 or not np.all(np.isfinite(cen)):
@@ -294,9 +238,6 @@ def decode_levels(
         cen = cen.reshape(n, -1)
         order = np.argsort(cen[:, 0], kind="stable")
         cen = cen[order]
-    p = p[order]
-    if not 0 <= p_skip < 1:
-        raise ValueError(f"p_skip must be in [0, 1), got {p_skip}")
     heights = None if heights_mm is None else np.asarray(heights_mm, float).reshape(n)[order]
     if heights is not None and not (np.all(np.isfinite(heights)) and (heights > 0).all()):
         raise ValueError("heights_mm must be positive numbers (body heights in mm)")
@@ -308,149 +249,118 @@ def decode_levels(
         gaps = np.linalg.norm(np.diff(cen, axis=0), axis=1)
         if (gaps <= 0).any():
             raise ValueError("two detections share a centroid; suppress duplicates first")
+    return _Evidence(p[order], order, gaps, heights, ribs)
 
-    priors = dict(VARIANT_PRIORS if variant_priors is None else variant_priors)
+
+#: One hypothesis of :func:`_hypotheses`: (log score, the naming top to bottom, the
+#: variant, the start along its sequence, that sequence).
+_Hypothesis = tuple[float, tuple[str, ...], tuple[int, int], int, tuple[str, ...]]
+
+
+def _variant_sequence(t_count: int, l_count: int, cs: ClassSet) -> tuple[str, ...] | None:
+    """The levels of a spine variant that the class set's detections can take, or None
+    when the set cannot name the variant. A level of the variant that the set cannot
+    name but that lies between two of its levels (T13 between the paper set's T12 and
+    L1) stays in the sequence: a vertebra the detector sees, left unnamed (""), instead
+    of every vertebra above it named one level off."""
+    full = variant_levels(t_count, l_count)
+    inside = [i for i, lv in enumerate(full) if lv in cs.levels]
+    if not inside:
+        return None
+    seq = tuple(lv for i, lv in enumerate(full) if lv in cs.levels or inside[0] < i < inside[-1])
+    if (t_count == 13 and "T13" not in seq) or (l_count == 6 and "L6" not in seq):
+        return None  # the set cannot name this variant's extra level (L6 below L5)
+    return seq
+
+
+def _hypotheses(
+    ev: _Evidence,
+    cs: ClassSet,
+    priors: dict[tuple[int, int], float],
+    p_skip: float,
+    weight: float,
+    p_outside: float,
+    max_outside: tuple[int, int],
+) -> list[_Hypothesis]:
+    """Every (variant, detections left unnamed at the top and bottom, start) hypothesis
+    with its log score: variant prior, uniform start, the cost of the unnamed end
+    detections and :func:`_score_variant`'s evidence of the named ones."""
+    p, gaps, n = ev.p, ev.gaps, len(ev.order)
     log_scale_prior = _norm_logpdf(np.log(_SCALE_GRID), SCALE_SD)
     log_scale_prior -= _logsumexp(log_scale_prior)
-    hyps: list[tuple[float, tuple[str, ...], tuple[int, int], int, tuple[str, ...]]] = []
-    if not 0 <= p_outside < 1:
-        raise ValueError(f"p_outside must be in [0, 1), got {p_outside}")
     trims = [
         (top, bot)
         for top in range(max_outside[0] + 1)
         for bot in range(max_outside[1] + 1)
         if (top + bot == 0) or (p_outside > 0 and n - top - bot >= 2)
     ]
-    for (t_count, l_count), prior in priors.items():
-        if prior <= 0:
+    hyps: list[_Hypothesis] = []
+    for variant, prior in priors.items():
+        seq = _variant_sequence(*variant, cs) if prior > 0 else None
+        if seq is None:
             continue
-        full = variant_levels(t_count, l_count)
-        inside = [i for i, lv in enumerate(full) if lv in cs.levels]
-        if not inside:
-            continue
-        # a level of the variant that the set cannot name but that lies between two of
-        # its levels (T13 between the paper set's T12 and L1) stays in the sequence: a
-        # vertebra the detector sees, left unnamed (""), instead of every vertebra above
-        # it named one level off
-        seq = tuple(
-            lv for i, lv in enumerate(full) if lv in cs.levels or inside[0] < i < inside[-1]
-        )
-        if (t_count == 13 and "T13" not in seq) or (l_count == 6 and "L6" not in seq):
-            continue  # the set cannot name this variant's extra level (L6 below L5)
         first, last = LEVEL_IDS[seq[0]] - 1, LEVEL_IDS[seq[-1]] - 1
         for top, bot in trims:
             kept = slice(top, n - bot)
-            m = n - top - bot
             # an unnamed end detection looks like the set's end level (C6 like C7) and
             # costs p_outside on top of that: never cheaper than naming it that level
-            log_trim = m * np.log1p(-p_outside)
+            log_trim = (n - top - bot) * np.log1p(-p_outside)
             if top:
-                log_trim += evidence_weight * np.log(p[:top, first]).sum()
+                log_trim += weight * np.log(p[:top, first]).sum()
             if bot:
-                log_trim += evidence_weight * np.log(p[n - bot :, last]).sum()
+                log_trim += weight * np.log(p[n - bot :, last]).sum()
             if top + bot:
                 log_trim += (top + bot) * np.log(p_outside)
             for score, start, labels in _score_variant(
-                seq,
-                cs,
-                p[kept],
-                None if gaps is None else gaps[top : n - bot - 1],
-                None if heights is None else heights[kept],
-                None if ribs is None else ribs[kept],
-                p_skip,
-                evidence_weight,
-                log_scale_prior,
-            ):
+                seq, cs, p[kept], None if gaps is None else gaps[top : n - bot - 1],
+                None if ev.heights is None else ev.heights[kept],
+                None if ev.ribs is None else ev.ribs[kept],
+                p_skip, weight, log_scale_prior,
+            ):  # fmt: skip
                 named = ("",) * top + labels + ("",) * bot
-                hyps.append(
-                    (
-                        score + np.log(prior) - np.log(len(seq)) + log_trim,
-                        named,
-                        (t_count, l_count),
-                        start,
-                        seq,
-                    )
-                )
-    if not hyps:
-        raise ValueError(
-            f"{n} detections cannot be named in order with the {cs.name} class set "
-            f"({len(cs.levels)} levels); suppress duplicates first"
-        )
+                total = score + np.log(prior) - np.log(len(seq)) + log_trim
+                hyps.append((total, named, variant, start, seq))
+    return hyps
+
+
+def _posterior(hyps: list[_Hypothesis], order: np.ndarray, cs: ClassSet) -> LevelDecoding:
+    """The decoding from the hypotheses: their posteriors, merged over those that name
+    the detections alike; the best naming, its confidence and its shifts."""
     scores = np.array([h[0] for h in hyps])
     post = np.exp(scores - _logsumexp(scores))
     by_labels: dict[tuple[str, ...], float] = {}
     best_of: dict[tuple[str, ...], tuple[float, int]] = {}
-    for (_, labels, *_rest), w, k in zip(hyps, post, range(len(hyps)), strict=True):
+    for k, ((_, labels, *_rest), w) in enumerate(zip(hyps, post, strict=True)):
         by_labels[labels] = by_labels.get(labels, 0.0) + float(w)
         if labels not in best_of or w > best_of[labels][0]:
             best_of[labels] = (float(w), k)
     ranked = sorted(by_labels.items(), key=lambda kv: -kv[1])
     best_labels = ranked[0][0]
-    _, _, variant, start, seq = hyps[best_of[best_labels][1]]
-    # a naming that leaves an end detection unnamed but names the others alike gives the
-    # same levels: it counts for the naming (and likewise for the shifted namings)
-    conf = sum(w for lab, w in by_labels.items() if _agrees(lab, best_labels))
-    shifts = {}
-    for k in _SHIFT_WORDS:
-        shifted = _shift(best_labels, seq, k, cs.levels)
-        shifts[k] = (
-            sum(w for lab, w in by_labels.items() if _agrees(lab, shifted))
-            if shifted is not None
-            else 0.0
-        )
+    _, _, variant, _, seq = hyps[best_of[best_labels][1]]
+
+    def agreeing(labels: tuple[str, ...] | None) -> float:
+        # a naming that leaves an end detection unnamed but names the others alike gives
+        # the same levels: it counts for the naming (and likewise for the shifted ones)
+        if labels is None:
+            return 0.0
+        return sum(w for lab, w in by_labels.items() if _agrees(lab, labels))
 
     def in_input_order(labels: tuple[str, ...]) -> tuple[str, ...]:
-        out = [""] * n
+        out = [""] * len(order)
         for i, lv in zip(order, labels, strict=True):
             out[int(i)] = lv
         return tuple(out)
 
     levels = in_input_order(best_labels)
     return LevelDecoding(
-        levels=tuple(levels),
+        levels=levels,
         class_ids=np.array([cs.class_id(lv) if lv else 0 for lv in levels], dtype=int),
-        confidence=float(conf),
-        shifts=shifts,
+        confidence=float(agreeing(best_labels)),
+        shifts={k: agreeing(_shift(best_labels, seq, k, cs.levels)) for k in _SHIFT_WORDS},
         variant=variant,
         alternatives=tuple((in_input_order(lab), float(w)) for lab, w in ranked[1:6]),
         namings={in_input_order(lab): float(w) for lab, w in ranked},
     )
-
-
-def fit_evidence_weight(
-    samples: list[dict],
-    class_set: str | ClassSet | None = None,
-    weights: tuple[float, ...] = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0),
-    **decode_kw,
-) -> tuple[float, dict[float, float]]:
-    """The ``evidence_weight`` that makes the level confidence honest on held-out views.
-
-    Detections of one image are not independent (one appearance, one bias), so their
-    summed evidence overstates certainty; like temperature scaling, the weight is
-    chosen to maximise the mean log posterior of the true naming. ``samples``: one dict
-    per validation image with ``class_probs``, ``truth`` (level names, input order) and
-    optionally ``centroids_mm``, ``heights_mm``, ``rib_bearing``. Returns (best weight,
-    {weight: mean log posterior of the truth}).
-    """
-    if not samples:
-        raise ValueError("fit_evidence_weight needs at least one validation image")
-    table: dict[float, float] = {}
-    for w in weights:
-        total = 0.0
-        for smp in samples:
-            d = decode_levels(
-                smp["class_probs"],
-                class_set,
-                smp.get("centroids_mm"),
-                smp.get("heights_mm"),
-                smp.get("rib_bearing"),
-                evidence_weight=w,
-                **decode_kw,
-            )
-            total += np.log(max(d.probability_of(smp["truth"]), 1e-6))
-        table[float(w)] = total / len(samples)
-    best = max(table, key=lambda k: table[k])
-    return best, table
 
 
 def _agrees(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
@@ -472,6 +382,46 @@ def _shift(
     return tuple(next(it) if lv else "" for lv in labels)
 
 
+def _emissions(
+    seq: tuple[str, ...],
+    cs: ClassSet,
+    p: np.ndarray,
+    heights: np.ndarray | None,
+    ribs: np.ndarray | None,
+    weight: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(unnamed positions (P,) bool, log evidence (G, N, P) of detection i at position
+    a of ``seq`` for each patient scale of the grid): class evidence, ribs, body height."""
+    n, n_pos = p.shape[0], len(seq)
+    ghost = np.array([lv not in cs.levels for lv in seq])  # unnamed: not a class (T13)
+    # column j = class id j + 1; a level outside the set (never first or last) looks
+    # like its neighbours (T13 like T12 or L1): the better of the two
+    prev_cols = [LEVEL_IDS[seq[a - 1] if ghost[a] else seq[a]] - 1 for a in range(n_pos)]
+    next_cols = [LEVEL_IDS[seq[a + 1] if ghost[a] else seq[a]] - 1 for a in range(n_pos)]
+    emit = weight * np.log(np.maximum(p[:, prev_cols], p[:, next_cols]))  # (N, P)
+    if ribs is not None:
+        r = np.clip(ribs, 0.02, 0.98)[:, None]
+        thor = np.array([lv.startswith("T") for lv in seq])[None, :]
+        emit = emit + np.where(thor, np.log(r), np.log(1 - r))
+    emit_g = np.broadcast_to(emit, (len(_SCALE_GRID), n, n_pos)).copy()  # (G, N, P)
+    if heights is not None:
+        h_exp = np.array([BODY_HEIGHT_MM.get(lv) or np.nan for lv in seq])
+        ratio = np.log(
+            heights[None, :, None] / (_SCALE_GRID[:, None, None] * h_exp[None, None, :])
+        )
+        emit_g = emit_g + np.nan_to_num(_norm_logpdf(ratio, HEIGHT_SD), nan=0.0)
+    return ghost, emit_g
+
+
+def _steps(seq: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Expected centroid spacing (mm) from each position of ``seq`` to the next and to
+    the one after (a vertebra skipped), and their log-normal sds."""
+    n_pos = len(seq)
+    step1 = np.array([expected_spacing_mm(seq[a], seq[a + 1]) for a in range(n_pos - 1)])
+    sd1 = np.array([0.35 if seq[a + 1] == "S1" else SPACING_SD for a in range(n_pos - 1)])
+    return step1, step1[:-1] + step1[1:], sd1, np.maximum(sd1[:-1], sd1[1:])
+
+
 def _score_variant(
     seq: tuple[str, ...],
     cs: ClassSet,
@@ -486,32 +436,14 @@ def _score_variant(
     """(log evidence, start, Viterbi labels) for every feasible start along ``seq``.
 
     Forward pass (sum over skip patterns and the patient-scale grid) for the evidence,
-    Viterbi (max) for the labels. Arrays are (scale G, start S, position P).
+    Viterbi (max) for the labels. Arrays are (scale G, start S, position P). An
+    algorithmic kernel: the forward and Viterbi recursions share one loop over the
+    detections (vectorised over scales, starts and positions), so it stays one function.
     """
     n, n_pos = p.shape[0], len(seq)
     n_grid = len(_SCALE_GRID)
-    ghost = np.array([lv not in cs.levels for lv in seq])  # unnamed: not a class (T13)
-    # column j = class id j + 1; a level outside the set (never first or last) looks
-    # like its neighbours (T13 like T12 or L1): the better of the two
-    prev_cols = [LEVEL_IDS[seq[a - 1] if ghost[a] else seq[a]] - 1 for a in range(n_pos)]
-    next_cols = [LEVEL_IDS[seq[a + 1] if ghost[a] else seq[a]] - 1 for a in range(n_pos)]
-    emit = weight * np.log(np.maximum(p[:, prev_cols], p[:, next_cols]))  # (N, P)
-    if ribs is not None:
-        r = np.clip(ribs, 0.02, 0.98)[:, None]
-        thor = np.array([lv.startswith("T") for lv in seq])[None, :]
-        emit = emit + np.where(thor, np.log(r), np.log(1 - r))
-    emit_g = np.broadcast_to(emit, (n_grid, n, n_pos)).copy()  # (G, N, P)
-    if heights is not None:
-        h_exp = np.array([BODY_HEIGHT_MM.get(lv) or np.nan for lv in seq])
-        ratio = np.log(
-            heights[None, :, None] / (_SCALE_GRID[:, None, None] * h_exp[None, None, :])
-        )
-        emit_g = emit_g + np.nan_to_num(_norm_logpdf(ratio, HEIGHT_SD), nan=0.0)
-    # spacing between positions a -> a+1 and a -> a+2
-    step1 = np.array([expected_spacing_mm(seq[a], seq[a + 1]) for a in range(n_pos - 1)])
-    step2 = step1[:-1] + step1[1:]
-    sd1 = np.array([0.35 if seq[a + 1] == "S1" else SPACING_SD for a in range(n_pos - 1)])
-    sd2 = np.maximum(sd1[:-1], sd1[1:])
+    ghost, emit_g = _emissions(seq, cs, p, heights, ribs, weight)
+    step1, step2, sd1, sd2 = _steps(seq)
     log_stay = np.log1p(-p_skip)
     log_skip = np.log(p_skip) if p_skip > 0 else -np.inf
     starts = np.arange(n_pos)
@@ -548,14 +480,19 @@ def _score_variant(
     vit = delta.max(axis=2) + log_scale_prior[:, None]  # (G, S)
     out = []
     for s in range(n_pos):
-        if not np.isfinite(ev_s[s]):
-            continue
-        g = int(np.argmax(vit[:, s]))
-        pos = int(np.argmax(delta[g, s]))
-        path = [pos]
-        for i in range(n - 1, 0, -1):
-            pos -= int(back[i, g, s, pos])
-            path.append(pos)
-        labels = tuple("" if ghost[q] else seq[q] for q in reversed(path))
-        out.append((float(ev_s[s]), s, labels))
+        if np.isfinite(ev_s[s]):
+            g = int(np.argmax(vit[:, s]))
+            path = _backtrace(back[:, g, s], int(np.argmax(delta[g, s])))
+            labels = tuple("" if ghost[q] else seq[q] for q in path)
+            out.append((float(ev_s[s]), s, labels))
     return out
+
+
+def _backtrace(back: np.ndarray, end: int) -> list[int]:
+    """The positions of the detections, first to last, of the Viterbi path ending at
+    position ``end`` (``back[i]``: the positions detection i moved, 1 or 2)."""
+    pos, path = end, [end]
+    for i in range(len(back) - 1, 0, -1):
+        pos -= int(back[i, pos])
+        path.append(pos)
+    return path[::-1]

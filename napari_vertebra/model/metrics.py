@@ -1,5 +1,7 @@
 """Per-vertebra metrics (pure numpy, no torch): Dice, identification, neighbour confusions.
 
+Dice of two masks is :func:`napari_vertebra.annotation.polygons.dice`.
+
 Inputs per image: ground-truth class ids (N,) with masks (N, H, W) and predicted class ids
 (M,) with masks (M, H, W). Centroids are (row, col) px; distances are in mm, from the
 image's pixel spacing (row mm, col mm): 1 mm on the preprocessed MIP.
@@ -19,22 +21,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from napari_vertebra.annotation.polygons import dice
+
 __all__ = [
     "Identification",
     "centroids",
-    "dice",
     "dice_per_vertebra",
     "identification",
     "identify",
     "one_per_label",
 ]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice coefficient of two boolean masks (1.0 when both are empty)."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
 
 
 def centroids(masks: np.ndarray) -> np.ndarray:

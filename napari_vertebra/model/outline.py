@@ -49,8 +49,8 @@ def candidates(det: dict[str, Any]) -> dict[str, np.ndarray]:
     """The detections of one image that have a mask, as numpy: ``masks`` (K, H, W) bool
     (probability > 0.5), ``labels`` (K,) and ``scores`` (K,).
 
-    ``det`` is :func:`~napari_vertebra.model.predict.full_detections`' dict (a mask for
-    every detection) or :func:`~napari_vertebra.model.predict.raw_detections`' (masks of
+    ``det`` is :func:`~napari_vertebra.model.detect.full_detections`' dict (a mask for
+    every detection) or :func:`~napari_vertebra.model.detect.raw_detections`' (masks of
     the detections ``keep`` indexes only)."""
     masks = _as_numpy(det["masks"])
     if masks.ndim == 4:
@@ -90,7 +90,7 @@ def _detections(predictor, mip: np.ndarray) -> dict[str, Any]:
         det = predictor.detect(a, 0.0)
     else:
         from .data import image_to_tensor
-        from .predict import full_detections
+        from .detect import full_detections
 
         t = image_to_tensor(a, predictor.hu_max).to(predictor.device)
         det = full_detections(predictor.model, [t])[0]

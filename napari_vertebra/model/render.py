@@ -1,4 +1,4 @@
-"""Prediction outputs: COCO result entries, label PNGs and coloured overlays.
+"""Prediction outputs: COCO result entries (RLE masks), label PNGs and coloured overlays.
 
 No torch at import (the :class:`~napari_vertebra.model.predict.Prediction` type is only
 named), so training and evaluation can use :func:`coco_results` without an import circle.
@@ -18,7 +18,16 @@ from napari_vertebra.core.labels import class_colours_rgba, class_name
 if TYPE_CHECKING:
     from .predict import Prediction
 
-__all__ = ["coco_results", "overlay_rgb", "prediction_results", "save_png"]
+__all__ = ["coco_results", "mask_rle", "overlay_rgb", "prediction_results", "save_png"]
+
+
+def mask_rle(mask: np.ndarray) -> dict:
+    """The compressed COCO RLE of a 2D mask, its counts as text (JSON-ready)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
 
 
 def coco_results(
@@ -32,17 +41,13 @@ def coco_results(
 
     ``masks`` (N, H, W) bool, ``boxes`` (N, 4) (x0, y0, x1, y1) px, ``classes`` (N,)
     1..17, ``scores`` (N,) the detections' class probabilities."""
-    from pycocotools import mask as mask_utils
-
     out = []
     for m, b, c, s in zip(masks, boxes, classes, scores, strict=True):
-        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
         out.append(
             {
                 "image_id": int(image_id),
                 "category_id": int(c),
-                "segmentation": rle,
+                "segmentation": mask_rle(m),
                 "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
                 "score": float(s),
             }

@@ -5,17 +5,11 @@ same code as the command line (``python -m napari_vertebra.cli train --config CF
 DIR -o RUN [--resume]``), and follows it through the files of the run folder:
 
 ``progress.jsonl``
-    written by the trainer (:class:`ProgressWriter`, rank 0): one JSON object per line,
-    flushed per step. Every line has ``phase``: ``setup`` (loading data, building the
-    model), ``start`` (the loop begins: ``epoch`` done so far, ``epochs``, ``step``,
-    ``steps_in_epoch``, ``total_steps``, ``resume``), ``train`` (one optimizer step:
-    ``epoch`` (1-based), ``step`` (global, 1-based), ``step_in_epoch``,
-    ``steps_in_epoch``, ``total_steps``, ``loss`` and its terms, ``lr``), ``validate``
-    (validation of ``epoch`` begins), ``epoch`` (``epoch`` done: mean losses and the
-    ``val_*`` metrics), ``stopped``, ``done`` and ``error`` (``message``).
-    :class:`ProgressReader` reads it incrementally; :class:`TrainProgress` folds it.
+    the trainer's progress events, one JSON line per step and per epoch (the protocol
+    of :mod:`napari_vertebra.model.progress`): the one file a front end reads to follow
+    a run.
 ``log.csv``, ``last.pt``, ``best.pt``, ``config.yaml``
-    the trainer's per-epoch log and checkpoints (:mod:`napari_vertebra.model.train`).
+    the trainer's per-epoch table and checkpoints (:mod:`napari_vertebra.model.train`).
 ``STOP``
     a stop request: the trainer sees it before its next step, saves ``last.pt``, exits.
 ``train.out``, ``train.pid``, ``widget_config.yaml``
@@ -27,9 +21,6 @@ Imports neither Qt nor napari nor torch.
 
 from __future__ import annotations
 
-import csv
-import functools
-import json
 import math
 import os
 import shlex
@@ -37,43 +28,34 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from .progress import PROGRESS_NAME, ProgressReader, TrainProgress
 
 __all__ = [
     "LOG_NAME",
     "PID_NAME",
-    "PROGRESS_NAME",
     "STDOUT_NAME",
     "STOP_NAME",
     "GpuProbe",
     "Outcome",
-    "ProgressReader",
-    "ProgressWriter",
     "RunError",
-    "TrainProgress",
     "TrainingRun",
     "checkpoints",
-    "completed_epochs",
-    "dataset_class_set",
     "default_run_dir",
-    "export_project_dataset",
     "is_run_folder",
     "last_meaningful_line",
     "level_check",
+    "lower_priority",
     "open_run",
-    "read_log",
+    "pid_alive",
     "train_command",
-    "validation_note",
 ]
 
 #: Files of a run folder.
 LOG_NAME = "log.csv"
-PROGRESS_NAME = "progress.jsonl"
 STOP_NAME = "STOP"
 STDOUT_NAME = "train.out"
 PID_NAME = "train.pid"
@@ -128,271 +110,6 @@ def train_command(
     return cmd
 
 
-# ------------------------------------------------------------------ log.csv
-def read_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Columns of a training ``log.csv`` as float arrays (empty cells become NaN).
-
-    Returns {} when the file is missing or has no data row yet; a partly written last
-    line (the trainer may be mid-write) is ignored.
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError:
-        return {}
-    lines = text.splitlines()
-    if lines and not text.endswith("\n"):
-        lines = lines[:-1]
-    rows = list(csv.reader(lines))
-    if len(rows) < 2:
-        return {}
-    header = [h.strip() for h in rows[0]]
-    cols: dict[str, list[float]] = {h: [] for h in header}
-    for row in rows[1:]:
-        if len(row) != len(header):
-            continue
-        for h, v in zip(header, row, strict=True):
-            try:
-                cols[h].append(float(v))
-            except ValueError:
-                cols[h].append(np.nan)
-    if not any(cols.values()):
-        return {}
-    return {h: np.asarray(v, float) for h, v in cols.items()}
-
-
-def completed_epochs(log: dict[str, np.ndarray]) -> int:
-    """Number of epochs with a row in ``log`` (0 for an empty log)."""
-    ep = log.get("epoch")
-    if ep is None or not len(ep):
-        return 0
-    return int(np.nanmax(ep))
-
-
-# ------------------------------------------------------------------ progress.jsonl
-def _clean(value: Any) -> Any:
-    """JSON-safe: non-finite floats become None, numpy scalars plain numbers."""
-    if isinstance(value, (bool, int, str)) or value is None:
-        return value
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return f if math.isfinite(f) else None
-
-
-class ProgressWriter:
-    """Appends progress events to ``RUN/progress.jsonl``, one flushed line each.
-
-    Used by the trainer on rank 0; writing never raises (a full disk must not stop
-    training): a failure is remembered in ``error`` and writing stops.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.error: OSError | None = None
-        self._t0 = time.time()
-
-    def write(self, phase: str, **fields: Any) -> None:
-        """Append ``{"phase": phase, "time": seconds since start, **fields}``."""
-        if self.error is not None:
-            return
-        event = {"phase": phase, "time": round(time.time() - self._t0, 3)}
-        event.update({k: _clean(v) for k, v in fields.items()})
-        line = json.dumps(event, separators=(",", ":")) + "\n"
-        try:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-        except OSError as e:
-            self.error = e
-
-
-class ProgressReader:
-    """Reads the events appended to a ``progress.jsonl`` since the last call.
-
-    A partly written last line is left for the next call; a line that is not JSON is
-    skipped (counted in ``skipped``). When the file is replaced or truncated, reading
-    starts again from its beginning and ``reset`` is True after that call.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.offset = 0
-        self.skipped = 0
-        self.reset = False
-        self._ino: int | None = None
-
-    def read(self) -> list[dict[str, Any]]:
-        """The complete new lines as dicts (possibly none)."""
-        self.reset = False
-        try:
-            st = self.path.stat()
-        except OSError:
-            return []
-        if (self._ino is not None and st.st_ino != self._ino) or st.st_size < self.offset:
-            self.offset, self.reset = 0, True
-        self._ino = st.st_ino
-        if st.st_size == self.offset:
-            return []
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read(st.st_size - self.offset)
-        except OSError:
-            return []
-        end = data.rfind(b"\n")
-        if end < 0:
-            return []  # only a partial line so far
-        self.offset += end + 1
-        events = []
-        for raw in data[: end + 1].splitlines():
-            if not raw.strip():
-                continue
-            try:
-                event = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                self.skipped += 1
-                continue
-            if isinstance(event, dict) and "phase" in event:
-                events.append(event)
-            else:
-                self.skipped += 1
-        return events
-
-
-#: Keys of a ``train`` event that are not loss terms.
-_STEP_KEYS = {"phase", "time", "epoch", "epochs", "step", "step_in_epoch", "steps_in_epoch",
-              "total_steps", "lr"}  # fmt: skip
-
-
-@dataclass
-class TrainProgress:
-    """The state of a run folded from its progress events (:meth:`update`).
-
-    ``steps`` and ``losses`` hold one entry per logged step (``losses[key][i]`` at global
-    step ``steps[i]``); ``val_epochs`` and ``val`` one per validated epoch. After a
-    ``start`` event (a resume), entries past its step and epoch are dropped: a run
-    killed after its last checkpoint repeats those steps.
-    """
-
-    phase: str = ""
-    epoch: int = 0
-    epochs: int = 0
-    step: int = 0
-    step_in_epoch: int = 0
-    steps_in_epoch: int = 0
-    total_steps: int = 0
-    message: str = ""
-    steps: list[int] = field(default_factory=list)
-    losses: dict[str, list[float]] = field(default_factory=dict)
-    lr: list[float] = field(default_factory=list)
-    val_epochs: list[int] = field(default_factory=list)
-    val: dict[str, list[float]] = field(default_factory=dict)
-
-    def update(self, events: Iterable[dict[str, Any]]) -> int:
-        """Fold ``events`` in; returns how many there were."""
-        n = 0
-        for ev in events:
-            n += 1
-            phase = str(ev.get("phase", ""))
-            self.phase = phase
-            for key in ("epoch", "epochs", "step", "step_in_epoch", "steps_in_epoch",
-                        "total_steps"):  # fmt: skip
-                v = ev.get(key)
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    setattr(self, key, int(v))
-            if phase == "start":
-                self._truncate(self.step, self.epoch)
-            elif phase == "train":
-                self._add_step(ev)
-            elif phase == "epoch":
-                self._add_epoch(ev)
-            self.message = str(ev.get("message") or "")
-        return n
-
-    def _truncate(self, step: int, epoch: int) -> None:
-        keep = sum(s <= step for s in self.steps)
-        del self.steps[keep:], self.lr[keep:]
-        for v in self.losses.values():
-            del v[keep:]
-        keep = sum(e <= epoch for e in self.val_epochs)
-        del self.val_epochs[keep:]
-        for v in self.val.values():
-            del v[keep:]
-
-    def _add_step(self, ev: dict[str, Any]) -> None:
-        n = len(self.steps)
-        self.steps.append(int(ev.get("step", n + 1)))
-        self.lr.append(_num(ev.get("lr")))
-        for key, v in ev.items():
-            if key not in _STEP_KEYS and (key == "loss" or key.startswith("loss_")):
-                if key not in self.losses:  # a new term: NaN for the steps before it
-                    self.losses[key] = [math.nan] * n
-                self.losses[key].append(_num(v))
-        for v in self.losses.values():
-            if len(v) < n + 1:
-                v.append(math.nan)
-
-    def _add_epoch(self, ev: dict[str, Any]) -> None:
-        n = len(self.val_epochs)
-        self.val_epochs.append(int(ev.get("epoch", n + 1)))
-        for key, v in ev.items():
-            if key.startswith("val_"):
-                if key not in self.val:
-                    self.val[key] = [math.nan] * n
-                self.val[key].append(_num(v))
-        for v in self.val.values():
-            if len(v) < n + 1:
-                v.append(math.nan)
-
-    @property
-    def fraction(self) -> float:
-        """Steps done of the whole run (0..1); 0 before the first ``start`` event."""
-        if self.total_steps <= 0:
-            return 0.0
-        return min(1.0, max(0.0, self.step / self.total_steps))
-
-    def describe(self) -> str:
-        """One line for a status or a progress bar, e.g. 'epoch 2/24, step 13/40'."""
-        ep = f"epoch {max(self.epoch, 1)}/{self.epochs}" if self.epochs else ""
-        if self.phase == "setup":
-            return self.message or "loading the data and the model"
-        if self.phase == "start":
-            first = f"epoch {min(self.epoch + 1, self.epochs)}/{self.epochs}: " if ep else ""
-            return f"{first}first step…"
-        if self.phase == "train":
-            text = f"{ep}, step {self.step_in_epoch}/{self.steps_in_epoch}"
-            if self.losses.get("loss"):
-                loss = self.losses["loss"][-1]
-                if math.isfinite(loss):
-                    text += f", loss {loss:.3f}"
-            return text
-        if self.phase == "validate":
-            return f"{ep}: validating"
-        if self.phase == "epoch":
-            return f"{ep} done"
-        return self.message or self.phase
-
-    def step_epochs(self) -> np.ndarray:
-        """The logged steps on an epoch axis (step 10 of 20-step epochs: 0.5)."""
-        per = max(self.steps_in_epoch, 1)
-        return np.asarray(self.steps, float) / per
-
-
-def _num(v: Any) -> float:
-    try:
-        return float(v) if v is not None else math.nan
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def read_progress(path: str | os.PathLike) -> TrainProgress:
-    """The whole ``progress.jsonl`` of a run, folded."""
-    state = TrainProgress()
-    state.update(ProgressReader(path).read())
-    return state
-
-
 # ------------------------------------------------------------------ process output
 def last_meaningful_line(text: str) -> str:
     """The line of a process's output that says why it ended: the last one that is not
@@ -420,27 +137,26 @@ def _tail(path: Path, size: int = 16384) -> str:
 
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a zombie, i.e. finished but not reaped, does not)."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    except psutil.AccessDenied:
+        return True  # another user's process
 
 
 def lower_priority(pid: int, step: int = 5) -> bool:
     """Nice process ``pid`` a little (the viewer stays responsive while it trains);
-    returns whether it worked (not on every system)."""
+    returns whether it worked (POSIX only)."""
+    import psutil
+
+    if not psutil.POSIX:
+        return False
     try:
-        os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + step))
-    except (OSError, AttributeError):
+        psutil.Process(pid).nice(min(19, psutil.Process().nice() + step))
+    except (psutil.Error, OSError):
         return False
     return True
 
@@ -461,22 +177,19 @@ class Outcome:
 class TrainingRun:
     """One run folder and the trainer process writing it (started here or followed).
 
-    ``poll()`` (call it periodically) reads the new progress events into ``progress``,
-    re-reads ``log.csv`` into ``log`` when it changed, and returns an :class:`Outcome`
-    once the process has ended (None while it runs or when there is none).
+    ``poll()`` (call it periodically) reads the new progress events into ``progress``
+    and returns an :class:`Outcome` once the process has ended (None while it runs or
+    when there is none).
     """
 
     def __init__(self, run_dir: str | os.PathLike):
         self.run_dir = Path(run_dir).expanduser().resolve()
         self.process: subprocess.Popen | None = None
         self.progress = TrainProgress()
-        self.log: dict[str, np.ndarray] = {}
         self.stop_requested = False
         self._reader = ProgressReader(self.run_dir / PROGRESS_NAME)
-        self._log_sig: tuple[float, int] | None = None
-        #: What the last :meth:`refresh` found: new progress events, a changed log.csv.
+        #: How many progress events the last :meth:`refresh` found.
         self.new_events = 0
-        self.log_changed = False
         self._followed = False
         self._finished = False
 
@@ -588,24 +301,13 @@ class TrainingRun:
         return "requested"
 
     # -- following ---------------------------------------------------------------------
-    def refresh(self) -> tuple[int, bool]:
-        """Read new progress events and a changed log.csv: (new events, log changed)."""
+    def refresh(self) -> int:
+        """Read the new progress events into :attr:`progress`; returns how many."""
         events = self._reader.read()
         if self._reader.reset:
             self.progress = TrainProgress()
-        n = self.progress.update(events)
-        path = self.run_dir / LOG_NAME
-        try:
-            st = path.stat()
-            sig: tuple[float, int] | None = (st.st_mtime, st.st_size)
-        except OSError:
-            sig = None
-        changed = sig != self._log_sig
-        if changed:
-            self._log_sig = sig
-            self.log = read_log(path)
-        self.new_events, self.log_changed = n, changed
-        return n, changed
+        self.new_events = self.progress.update(events)
+        return self.new_events
 
     def poll(self) -> Outcome | None:
         """:meth:`refresh`, then the outcome once the process has ended (given once)."""
@@ -630,7 +332,7 @@ class TrainingRun:
                 "stopped", f"stopped; Resume continues from {self.run_dir / 'last.pt'}", rc
             )
         if phase == "done" or rc == 0 or (rc is None and not phase):  # "": no progress.jsonl
-            n = completed_epochs(self.log)
+            n = self.progress.completed_epochs
             note, warning = level_check(self.progress)
             message = f"finished: {n} epoch(s) in {self.run_dir}" + (f"; {note}" if note else "")
             return Outcome("done", message, rc, warning)
@@ -689,7 +391,7 @@ class TrainingRun:
 
 def open_run(run_dir: str | os.PathLike) -> tuple[TrainingRun, dict[str, Any], str]:
     """(run, its saved config, why the config could not be read or "") of an existing
-    run folder, its progress and log read: the slow part of showing a long run (a
+    run folder, its progress read: the slow part of showing a long run (a
     progress.jsonl of 40 000 steps takes seconds), so a viewer calls it off its GUI
     thread. RunError when the folder is missing or not a run."""
     run = TrainingRun.open(run_dir)
@@ -737,68 +439,13 @@ class GpuProbe:
         return GPU_AVAILABLE
 
 
-# ------------------------------------------------------------------ datasets
-def export_project_dataset(
-    project: Any, out_dir: str | os.PathLike, progress: Any = None
-) -> list[str]:
-    """Write an annotation project as COCO splits ``out_dir/{train,val,test}``.
-
-    Uses :func:`napari_vertebra.annotation.dataset.build_dataset` (partial views, split by
-    scan). A project of a single scan gets no validation images: then the training split
-    is copied as ``val`` (its mAP is then measured on training images) and a note says
-    so. Returns such notes.
-    """
-    import shutil
-
-    from napari_vertebra.annotation.dataset import build_dataset
-
-    images = [im for im in project.images(load_pixels=True) if im.annotations]
-    if not images:
-        raise RunError(f"{project.folder}: the project has no annotated image to train on")
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    build_dataset(images, out, progress=progress)
-    notes = []
-    val = out / "val"
-    try:
-        n_val = len(
-            json.loads((val / "annotations.json").read_text(encoding="utf-8")).get("images", [])
-        )
-    except (OSError, ValueError):
-        n_val = 0
-    if n_val == 0:
-        shutil.rmtree(val, ignore_errors=True)
-        shutil.copytree(out / "train", val)
-        scans = {im.scan for im in images}
-        notes.append(
-            f"the project holds {len(scans)} scan(s), too few for a validation split: "
-            "validating on the training images (optimistic mAP)"
-        )
-    return notes
-
-
-def check_dataset(data_dir: str | os.PathLike | None) -> Path:
-    """The resolved COCO split folder if it has a train split; RunError in plain words."""
-    if not data_dir or str(data_dir) in ("", "."):
-        raise RunError("choose a dataset folder (with train/ and val/ splits)")
-    data = Path(data_dir).expanduser().resolve()
-    if not data.is_dir():
-        raise RunError(f"{data}: no such dataset folder")
-    if not (data / "train" / "annotations.json").is_file():
-        raise RunError(
-            f"{data} has no train split (no train/annotations.json): choose the folder "
-            "that 'Export dataset' wrote, or train on the open annotation project"
-        )
-    return data
-
-
+# ------------------------------------------------------------------ level check
 def level_check(progress: TrainProgress) -> tuple[str, str]:
     """(sentence, warning) on the level confidence at the last validated epoch: how many
     val images it called certain and how well those were identified; the warning (else
-    "") when they were identified below :data:`~napari_vertebra.model.levels.CERTAIN`.
+    "") when they were identified below :data:`~napari_vertebra.model.calibration.CERTAIN`.
     ("", "") before any validation that reports it."""
-    from napari_vertebra.model.levels import certainty_check
+    from .calibration import certainty_check
 
     def last(key: str) -> float | None:
         v = progress.val.get(key) or []
@@ -808,61 +455,3 @@ def level_check(progress: TrainProgress) -> tuple[str, str]:
     if share is None:
         return "", ""
     return certainty_check(share, last("val_level_certain_id_rate"), n_images=last("val_n_images"))
-
-
-def dataset_class_set(data_dir: str | os.PathLike | None) -> str | None:
-    """The class set a COCO dataset folder's labels need, or None when it cannot tell.
-
-    ``dataset.json``'s ``class_set`` (written by ``dataset build`` / Export dataset: the
-    smallest set holding every level used), else the levels the train split's
-    annotations use: ``"extended"`` when they hold C7, T13, L6 or S1, else ``"paper"``.
-    """
-    from napari_vertebra.core.labels import LEVEL_IDS, class_set_for
-
-    if not data_dir or str(data_dir) in ("", "."):
-        return None
-    data = Path(data_dir).expanduser()
-    try:
-        meta = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
-        name = meta.get("class_set") if isinstance(meta, dict) else None
-        if isinstance(name, str) and name:
-            return name
-    except (OSError, ValueError):
-        pass
-    ann = data / "train" / "annotations.json"
-    try:
-        st = ann.stat()
-        used = _used_levels(str(ann), st.st_mtime_ns, st.st_size)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return None  # unreadable: the trainer says what is wrong with it
-    ids = [LEVEL_IDS[n] for n in used if n in LEVEL_IDS]  # every level is in a set
-    return class_set_for(ids).name if ids else None
-
-
-@functools.lru_cache(maxsize=8)
-def _used_levels(path: str, mtime_ns: int, size: int) -> frozenset[str | None]:
-    """The category names a COCO file's annotations use; read once per version of the
-    file (the Train form asks on every change of the folder and again at Start)."""
-    coco = json.loads(Path(path).read_text(encoding="utf-8"))
-    names = {int(c["id"]): str(c["name"]) for c in coco.get("categories") or []}
-    return frozenset(names.get(int(a["category_id"])) for a in coco.get("annotations") or [])
-
-
-def validation_note(data_dir: str | os.PathLike) -> str:
-    """A warning when ``data_dir/val`` is missing or holds no image (the trainer then
-    validates on the train split, as it says in its output), else ''."""
-    ann = Path(data_dir) / "val" / "annotations.json"
-    if ann.is_file():
-        try:
-            n = len(json.loads(ann.read_text(encoding="utf-8")).get("images") or [])
-        except (OSError, ValueError, AttributeError):
-            return ""  # the trainer says what is wrong with it
-        if n:
-            return ""
-        state = "has no images"
-    else:
-        state = "is missing"
-    return (
-        f"the val split of {Path(data_dir).name} {state}: validating on the train split "
-        "(its scores say little about new scans; export more scans for a val split)"
-    )

@@ -10,27 +10,26 @@ validation and prediction; augmentation varies it by ``aug_scale`` (a patient-li
 
 Images larger than ``max_size`` at that scale are never squeezed by the model's input
 path: training crops them to a random window (:func:`fit_rows`), prediction tiles them
-(:func:`row_tiles`, merged in :mod:`napari_vertebra.model.predict`). Should a caller feed
+(:func:`row_tiles`) and merges the tiles' detections (:func:`merge_tiles`). Should a caller feed
 a larger image straight to the model anyway, the transform scales it down to fit and
 counts it in ``squeezed`` (the only case of a scale other than ``pixels_per_mm``).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
-__all__ = ["TILE_OVERLAP_MM", "FixedScaleTransform", "fit_rows", "max_extent_mm", "row_tiles"]
+from .anatomy import MaskSuppressor, box_suppression
+from .detect import iou_tag
+
+__all__ = ["TILE_OVERLAP_MM", "FixedScaleTransform", "fit_rows", "merge_tiles", "row_tiles"]
 
 #: Overlap (mm) of neighbouring prediction tiles: more than the tallest outline (the
 #: sacrum, about 100 mm on a sagittal MIP) so that every vertebra is whole in one tile.
 TILE_OVERLAP_MM = 128.0
-
-
-def max_extent_mm(pixels_per_mm: float, max_size: int) -> float:
-    """The longest image side (mm, = px of a 1 mm MIP) the model sees without tiling."""
-    return float(max_size) / float(pixels_per_mm)
 
 
 class FixedScaleTransform(GeneralizedRCNNTransform):
@@ -128,3 +127,79 @@ def row_tiles(height: int, limit_px: float, overlap_px: float) -> list[tuple[int
     step = limit - overlap
     starts = [*range(0, height - limit, step), height - limit]
     return [(s, s + limit) for s in sorted(set(starts))]
+
+
+def merge_tiles(
+    parts: list[tuple[int, int, dict[str, torch.Tensor]]],
+    shape: tuple[int, int],
+    min_score: float,
+    box_iou: float | None,
+    cap: int,
+) -> dict[str, torch.Tensor]:
+    """One :func:`~napari_vertebra.model.detect.raw_detections` dict for a tall MIP from
+    those of its row tiles.
+
+    ``parts`` are (first row, end row, detections of that tile). An instance touching a
+    tile's cut edge (not the image's) is dropped: the overlap is wider than any vertebra,
+    so the neighbouring tile holds it whole. The rest, by decreasing score, go through the
+    box and mask duplicate suppression again, at most ``cap``.
+    """
+    h, w = shape
+    boxes = []
+    for r0, _, d in parts:
+        b = d["boxes"].detach().cpu().clone()
+        b[:, 1] += r0
+        b[:, 3] += r0
+        boxes.append(b)
+
+    def cat(key: str, empty: torch.Tensor) -> torch.Tensor:
+        return torch.cat([d[key].cpu() for *_, d in parts]) if parts else empty
+
+    kept, masks = _whole_instances(parts, boxes, h, w)
+    all_boxes = torch.cat(boxes) if boxes else torch.zeros((0, 4))
+    all_scores = cat("scores", torch.zeros(0))
+    order = sorted(range(len(kept)), key=lambda j: -float(all_scores[kept[j]]))
+    cand = np.array([kept[j] for j in order], dtype=int)
+    sel = box_suppression(all_boxes.numpy()[cand], box_iou) if len(cand) else cand
+    sup = MaskSuppressor()
+    final, final_masks = [], []
+    for j in sel:
+        m = masks[order[j]]
+        if len(final) < cap and sup.offer((m[0] > 0.5).numpy()):
+            final.append(int(cand[j]))
+            final_masks.append(m)
+    return {
+        "boxes": all_boxes,
+        "labels": cat("labels", torch.zeros(0, dtype=torch.int64)),
+        "scores": all_scores,
+        "class_probs": cat("class_probs", torch.zeros((0, cap + 1))),
+        "masks": torch.stack(final_masks) if final_masks else torch.zeros((0, 1, h, w)),
+        "keep": torch.as_tensor(final, dtype=torch.int64),
+        "mask_min_score": torch.tensor(float(min_score), dtype=torch.float64),
+        "box_iou": torch.tensor(iou_tag(box_iou), dtype=torch.float64),
+        "mask_rois": torch.tensor(sum(int(d["mask_rois"]) for *_, d in parts)),
+    }
+
+
+def _whole_instances(
+    parts: list[tuple[int, int, dict[str, torch.Tensor]]],
+    boxes: list[torch.Tensor],
+    h: int,
+    w: int,
+) -> tuple[list[int], list[torch.Tensor]]:
+    """(indices into the tiles' detections one after the other, (1, h, w) masks) of the
+    kept instances of each tile that touch no cut edge of it (``boxes``: the tiles'
+    boxes in image rows)."""
+    edge = 2.0  # px
+    kept, masks, offset = [], [], 0
+    for (r0, r1, d), b in zip(parts, boxes, strict=True):
+        for k, i in enumerate(d["keep"].cpu().numpy().astype(int)):
+            y0, y1 = float(b[i, 1]), float(b[i, 3])
+            if (r0 > 0 and y0 <= r0 + edge) or (r1 < h and y1 >= r1 - edge):
+                continue
+            full = torch.zeros((1, h, w), dtype=d["masks"].dtype)
+            full[:, r0:r1] = d["masks"][k].cpu()
+            kept.append(offset + int(i))
+            masks.append(full)
+        offset += len(b)
+    return kept, masks

@@ -28,6 +28,7 @@ import pickle
 import re
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -351,35 +352,14 @@ def load_starting_weights(
     else:
         state = _map_torchvision(state, own)
     imagenet = not any(k.startswith(("backbone.fpn.", "rpn.", "roi_heads.")) for k in state)
-
-    mapped: dict[str, torch.Tensor] = {}
-    skipped: list[str] = [f"{k} (not a Mask R-CNN tensor)" for k in unknown]
-    bad_backbone: list[str] = []  # in the file, but not usable in the model
-    class_heads: list[str] = []
-    other_heads: list[str] = []
-    for key, v in state.items():
-        if key.startswith(CLASS_HEADS):
-            class_heads.append(key)
-            skipped.append(f"{key} (class-specific head)")
-        elif key not in own:
-            reason = f"{key} (not in this model)"
-            skipped.append(reason)
-            if _is_required(key, False):
-                bad_backbone.append(reason)
-            elif key.startswith(("rpn.", "roi_heads.")):
-                other_heads.append(reason)
-        elif own[key].shape != v.shape:
-            reason = f"{key} (shape {tuple(v.shape)} != {tuple(own[key].shape)})"
-            skipped.append(reason)
-            (bad_backbone if _is_required(key, False) else other_heads).append(reason)
-        else:
-            mapped[key] = v.to(own[key].dtype)
-    if not mapped:
+    fit = _sort_tensors(state, own)
+    fit.skipped[:0] = [f"{k} (not a Mask R-CNN tensor)" for k in unknown]
+    if not fit.mapped:
         raise _checkpoint_error(
             f"{path}: no weight matches a {type(model).__name__} with this backbone"
         )
-    missing = [k for k in own if _is_required(k, imagenet) and k not in mapped]
-    problems = bad_backbone + [f"{k} (missing from the file)" for k in missing]
+    missing = [k for k in own if _is_required(k, imagenet) and k not in fit.mapped]
+    problems = fit.bad_backbone + [f"{k} (missing from the file)" for k in missing]
     if problems:
         msg = (
             f"{path}: {len(problems)} backbone/FPN tensors do not fit this model "
@@ -389,31 +369,73 @@ def load_starting_weights(
         if not allow_partial:
             raise _checkpoint_error(msg + " (or allow a partial start explicitly)")
         log.warning("PARTIAL START, these layers begin from random values: %s", msg)
-    model.load_state_dict(mapped, strict=False)
+    model.load_state_dict(fit.mapped, strict=False)
     kind = "detectron2" if detectron2 else ("ImageNet" if imagenet else meta["format"])
-    log.info("loaded %d tensors (%s file) from %s", len(mapped), kind, path)
-    if class_heads:
+    _log_loaded(model, path, fit, kind, imagenet)
+    return fit.skipped
+
+
+@dataclass
+class _Fit:
+    """The tensors of a weights file sorted against a model's own (:func:`_sort_tensors`)."""
+
+    mapped: dict[str, torch.Tensor] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    bad_backbone: list[str] = field(default_factory=list)  # in the file, not usable
+    class_heads: list[str] = field(default_factory=list)
+    other_heads: list[str] = field(default_factory=list)
+
+
+def _sort_tensors(state: Mapping[str, torch.Tensor], own: Mapping[str, Any]) -> _Fit:
+    """Which tensors of ``state`` load into a model with state dict ``own`` (in its
+    dtype), and why the others are skipped."""
+    fit = _Fit()
+    for key, v in state.items():
+        if key.startswith(CLASS_HEADS):
+            fit.class_heads.append(key)
+            fit.skipped.append(f"{key} (class-specific head)")
+        elif key not in own:
+            reason = f"{key} (not in this model)"
+            fit.skipped.append(reason)
+            if _is_required(key, False):
+                fit.bad_backbone.append(reason)
+            elif key.startswith(("rpn.", "roi_heads.")):
+                fit.other_heads.append(reason)
+        elif own[key].shape != v.shape:
+            reason = f"{key} (shape {tuple(v.shape)} != {tuple(own[key].shape)})"
+            fit.skipped.append(reason)
+            (fit.bad_backbone if _is_required(key, False) else fit.other_heads).append(reason)
+        else:
+            fit.mapped[key] = v.to(own[key].dtype)
+    return fit
+
+
+def _log_loaded(
+    model: MaskRCNN, path: str | os.PathLike, fit: _Fit, kind: str, imagenet: bool
+) -> None:
+    """Log what was loaded, what was not as expected, and what did not fit."""
+    log.info("loaded %d tensors (%s file) from %s", len(fit.mapped), kind, path)
+    if fit.class_heads:
         log.info(
             "not loaded, as expected: %d class-specific head tensors (%s): the file's "
             "classes are not our 18",
-            len(class_heads),
-            _listing(class_heads, 4),
+            len(fit.class_heads),
+            _listing(fit.class_heads, 4),
         )
     if imagenet:
         log.info("an ImageNet backbone file: the FPN, RPN and heads start from random values")
-    if other_heads:
+    if fit.other_heads:
         log.warning(
             "%d head tensors of %s do not fit and start from random values: %s",
-            len(other_heads),
+            len(fit.other_heads),
             path,
-            _listing(other_heads),
+            _listing(fit.other_heads),
         )
     body = getattr(getattr(model, "backbone", None), "body", None)
-    if detectron2 and body is not None and not has_stride_in_1x1(body):
+    if kind == "detectron2" and body is not None and not has_stride_in_1x1(body):
         log.warning(
             "%s: detectron2 ResNets stride in the 1x1 convolution, this model in the 3x3 "
             "one (torchvision): the weights load but compute a different function until "
             "fine-tuned; build the model with stride_in_1x1 (docs/transfer.md)",
             path,
         )
-    return skipped

@@ -160,7 +160,7 @@ class TrainForm:
         """Switch the classes to the class set the labels of ``data_dir`` need when the
         field's set cannot name them (C7, T13, L6 or S1 under ``paper``: training would
         stop with an error); returns the set switched to, else None."""
-        from napari_vertebra.model.run import dataset_class_set
+        from napari_vertebra.annotation.dataset import dataset_class_set
 
         need = dataset_class_set(data_dir)
         if need is None or need == "paper" or need == self.class_set.value:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 from ._threading import TaskRunner
+
+if TYPE_CHECKING:
+    from napari_vertebra.model.progress import TrainProgress
 
 __all__ = ["LossPlot", "PlotData", "plot_data", "render"]
 
@@ -40,27 +43,24 @@ class PlotData:
     waiting: str = "no steps logged yet"
 
 
-def plot_data(progress: Any, log: dict[str, np.ndarray]) -> PlotData:
-    """PlotData from a run's :class:`~napari_vertebra.model.run.TrainProgress` (per step)
-    and, for the epochs it does not hold (a run written before progress.jsonl), its
-    ``log.csv`` columns (:func:`~napari_vertebra.model.run.read_log`). Copies: the
-    result can be drawn on another thread."""
+def plot_data(progress: TrainProgress | None) -> PlotData:
+    """PlotData from a run's :class:`~napari_vertebra.model.progress.TrainProgress`: the
+    loss per logged step, or per epoch (its mean) for a run that logged no steps, and
+    the validation metrics per epoch. Copies: the result can be drawn on another thread."""
     data = PlotData()
-    if progress is not None and progress.steps:
+    if progress is None:
+        return data
+    if progress.steps:
         data.x = progress.step_epochs()
         data.losses = {k: np.asarray(v, float) for k, v in progress.losses.items()}
-    elif log:
-        n = max(len(v) for v in log.values())
-        data.x = log.get("epoch", np.arange(1, n + 1, dtype=float)).copy()
-        data.losses = {k: v.copy() for k, v in log.items() if "loss" in k}
+    elif progress.epoch_losses:
+        data.x = np.asarray(progress.val_epochs, float)
+        data.losses = {k: np.asarray(v, float) for k, v in progress.epoch_losses.items()}
         data.per_step = False
-    if progress is not None and progress.val_epochs:
+    if progress.val_epochs:
         data.val_x = np.asarray(progress.val_epochs, float)
         data.val = {k: np.asarray(v, float) for k, v in progress.val.items()}
-    elif log and "epoch" in log:
-        data.val_x = log["epoch"].copy()
-        data.val = {k: v.copy() for k, v in log.items() if k in _VAL_STYLE}
-    if progress is not None and progress.phase in ("setup", "start"):
+    if progress.phase in ("setup", "start"):
         data.waiting = "waiting for the first step…"
     return data
 

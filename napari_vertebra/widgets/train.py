@@ -18,20 +18,15 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from magicgui.widgets import ComboBox, Label
 from qtpy.QtCore import QTimer, Signal
 
-from napari_vertebra.model.run import (
-    RunError,
-    TrainingRun,
+from napari_vertebra.annotation.dataset import (
     check_dataset,
-    completed_epochs,
     export_project_dataset,
-    level_check,
-    open_run,
     validation_note,
 )
+from napari_vertebra.model.run import RunError, TrainingRun, level_check, open_run
 
 from ._base import VertebraWidget
 from ._status import notify
@@ -71,8 +66,8 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
 
     #: Emitted with the exit status when a followed training process ends.
     finished = Signal(int)
-    #: Emitted with the number of log.csv rows when new rows arrive.
-    log_updated = Signal(int)
+    #: Emitted with the number of validated epochs when an epoch of the run ends.
+    epochs_updated = Signal(int)
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: Any = None) -> None:
         super().__init__(viewer, parent)
@@ -80,6 +75,7 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
         for name in _FIELDS:
             setattr(self, name, getattr(self.form, name))
         self.run: TrainingRun | None = None
+        self._epochs_shown = 0  # validated epochs of the run shown, for epochs_updated
         self._gpu_probe: Any = None  # a model.run.GpuProbe once asked
         self.add_form(*self.form.fields)
         self.start_button = self.button("Start", self.start, _CLOSE_TIP)
@@ -151,11 +147,6 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
     def run_dir(self) -> Path | None:
         """The run folder shown (None before a run was started or loaded)."""
         return self.run.run_dir if self.run is not None else None
-
-    @property
-    def log(self) -> dict[str, np.ndarray]:
-        """The run's log.csv columns (one row per epoch)."""
-        return self.run.log if self.run is not None else {}
 
     def config(self) -> TrainConfig:
         """The configuration of the next run: file, then the fields, then overrides."""
@@ -244,10 +235,10 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
         except OSError as e:
             self._message(f"Train: cannot start the training process: {e}")
             return False
-        self.run = run
+        self.run, self._epochs_shown = run, 0
         self.progress_bar.value = 0
         self.progress_bar.native.setFormat("%p% · starting: loading the data and the model")
-        self.plot.draw(plot_data(run.progress, run.log))
+        self.plot.draw(plot_data(run.progress))
         verb = "resuming" if resume else "starting"
         self.status.set(f"{verb} training in {run_dir}", "busy")
         self._timer.start()
@@ -304,7 +295,7 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
         run, cfg, cfg_error = loaded
         if self.running:  # a run started meanwhile is the one shown
             return
-        self.run = run
+        self.run, self._epochs_shown = run, 0
         self.run_folder.value = str(run.run_dir)
         if cfg_error:
             self._message(f"Load run: {cfg_error}", "warning")
@@ -318,7 +309,7 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
         elif run.progress.phase == "error":
             self._message(f"Load run: its last start failed: {run.progress.message}", "warning")
         else:
-            n, ckpts = completed_epochs(run.log), len(self.checkpoint.choices)
+            n, ckpts = run.progress.completed_epochs, len(self.checkpoint.choices)
             note, warning = level_check(run.progress)
             self.status.set(
                 f"loaded {run.run_dir.name}: {n} epoch(s), {ckpts} checkpoint(s)"
@@ -361,7 +352,7 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
         self.finished.emit(int(rc) if rc is not None else int(outcome.kind == "failed"))
 
     def _show_progress(self, draw: bool = False) -> None:
-        """The progress bar, status and plot from the run's progress and log."""
+        """The progress bar, status and plot from the run's progress events."""
         run = self.run
         if run is None:
             return
@@ -369,9 +360,9 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
         if p.total_steps:
             pct = round(100 * p.fraction)
             text = p.describe()
-        else:  # a run from before progress.jsonl (or not started): its epochs
+        else:  # no start event (a run not started, or its epochs only): its epochs
             target = int(self.epochs.value or 0)
-            done = completed_epochs(run.log)
+            done = p.completed_epochs
             pct = round(100 * min(1.0, done / target)) if target else 0
             text = p.describe() if p.phase else f"{done} epoch(s) logged"
         if run.running:
@@ -380,11 +371,12 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
                 self.status.set(f"training: {text}", "busy")
         self.progress_bar.value = pct
         self.progress_bar.native.setFormat(f"%p% · {text}")
-        if draw or run.new_events or run.log_changed:
-            self.plot.draw(plot_data(p, run.log))
+        if draw or run.new_events:
+            self.plot.draw(plot_data(p))
             self._refresh_checkpoints()  # last.pt / best.pt after each epoch
-        if run.log_changed:
-            self.log_updated.emit(completed_epochs(run.log))
+        if p.completed_epochs != self._epochs_shown:
+            self._epochs_shown = p.completed_epochs
+            self.epochs_updated.emit(p.completed_epochs)
 
     # ----------------------------------------------------------------- helpers
     def _update_buttons(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_vertebra.annotation.polygons import dice
 from napari_vertebra.model.anatomy import (
     box_suppression,
     mask_overlap_suppression,
@@ -12,7 +13,6 @@ from napari_vertebra.model.anatomy import (
 )
 from napari_vertebra.model.metrics import (
     centroids,
-    dice,
     dice_per_vertebra,
     identification,
     identify,

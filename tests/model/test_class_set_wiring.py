@@ -76,7 +76,8 @@ def test_a_paper_model_refuses_extended_labels_with_the_fix_in_the_message(
 
 def test_extended_model_predicts_with_its_classes_and_names_a_13th_thoracic(tiny_overrides):
     from napari_vertebra.model.build import build_model
-    from napari_vertebra.model.predict import Predictor, logits_dim, postprocess
+    from napari_vertebra.model.detect import logits_dim
+    from napari_vertebra.model.predict import Predictor, postprocess
 
     cfg = load_config(None, {**tiny_overrides, "class_set": "extended"})
     model = build_model(cfg)

@@ -75,7 +75,7 @@ def test_shipped_configs_by_name(tmp_path):
         cfg = load_config(name)
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         for k, v in data.items():  # every key of the file is the loaded value
-            assert cfg[k] == (tuple(v) if isinstance(v, list) else v), (name, k)
+            assert getattr(cfg, k) == (tuple(v) if isinstance(v, list) else v), (name, k)
     assert config_path("paper.yaml") == shipped["paper"]
     with pytest.raises(ValueError, match=r"shipped: .*paper"):
         config_path("papr")
@@ -85,21 +85,21 @@ def test_shipped_configs_by_name(tmp_path):
     assert load_config(own).epochs == 3
 
 
-def test_yaml_round_trip_and_mapping_reads(tmp_path):
+def test_yaml_round_trip_and_plain_dict(tmp_path):
     cfg = load_config("smoke", {"lr": 0.0005})
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(cfg), encoding="utf-8")  # a TrainConfig dumps as a mapping
     assert load_config(p) == cfg
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-    assert cfg["lr"] == cfg.lr == 0.0005 and cfg.get("nope") is None
-    assert dict(cfg)["backbone"] == "resnet18"
+    assert cfg.to_dict()["lr"] == cfg.lr == 0.0005 and "nope" not in cfg.to_dict()
+    assert cfg.to_dict()["backbone"] == "resnet18"
     assert cfg.replace(epochs=1).epochs == 1
     with pytest.raises(ValueError, match="unknown"):
         cfg.replace(epoch=1)
 
 
 def test_resume_rules():
-    from napari_vertebra.model.train import resume_config
+    from napari_vertebra.model.resume import resume_config
 
     saved = load_config("smoke")
     same, changed = resume_config(saved, saved.to_dict())  # a full config that matches
@@ -117,7 +117,7 @@ def test_resume_rules():
 
 def test_no_weight_decay_on_norms_and_biases():
     from napari_vertebra.model.build import build_model
-    from napari_vertebra.model.train import effective_lr, parameter_groups
+    from napari_vertebra.model.optim import effective_lr, parameter_groups
 
     cfg = load_config("smoke", {"weight_decay": 0.01})
     model = build_model(cfg)

@@ -291,7 +291,7 @@ def test_checkpoint_and_its_predictions_file_agree(tiny_data, tiny_config, tmp_p
     torch.manual_seed(0)
     ckpt = save_checkpoint(
         tmp_path / "random.pt", model=build_model(tiny_config).state_dict(),
-        config=dict(tiny_config), epoch=0,
+        config=tiny_config.to_dict(), epoch=0,
     )  # fmt: skip
     split = tiny_data / "test"
     pngs = [str(split / im.file_name) for im in read_coco(split / "annotations.json")]

@@ -57,7 +57,7 @@ def _run(data: Path, run_dir: Path, **over):
 def _mask_head_boxes(predictor, images) -> tuple[list[int], list[int]]:
     """Boxes the mask head ran on and vertebrae kept, per image."""
     from napari_vertebra.model.data import image_to_tensor
-    from napari_vertebra.model.predict import raw_detections
+    from napari_vertebra.model.detect import raw_detections
 
     ran, kept = [], []
     for im in images:

@@ -251,7 +251,7 @@ def test_levels_module_does_not_import_torch():
 
 
 def test_fit_evidence_weight_tempers_overconfident_evidence():
-    from napari_vertebra.model.levels import fit_evidence_weight
+    from napari_vertebra.model.calibration import fit_evidence_weight
 
     order = list(PAPER.levels)
     samples_right, samples_mixed = [], []

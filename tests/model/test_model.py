@@ -17,8 +17,9 @@ from napari_vertebra.model.build import (
     save_checkpoint,
 )
 from napari_vertebra.model.data import VertebraDataset
+from napari_vertebra.model.device import resolve_device
 from napari_vertebra.model.predict import Predictor
-from napari_vertebra.model.train import resolve_device, train
+from napari_vertebra.model.train import train
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +43,12 @@ def test_build_settings_and_no_download(tiny_config):
     tv = build_model(tiny_config, settings="torchvision")
     assert tv.rpn._post_nms_top_n["testing"] == 1000
     assert tv.roi_heads.detections_per_img == 100
-    r50 = build_model({**tiny_config, "backbone": "resnet50", "aspect_ratios": [0.5, 1.0]})
+    r50 = build_model(
+        {**tiny_config.to_dict(), "backbone": "resnet50", "aspect_ratios": [0.5, 1.0]}
+    )
     assert r50.rpn.head.cls_logits.out_channels == 2  # one per aspect ratio
     with pytest.raises(ValueError, match="unknown backbone"):
-        build_model({**tiny_config, "backbone": "vgg"})
+        build_model({**tiny_config.to_dict(), "backbone": "vgg"})
 
 
 def test_epoch_steps_match_the_loader():
@@ -64,7 +67,7 @@ def test_epoch_steps_match_the_loader():
 
 def test_multi_scale_min_size(tiny_config):
     """A list of min_size values trains at one of them per batch, infers at the last."""
-    m = build_model({**tiny_config, "min_size": [48, 96], "max_size": 192})
+    m = build_model({**tiny_config.to_dict(), "min_size": [48, 96], "max_size": 192})
     assert m.transform.min_size == (48, 96)
     im = torch.rand(3, 96, 48)
     m.eval()
@@ -73,7 +76,7 @@ def test_multi_scale_min_size(tiny_config):
     seen = {m.transform([im])[0].image_sizes[0] for _ in range(40)}
     assert seen == {(96, 48), (192, 96)}
     with pytest.raises(ValueError, match="min_size"):
-        build_model({**tiny_config, "min_size": []})
+        build_model({**tiny_config.to_dict(), "min_size": []})
 
 
 def test_starting_weights_imagenet_and_coco(tiny_config, tmp_path):
@@ -83,7 +86,7 @@ def test_starting_weights_imagenet_and_coco(tiny_config, tmp_path):
     rn = torchvision.models.resnet18(weights=None)
     p = tmp_path / "rn18.pth"
     torch.save(rn.state_dict(), p)
-    m = build_model({**tiny_config, "weights": str(p)})
+    m = build_model({**tiny_config.to_dict(), "weights": str(p)})
     assert any("fc." in s for s in m.skipped_keys)
     assert torch.equal(m.backbone.body.conv1.weight, rn.conv1.weight)
     assert not m.backbone.body.conv1.weight.requires_grad  # frozen stages with weights
@@ -93,17 +96,17 @@ def test_starting_weights_imagenet_and_coco(tiny_config, tmp_path):
     coco["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(91, 32)
     p2 = tmp_path / "coco.pth"
     torch.save(coco, p2)
-    m2 = build_model({**tiny_config, "weights": str(p2)})
+    m2 = build_model({**tiny_config.to_dict(), "weights": str(p2)})
     assert any("cls_score" in s for s in m2.skipped_keys)
     # garbage
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match=r"bad\.pth"):
-        build_model({**tiny_config, "weights": str(bad)})
+        build_model({**tiny_config.to_dict(), "weights": str(bad)})
     other = tmp_path / "other.pth"
     torch.save({"foo.weight": torch.zeros(3)}, other)
     with pytest.raises(CheckpointError, match="no weight matches"):
-        build_model({**tiny_config, "weights": str(other)})
+        build_model({**tiny_config.to_dict(), "weights": str(other)})
 
 
 def test_checkpoint_errors(tiny_config, tmp_path):
@@ -125,7 +128,7 @@ def test_checkpoint_errors(tiny_config, tmp_path):
     save_checkpoint(
         other,
         model=build_model(tiny_config).state_dict(),
-        config={**tiny_config, "fpn_channels": 8},
+        config={**tiny_config.to_dict(), "fpn_channels": 8},
     )
     with pytest.raises(CheckpointError, match="do not fit"):
         model_from_checkpoint(other)
@@ -140,7 +143,9 @@ def test_cuda_request_without_cuda():
 
 
 def test_dataset_targets_and_augmentation(tiny_data, tiny_config):
-    ds = VertebraDataset(tiny_data / "train", {**tiny_config, "aug_partial_prob": 1.0}, train=True)
+    ds = VertebraDataset(
+        tiny_data / "train", {**tiny_config.to_dict(), "aug_partial_prob": 1.0}, train=True
+    )
     x, t = ds[0]
     assert x.shape[0] == 3 and float(x.max()) <= 1.0
     assert x.shape[1] < 96  # partial view: a run of rows
@@ -197,7 +202,7 @@ def test_train_writes_run_and_predictor(trained_run, tiny_data):
         assert np.all(np.diff(out.classes) > 0)  # anatomical order
     # validation names the levels as prediction does (the class prior included): its
     # figures are those of `evaluate` on the val split with the saved model
-    from napari_vertebra.model.evaluate import run_evaluation
+    from napari_vertebra.model.report import run_evaluation
 
     val = ckpt["metrics"]
     ev = run_evaluation(trained_run / "last.pt", tiny_data / "val", trained_run / "ev")
@@ -230,7 +235,7 @@ def test_validation_decodes_with_the_training_class_prior(tiny_data, tiny_config
 
     monkeypatch.setattr(predict, "postprocess", spy)
     torch.manual_seed(0)
-    cfg = {**tiny_config, "pixels_per_mm": 1.0}
+    cfg = {**tiny_config.to_dict(), "pixels_per_mm": 1.0}
     ds = VertebraDataset(tiny_data / "val", cfg)
     counts = np.arange(1, 18)
     metrics = evaluate(build_model(cfg), ds, torch.device("cpu"), 0.0, class_counts=counts)
@@ -245,11 +250,12 @@ def test_masks_only_for_survivors_change_nothing(tiny_config, box_iou):
     suppression gives the same prediction as torchvision's forward (masks of all)."""
     from napari_vertebra.model.anatomy import box_suppression, mask_overlap_suppression
     from napari_vertebra.model.data import image_to_tensor
-    from napari_vertebra.model.predict import full_detections, postprocess, raw_detections
+    from napari_vertebra.model.detect import full_detections, raw_detections
+    from napari_vertebra.model.predict import postprocess
     from napari_vertebra.synth import synth_spine
 
     torch.manual_seed(0)
-    model = build_model({**tiny_config, "box_score_thresh": 0.0}).eval()
+    model = build_model({**tiny_config.to_dict(), "box_score_thresh": 0.0}).eval()
     im = synth_spine(np.random.default_rng(0), (128, 64))[0]
     t = image_to_tensor(im)
     full = full_detections(model, [t])[0]

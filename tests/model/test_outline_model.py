@@ -81,7 +81,7 @@ def test_picks_the_highest_scoring_mask_under_the_click(raw):
 
 
 def test_model_outline_uses_every_detection_with_its_polygon(tiny_predictor, monkeypatch):
-    import napari_vertebra.model.predict as predict_module
+    import napari_vertebra.model.detect as detect_module
 
     h, w = 96, 48
     calls = []
@@ -90,7 +90,7 @@ def test_model_outline_uses_every_detection_with_its_polygon(tiny_predictor, mon
         calls.append(tuple(images[0].shape))
         return [_det(h, w, raw=False)]
 
-    monkeypatch.setattr(predict_module, "full_detections", fake_full)
+    monkeypatch.setattr(detect_module, "full_detections", fake_full)
     outliner = ModelOutliner(tiny_predictor)
     image = np.zeros((h, w), np.float32)
     found = outliner.outline_at(image, (30, 20))
@@ -109,11 +109,11 @@ def test_the_ordered_class_of_the_matching_instance(tiny_predictor, monkeypatch)
     """Predict's anatomically ordered class of the same vertebra comes with the outline."""
     from types import SimpleNamespace
 
-    import napari_vertebra.model.predict as predict_module
+    import napari_vertebra.model.detect as detect_module
 
     h, w = 96, 48
     det = _det(h, w, raw=False)
-    monkeypatch.setattr(predict_module, "full_detections", lambda model, images: [det])
+    monkeypatch.setattr(detect_module, "full_detections", lambda model, images: [det])
     ordered = np.zeros((2, h, w), bool)
     ordered[0, 20:45, 10:30] = True  # the clicked detection's vertebra, ordered as 10
     ordered[1, 40:60, 5:40] = True  # the other one, ordered as 13

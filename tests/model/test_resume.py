@@ -31,7 +31,7 @@ def test_resume_from_starting_weights_keeps_frozen_stages(
     tiny_data, tiny_config, imagenet_file, tmp_path
 ):
     """Train 1 epoch from a weights file with frozen stages, then --resume to epoch 2."""
-    cfg = {**dict(tiny_config), "weights": str(imagenet_file), "trainable_layers": 3}
+    cfg = {**tiny_config.to_dict(), "weights": str(imagenet_file), "trainable_layers": 3}
     run = tmp_path / "run"
     train({**cfg, "epochs": 1}, tiny_data, run)
     first = load_checkpoint(run / "last.pt")
@@ -147,7 +147,7 @@ def test_empty_or_missing_val_validates_on_train_with_a_warning(tiny_data, tiny_
     coco = json.loads((data / "val" / "annotations.json").read_text(encoding="utf-8"))
     coco["images"], coco["annotations"] = [], []
     (data / "val" / "annotations.json").write_text(json.dumps(coco), encoding="utf-8")
-    cfg = {**dict(tiny_config), "epochs": 1, "max_steps_per_epoch": 1}
+    cfg = {**tiny_config.to_dict(), "epochs": 1, "max_steps_per_epoch": 1}
     with pytest.warns(UserWarning, match="val split has no images; validating on the train"):
         train(cfg, data, tmp_path / "empty")
     assert (tmp_path / "empty" / "best.pt").is_file()

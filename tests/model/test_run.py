@@ -15,18 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from napari_vertebra.model.run import (
+from napari_vertebra.model.progress import (
     PROGRESS_NAME,
-    STOP_NAME,
     ProgressReader,
     ProgressWriter,
+    TrainProgress,
+    read_progress,
+)
+from napari_vertebra.model.run import (
+    STOP_NAME,
     RunError,
     TrainingRun,
-    TrainProgress,
     default_run_dir,
     is_run_folder,
     last_meaningful_line,
-    read_progress,
 )
 
 #: A fake trainer: ``python -c FAKE RUN N [exit-text]`` writes a start event and up to N

@@ -122,7 +122,7 @@ def _mask(shape, r0, r1) -> torch.Tensor:
 
 
 def test_merge_tiles_keeps_each_vertebra_once_and_whole():
-    from napari_vertebra.model.predict import merge_tiles
+    from napari_vertebra.model.scale import merge_tiles
 
     h, w = 500, 40
     # tile A rows 0..300, tile B rows 200..500 (overlap 100)

@@ -314,11 +314,11 @@ def test_imagenet_file_of_another_depth_is_refused(tiny_config, tmp_path, caplog
     p34 = tmp_path / "resnet34-imagenet.pth"
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), p34)
     with pytest.raises(CheckpointError, match=r"resnet34-imagenet\.pth.*layer1\.2\."):
-        build_model({**tiny_config, "weights": str(p34)})  # tiny is a ResNet-18
+        build_model({**tiny_config.to_dict(), "weights": str(p34)})  # tiny is a ResNet-18
     p18 = tmp_path / "resnet18-imagenet.pth"
     rn18 = torchvision.models.resnet18(weights=None)
     torch.save(rn18.state_dict(), p18)
     with caplog.at_level(logging.INFO, logger="napari_vertebra.model.weights"):
-        model = build_model({**tiny_config, "weights": str(p18)})
+        model = build_model({**tiny_config.to_dict(), "weights": str(p18)})
     assert "ImageNet" in caplog.text  # the FPN and heads start from random values: said
     assert torch.equal(model.backbone.body.layer4[1].conv2.weight, rn18.layer4[1].conv2.weight)

@@ -31,7 +31,6 @@ def test_preprocess_train_predict_review(
     thread_spy(train_module, "export_project_dataset")
 
     from napari_vertebra.launch import dock_widgets
-    from napari_vertebra.model.run import completed_epochs
     from napari_vertebra.widgets._sample import CT_NAME, LABELS_NAME
     from napari_vertebra.widgets._train_form import SOURCE_PROJECT
 
@@ -72,7 +71,7 @@ def test_preprocess_train_predict_review(
     run = tmp_path / "run"
     assert finished.args == [0], (run / "train.out").read_text(encoding="utf-8")[-2000:]
     assert (run / "dataset" / "train" / "annotations.json").is_file()
-    assert completed_epochs(train.log) == 1
+    assert train.run.progress.completed_epochs == 1
     assert train.selected_checkpoint() == run / "best.pt"
     train_gap = gaps.max_gap
 
@@ -117,4 +116,4 @@ def test_preprocess_train_predict_review(
     # the widgets control is that the work runs off the GUI thread (training: a subprocess)
     assert thread_spy.ran_off_gui_thread("export_project_dataset")
     assert thread_spy.ran_off_gui_thread("predict_job")
-    assert np.isfinite(train.log["loss"]).all()
+    assert np.isfinite(train.run.progress.epoch_losses["loss"]).all()

@@ -9,6 +9,7 @@ torch; the slow tests start the real ``napari-vertebra train``.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
@@ -19,7 +20,8 @@ from widget_helpers import SMOKE, TINY
 
 from napari_vertebra.model import run as run_module
 from napari_vertebra.model.cluster import write_cluster_job
-from napari_vertebra.model.run import PROGRESS_NAME, STOP_NAME, completed_epochs, read_log
+from napari_vertebra.model.progress import PROGRESS_NAME
+from napari_vertebra.model.run import STOP_NAME
 from napari_vertebra.widgets import _train_plot
 from napari_vertebra.widgets import train as train_module
 from napari_vertebra.widgets.train import TrainWidget
@@ -303,8 +305,8 @@ def test_fields_follow_the_config_and_override_it(train_widget, tmp_path):
     w.lr.value = 0.0005
     w.config_overrides = {"min_size": 160}
     cfg = w.config()
-    assert cfg["epochs"] == 3 and cfg["lr"] == pytest.approx(0.0005)
-    assert cfg["min_size"] == 160 and cfg["backbone"] == "resnet18"
+    assert cfg.epochs == 3 and cfg.lr == pytest.approx(0.0005)
+    assert cfg.min_size == 160 and cfg.backbone == "resnet18"
     w.weights.value = str(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match=r"missing\.pt"):
         w.config()
@@ -343,7 +345,7 @@ def _labelled_coco(folder: Path, levels: list[str]) -> Path:
 def test_the_class_set_field_follows_a_dataset_that_needs_the_extended_set(
     train_widget, tmp_path, notes
 ):
-    from napari_vertebra.model.run import dataset_class_set
+    from napari_vertebra.annotation.dataset import dataset_class_set
 
     w = train_widget
     w.config_file.value = str(SMOKE)
@@ -409,23 +411,24 @@ def test_write_cluster_job(train_widget, synth_data, tmp_path):
 
 
 def test_load_run_shows_curves_and_checkpoints(train_widget, tmp_path, qtbot, thread_spy):
-    """A run folder written before progress.jsonl: its log.csv, per epoch. The folder is
-    read off the GUI thread (a long run's progress.jsonl took 18 s to fold in)."""
+    """A run folder whose progress.jsonl holds its epochs only (no step logged): the
+    mean losses per epoch. The folder is read off the GUI thread (a long run's
+    progress.jsonl took 18 s to fold in)."""
     thread_spy(train_module, "open_run")
     run = tmp_path / "run"
     run.mkdir()
-    (run / "log.csv").write_text(
-        "epoch,step,loss,loss_mask,val_box_mAP,val_mask_mAP\n"
-        "1,5,3.0,1.0,0.1,0.05\n2,10,2.0,0.8,0.3,0.2\n3,15,1.5,0.6,0.4,0.35\n",
-        encoding="utf-8",
-    )
+    rows = [(1, 5, 3.0, 1.0, 0.1, 0.05), (2, 10, 2.0, 0.8, 0.3, 0.2), (3, 15, 1.5, 0.6, 0.4, 0.35)]
+    keys = ("epoch", "step", "loss", "loss_mask", "val_box_mAP", "val_mask_mAP")
+    events = [{"phase": "epoch", "epochs": 6, **dict(zip(keys, r, strict=True))} for r in rows]
+    lines = "".join(json.dumps(e) + "\n" for e in events)
+    (run / PROGRESS_NAME).write_text(lines, encoding="utf-8")
     (run / "config.yaml").write_text("epochs: 6\nbackbone: resnet50\n", encoding="utf-8")
     (run / "last.pt").write_bytes(b"x")
     (run / "best.pt").write_bytes(b"x")
     w = train_widget
     load(w, run, qtbot)
     assert thread_spy.ran_off_gui_thread("open_run")
-    assert completed_epochs(w.log) == 3 and w.plot.n_points == 3
+    assert w.run.progress.completed_epochs == 3 and w.plot.n_points == 3
     assert w.progress_bar.value == 50  # 3 of 6 epochs
     assert w.selected_checkpoint() == run / "best.pt"  # best first
     assert [Path(v).name for v in w.checkpoint.choices] == ["best.pt", "last.pt"]
@@ -516,7 +519,8 @@ def test_stop_and_resume_continue_the_steps(train_widget, synth_data, tmp_path, 
     assert w.start(), w.status.value
     assert w.running and (run / "train.pid").is_file()
     qtbot.waitUntil(
-        lambda: (run / "last.pt").is_file() and completed_epochs(w.log) >= 1, timeout=300_000
+        lambda: (run / "last.pt").is_file() and w.run.progress.completed_epochs >= 1,
+        timeout=300_000,
     )
     assert w.plot.n_points >= 1 and 2 <= w.progress_bar.value < 100
     with qtbot.waitSignal(w.finished, timeout=120_000) as blocker:
@@ -524,21 +528,27 @@ def test_stop_and_resume_continue_the_steps(train_widget, synth_data, tmp_path, 
         assert (run / STOP_NAME).is_file()
     assert blocker.args == [0]
     assert "stopped" in w.status.value and not w.running
-    stopped_at = completed_epochs(read_log(run / "log.csv"))
+    stopped_at = max(_log_epochs(run))
     assert 1 <= stopped_at < 50
     assert "stopped after epoch" in (run / "train.out").read_text(encoding="utf-8")
 
     assert w.resume(), w.status.value
     assert not (run / STOP_NAME).exists()
-    qtbot.waitUntil(lambda: completed_epochs(w.log) >= stopped_at + 1, timeout=300_000)
+    qtbot.waitUntil(lambda: w.run.progress.completed_epochs >= stopped_at + 1, timeout=300_000)
     with qtbot.waitSignal(w.finished, timeout=120_000):
         w.stop()
-    epochs = list(read_log(run / "log.csv")["epoch"].astype(int))
+    epochs = _log_epochs(run)
     assert epochs == list(range(1, len(epochs) + 1))  # continued, never restarted
     assert len(epochs) > stopped_at
     steps = w.run.progress.steps
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= len(epochs)
     assert (run / "train.out").read_text(encoding="utf-8").count("--resume") == 1
+
+
+def _log_epochs(run: Path) -> list[int]:
+    """The epochs of the trainer's RUN/log.csv, row by row."""
+    with open(run / "log.csv", encoding="utf-8") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
 def test_shipped_configs_are_listed_by_name(train_widget):
