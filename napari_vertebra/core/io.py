@@ -3,8 +3,9 @@
 Every reader returns a :class:`~napari_vertebra.core.volume.Volume` with its index axes
 permuted and flipped to the closest of the canonical LPS orientation (x: right to left,
 y: anterior to posterior, z: inferior to superior), spacing, origin and direction kept.
-An oblique scan keeps its oblique direction here; :func:`~napari_vertebra.core.preprocess.
-resample_isotropic` straightens it onto an axis-aligned LPS grid.
+An oblique scan keeps its oblique direction here;
+:func:`~napari_vertebra.core.resample.resample_isotropic` straightens it onto an
+axis-aligned LPS grid.
 
 What is read is validated (see ``docs/reading.md``): a file cut short, values that cannot
 be Hounsfield units, a DICOM series with a missing slice raise :class:`CTReadError`; what

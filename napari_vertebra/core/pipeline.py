@@ -8,21 +8,14 @@ from typing import Any
 
 import numpy as np
 
+from .canal import CanalDetection, detect_canal_details
+from .crop import CropBox, CropDecision, apply_crop, decide_crop
+from .mip import sagittal_mip
 from .params import STEP_PARAMS, PreprocessParams
-from .preprocess import (
-    CanalDetection,
-    CropBox,
-    CropDecision,
-    apply_crop,
-    decide_crop,
-    detect_canal_details,
-    resample_isotropic,
-    resample_labels,
-    sagittal_mip,
-    window_hu,
-)
 from .progress import ProgressCallback, report, scaled
+from .resample import resample_isotropic, resample_labels
 from .volume import Volume
+from .window import window_hu
 
 __all__ = ["STEPS", "PipelineResult", "mip_labels_to_volume", "run_pipeline"]
 
@@ -45,7 +38,7 @@ class PipelineResult:
     ``warnings`` lists in plain words what the user should know: the source CT's and
     the label map's reading notes (``Volume.warnings``), then the pipeline's own (a
     crop fallback and why, an orientation doubt); empty when all is normal.
-    ``decisions`` says what was decided: ``crop`` (a :data:`CROP_KINDS` value),
+    ``decisions`` says what was decided: ``crop`` (a :data:`~.crop.CROP_KINDS` value),
     ``crop_reason``, ``orientation`` ("ok", "doubt" or "unknown"), ``crop_evidence``
     (the measured figures), ``read`` and ``labels_read`` (what reading the CT and the
     label map corrected); the attribute ``crop`` holds the whole :class:`CropDecision`.
