@@ -5,15 +5,9 @@ Imports numpy, SimpleITK, scipy and scikit only (no Qt, napari or torch).
 
 from .canal import CanalDetection, detect_canal, detect_canal_details, find_canal_candidates
 from .crop import CropBox, CropDecision, apply_crop, bony_midline, crop_spine, decide_crop
-from .io import (
-    CT_SUFFIXES,
-    CTReadError,
-    MultipleSeriesError,
-    check_ct,
-    read_ct,
-    read_labels,
-    read_volume,
-)
+from .dicom import MultipleSeriesError
+from .errors import CTReadError
+from .io import CT_SUFFIXES, check_ct, read_ct, read_labels, read_volume
 from .mip import sagittal_mip
 from .params import STEP_PARAMS, PreprocessParams
 from .pipeline import STEPS, PipelineResult, mip_labels_to_volume, run_pipeline

@@ -93,73 +93,34 @@ def find_canal_candidates(
 def _canal_candidates(
     windowed: Volume, params: PreprocessParams, progress: ProgressCallback | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`find_canal_candidates` and the bony midline per slice (from the pooled mask)."""
+    """:func:`find_canal_candidates` and the bony midline per slice (from the pooled mask).
+
+    Holes are searched only in the in-plane box of the bone of all slices (plus the
+    dilation and a pixel of background): everything outside it is background connected
+    to the border, so the holes, their order and their measures are those of the whole
+    slice, at a fraction of the labelling cost.
+    """
     arr = windowed.array
     _, sy, sx = windowed.spacing
-    nz, ny, nx = arr.shape
     fy = max(1, round(_HOLE_GRID_MM / sy))
     fx = max(1, round(_HOLE_GRID_MM / sx))
     py, px = fy * sy, fx * sx
     pix_mm = float(np.sqrt(py * px))
     report(progress, 0.0, "bone mask")
-    # max-pool the bone mask (any bone in an fy x fx block), padding with background
-    ny2, nx2 = -(-ny // fy) * fy, -(-nx // fx) * fx
-    pooled = np.zeros((nz, ny2 // fy, nx2 // fx), bool)
-
-    def pool_slices(z0: int, z1: int) -> None:
-        for oy in range(fy):
-            for ox in range(fx):
-                part = arr[z0:z1, oy::fy, ox::fx] > 0
-                pooled[z0:z1, : part.shape[1], : part.shape[2]] |= part
-
-    by_slices(pool_slices, nz)
+    pooled = _pooled_bone(arr, fy, fx)
     midline = midline_of_columns(np.count_nonzero(pooled, axis=1), fx)
-    for _ in range(_HOLE_DILATE_PX):  # 3 x 3 in-plane dilation, separable
-        grown = pooled.copy()
-        grown[:, 1:] |= pooled[:, :-1]
-        grown[:, :-1] |= pooled[:, 1:]
-        pooled = grown.copy()
-        pooled[:, :, 1:] |= grown[:, :, :-1]
-        pooled[:, :, :-1] |= grown[:, :, 1:]
-        del grown
+    ys, xs = _bone_box(pooled, _HOLE_DILATE_PX + 1)
+    mask = _dilate_in_plane(pooled[:, ys, xs], _HOLE_DILATE_PX)
+    del pooled
     report(progress, 0.3, "finding holes in the bone")
     st = np.zeros((3, 3, 3), bool)
     st[1] = ndi.generate_binary_structure(2, 1)
-    lab, n = ndi.label(~pooled, structure=st)
+    lab, n = ndi.label(~mask, structure=st)
     if n == 0:
         return np.zeros((0, 5)), midline
-    border = np.zeros(n + 1, bool)
-    for edge in (lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]):
-        border[np.unique(edge)] = True
-    area = np.bincount(lab.ravel(), minlength=n + 1)
-    # a hole must hold the r_min circle (less the dilation) and be at most an elongated
-    # r_max circle
-    r_lo_px = max(0.5, params.canal_r_min_mm / pix_mm - _HOLE_DILATE_PX - 0.5)
-    r_hi_px = params.canal_r_max_mm / pix_mm
-    keep = (
-        ~border
-        & (area >= np.pi * r_lo_px**2 * 0.8)
-        & (area <= np.pi * r_hi_px**2 * params.canal_max_elongation)
-    )
-    keep[0] = False
-    ids = np.nonzero(keep)[0]
-    report(progress, 0.6, f"measuring {len(ids)} holes")
-    objs = ndi.find_objects(lab)
-    out = []
-    for i in ids:
-        sl = objs[i - 1]
-        sub = np.pad(lab[sl][0] == i, 1)
-        d = ndi.distance_transform_edt(sub)
-        k = int(np.argmax(d))
-        yy, xx = np.unravel_index(k, d.shape)
-        r_px = float(d[yy, xx])
-        # back to the full-resolution grid (pixel centres of the pooled grid)
-        y = (sl[1].start + yy - 1 + 0.5) * fy - 0.5
-        x = (sl[2].start + xx - 1 + 0.5) * fx - 0.5
-        r_mm = (r_px + _HOLE_DILATE_PX) * pix_mm  # EDT - 0.5 px, + dilation, + pooling
-        elong = float(area[i]) / (np.pi * r_px**2)
-        out.append((sl[0].start, y, x, r_mm, elong))
-    cands = np.array(out, float).reshape(-1, 5)
+    holes = _holes(lab, n, params, pix_mm)
+    report(progress, 0.6, f"measuring {len(holes[0])} holes")
+    cands = _measure_holes(lab, holes, (ys.start, xs.start), (fy, fx), pix_mm)
     ok = (
         (cands[:, 3] >= params.canal_r_min_mm)
         & (cands[:, 3] <= params.canal_r_max_mm)
@@ -167,6 +128,124 @@ def _canal_candidates(
     )
     report(progress, 1.0, f"{int(ok.sum())} canal-sized holes")
     return cands[ok], midline
+
+
+def _pooled_bone(arr: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """The bone mask (``arr`` > 0) max-pooled over fy x fx blocks in-plane.
+
+    A block is bone when any of its voxels is; blocks past the slice's edge are padded
+    with background.
+    """
+    nz, ny, nx = arr.shape
+    pooled = np.empty((nz, -(-ny // fy), -(-nx // fx)), bool)
+
+    def pool_slices(z0: int, z1: int) -> None:
+        bone = arr[z0:z1] > 0
+        cols = bone[:, :, ::fx].copy()
+        for ox in range(1, fx):
+            part = bone[:, :, ox::fx]
+            cols[:, :, : part.shape[2]] |= part
+        rows = cols[:, ::fy].copy()
+        for oy in range(1, fy):
+            part = cols[:, oy::fy]
+            rows[:, : part.shape[1]] |= part
+        pooled[z0:z1] = rows
+
+    by_slices(pool_slices, nz)
+    return pooled
+
+
+def _bone_box(mask: np.ndarray, grow: int) -> tuple[slice, slice]:
+    """In-plane (y, x) box of ``mask`` on any slice, ``grow`` pixels wider (within the
+    slice); the whole slice when ``mask`` is empty."""
+    seen = np.logical_or.reduce(mask, axis=0)
+    ny, nx = seen.shape
+    ys = np.nonzero(seen.any(axis=1))[0]
+    xs = np.nonzero(seen.any(axis=0))[0]
+    if len(ys) == 0:
+        return slice(0, ny), slice(0, nx)
+    return (
+        slice(max(0, ys[0] - grow), min(ny, ys[-1] + grow + 1)),
+        slice(max(0, xs[0] - grow), min(nx, xs[-1] + grow + 1)),
+    )
+
+
+def _dilate_in_plane(mask: np.ndarray, px: int) -> np.ndarray:
+    """``mask`` dilated ``px`` times by 3 x 3 within each slice (separable)."""
+    for _ in range(px):
+        grown = mask.copy()
+        grown[:, 1:] |= mask[:, :-1]
+        grown[:, :-1] |= mask[:, 1:]
+        mask = grown.copy()
+        mask[:, :, 1:] |= grown[:, :, :-1]
+        mask[:, :, :-1] |= grown[:, :, 1:]
+        del grown
+    return mask
+
+
+def _holes(
+    lab: np.ndarray, n: int, params: PreprocessParams, pix_mm: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The background components of ``lab`` that are canal-sized holes, by label.
+
+    A hole touches no slice border, holds the r_min circle (less the dilation) and is at
+    most an elongated r_max circle. Returns (K,) labels (ascending), (K,) areas (pixels)
+    and (K, 5) boxes z, y0, y1, x0, x1 (inclusive), from the pixels of the components
+    that touch no border only (a few of the whole background).
+    """
+    inside = np.ones(n + 1, bool)
+    inside[0] = False  # label 0 is the bone
+    for edge in (lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]):
+        inside[edge] = False
+    z, y, x = np.nonzero(inside[lab])
+    ids = lab[z, y, x]
+    area = np.bincount(ids, minlength=n + 1)
+    r_lo_px = max(0.5, params.canal_r_min_mm / pix_mm - _HOLE_DILATE_PX - 0.5)
+    r_hi_px = params.canal_r_max_mm / pix_mm
+    keep = (
+        inside
+        & (area >= np.pi * r_lo_px**2 * 0.8)
+        & (area <= np.pi * r_hi_px**2 * params.canal_max_elongation)
+    )
+    sel = np.nonzero(keep[ids])[0]
+    sel = sel[np.argsort(ids[sel], kind="stable")]
+    labels, starts = np.unique(ids[sel], return_index=True)
+    boxes = np.stack(
+        [z[sel][starts]]
+        + [f.reduceat(v[sel], starts) for v in (y, x) for f in (np.minimum, np.maximum)],
+        axis=1,
+    ).reshape(-1, 5)
+    return labels, area[labels], boxes
+
+
+def _measure_holes(
+    lab: np.ndarray,
+    holes: tuple[np.ndarray, np.ndarray, np.ndarray],
+    offset_yx: tuple[int, int],
+    factors: tuple[int, int],
+    pix_mm: float,
+) -> np.ndarray:
+    """(M, 5) z, y, x (full-resolution voxels), radius (mm), elongation of ``holes``.
+
+    The largest inscribed circle is the maximum of the hole's distance transform (on
+    its box with a pixel of background around); ``offset_yx`` is the pooled pixel of
+    ``lab``'s first row and column, ``factors`` the pooling (fy, fx).
+    """
+    (oy, ox), (fy, fx) = offset_yx, factors
+    out = []
+    for i, a, (z, y0, y1, x0, x1) in zip(*holes, strict=True):
+        sub = np.zeros((y1 - y0 + 3, x1 - x0 + 3), bool)
+        sub[1:-1, 1:-1] = lab[z, y0 : y1 + 1, x0 : x1 + 1] == i
+        d = ndi.distance_transform_edt(sub)
+        yy, xx = np.unravel_index(int(np.argmax(d)), d.shape)
+        r_px = float(d[yy, xx])
+        # back to the full-resolution grid (pixel centres of the pooled grid)
+        y = (oy + y0 + yy - 1 + 0.5) * fy - 0.5
+        x = (ox + x0 + xx - 1 + 0.5) * fx - 0.5
+        r_mm = (r_px + _HOLE_DILATE_PX) * pix_mm  # EDT - 0.5 px, + dilation, + pooling
+        elong = float(a) / (np.pi * r_px**2)
+        out.append((z, y, x, r_mm, elong))
+    return np.array(out, float).reshape(-1, 5)
 
 
 def _cluster_spine(
@@ -245,30 +324,50 @@ def _best_chain(
 
     Candidates link to an earlier one within ``_CHAIN_MAX_GAP_MM`` along z and at most
     ``_CHAIN_STEP_MM + _CHAIN_SLOPE * dz`` in-plane; a chain weighs the sum of its
-    circles' radii (dynamic programming over candidates sorted by z). The heaviest chain
-    is then extended up and down by further chains (at least ``_CHAIN_MIN_EXTEND_MM``
-    heavy) that start near its ends after a longer gap.
+    circles' radii (dynamic programming over candidates sorted by z). A heavy enough
+    chain behind it may take its place (:func:`_prefer_posterior`); the track is then
+    extended up and down by further chains (at least ``_CHAIN_MIN_EXTEND_MM`` heavy)
+    that start near its ends after a longer gap.
     """
     chosen = np.full(nz, -1, int)
     if len(idx) == 0:
         return chosen
     sz, sy, sx = spacing
     order = idx[np.argsort(cands[idx, 0], kind="stable")]
-    z = cands[order, 0]
-    y = cands[order, 1] * sy
-    x = cands[order, 2] * sx
-    w = cands[order, 3]
-    best, back = _chain_dp(z, y, x, w, sz)
-    members = []
-    i = int(np.argmax(best))
+    zyxw = (cands[order, 0], cands[order, 1] * sy, cands[order, 2] * sx, cands[order, 3])
+    best, back = _chain_dp(*zyxw, sz)
+    members = _follow(back, int(np.argmax(best)))
+    members = _prefer_posterior(zyxw, sz, members, best)
+    for direction in (1, -1):  # extend upwards, then downwards
+        members = _extend(zyxw, sz, members, direction)
+    z = zyxw[0]
+    for k in members:
+        chosen[int(z[k])] = order[k]
+    return chosen
+
+
+def _follow(back: np.ndarray, i: int, ids: np.ndarray | None = None) -> list[int]:
+    """The chain ending at ``i`` through the back-pointers, as ``ids[k]`` (default ``k``)."""
+    out = []
     while i >= 0:
-        members.append(i)
+        out.append(int(i if ids is None else ids[i]))
         i = back[i]
-    # The canal is the most posterior aligned hole of the spine: a chain of canal-sized
-    # holes behind the track over the same slices (e.g. the track followed the marrow of
-    # osteoporotic vertebral bodies) replaces it when it is heavy enough. Only holes
-    # beside the track count: the sacral canal below a lumbar track lies behind it too
-    # (the sacrum curves backwards) but is no reason to leave the lumbar canal.
+    return out
+
+
+_Cands = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _prefer_posterior(zyxw: _Cands, sz: float, members: list[int], best: np.ndarray) -> list[int]:
+    """The track, or a chain of canal-sized holes behind it over the same slices.
+
+    The canal is the most posterior aligned hole of the spine: such a chain (e.g. when
+    the track followed the marrow of osteoporotic vertebral bodies) replaces it when it
+    is heavy enough, twice at most. Only holes beside the track count: the sacral canal
+    below a lumbar track lies behind it too (the sacrum curves backwards) but is no
+    reason to leave the lumbar canal.
+    """
+    z, y, x, w = zyxw
     for _ in range(2):
         m = np.array(sorted(members, key=lambda k: z[k]))
         ty = np.interp(z, z[m], y[m])
@@ -283,33 +382,29 @@ def _best_chain(
         j = int(np.argmax(b2))
         if b2[j] < max(_CHAIN_MIN_EXTEND_MM, _POSTERIOR_MIN_SHARE * best[members[0]]):
             break
-        members = []
-        while j >= 0:
-            members.append(int(post[j]))
-            j = back2[j]
-    for direction in (1, -1):  # extend upwards, then downwards
-        while True:
-            end = max(members, key=lambda k: direction * z[k])
-            sel = np.nonzero(direction * (z - z[end]) > 0)[0]
-            if len(sel) == 0:
-                break
-            # chains running away from the track's end: DP in that direction
-            sel = sel[np.argsort(-direction * z[sel], kind="stable")]
-            zs = -direction * z[sel]
-            b2, back2 = _chain_dp(zs, y[sel], x[sel], w[sel], sz)
-            dz = np.abs(z[sel] - z[end]) * sz
-            d = np.hypot(y[sel] - y[end], x[sel] - x[end])
-            gate = np.minimum(_CHAIN_STEP_MM + _CHAIN_SLOPE * dz, _CHAIN_MAX_JUMP_MM)
-            ok = (d <= gate) & (b2 >= _CHAIN_MIN_EXTEND_MM)
-            if not ok.any():
-                break
-            i = int(np.argmax(np.where(ok, b2, -np.inf)))
-            while i >= 0:
-                members.append(int(sel[i]))
-                i = back2[i]
-    for k in members:
-        chosen[int(z[k])] = order[k]
-    return chosen
+        members = _follow(back2, j, post)
+    return members
+
+
+def _extend(zyxw: _Cands, sz: float, members: list[int], direction: int) -> list[int]:
+    """``members`` with the chains that continue the track beyond its end along
+    ``direction`` (1: upwards, -1: downwards), one after another."""
+    z, y, x, w = zyxw
+    while True:
+        end = max(members, key=lambda k: direction * z[k])
+        sel = np.nonzero(direction * (z - z[end]) > 0)[0]
+        if len(sel) == 0:
+            return members
+        # chains running away from the track's end: DP in that direction
+        sel = sel[np.argsort(-direction * z[sel], kind="stable")]
+        b2, back2 = _chain_dp(-direction * z[sel], y[sel], x[sel], w[sel], sz)
+        dz = np.abs(z[sel] - z[end]) * sz
+        d = np.hypot(y[sel] - y[end], x[sel] - x[end])
+        gate = np.minimum(_CHAIN_STEP_MM + _CHAIN_SLOPE * dz, _CHAIN_MAX_JUMP_MM)
+        ok = (d <= gate) & (b2 >= _CHAIN_MIN_EXTEND_MM)
+        if not ok.any():
+            return members
+        members = members + _follow(back2, int(np.argmax(np.where(ok, b2, -np.inf))), sel)
 
 
 def detect_canal_details(

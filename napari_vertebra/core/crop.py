@@ -222,6 +222,50 @@ def _keep_bone_around_track(
     return ((z0, z1), (ny0, ny1), (x0, x1)), (y0 - ny0) * sy, (ny1 - y1) * sy
 
 
+@dataclass
+class _Evidence:
+    """What :func:`decide_crop` measures before it chooses.
+
+    ``zf`` are the slices where the canal was found; ``mid_x`` is the median bony
+    midline (x voxel; NaN without bone) and ``offset`` the track's median distance to
+    it (mm; inf without a track); ``figures`` the evidence dict of the decision.
+    """
+
+    zf: np.ndarray
+    scan_mm: float
+    track_mm: float
+    mid_x: float
+    offset: float
+    figures: dict[str, float]
+
+
+def _measure(windowed: Volume, canal: CanalDetection) -> _Evidence:
+    """The track's extent and its distance to the bony midline (see :class:`_Evidence`)."""
+    nz = windowed.shape[0]
+    sz, _, sx = windowed.spacing
+    zf = np.nonzero(canal.found)[0]
+    scan_mm = nz * sz
+    track_mm = float((zf[-1] - zf[0] + 1) * sz) if len(zf) else 0.0
+    ev: dict[str, float] = {
+        "found_slices": len(zf),
+        "track_mm": round(track_mm, 1),
+        "scan_mm": round(scan_mm, 1),
+    }
+    mid = canal.midline
+    if mid is None or len(mid) != nz:
+        mid = bony_midline(windowed)
+    if np.all(np.isnan(mid)):
+        return _Evidence(zf, scan_mm, track_mm, np.nan, np.inf, ev)
+    mid_x = float(np.nanmedian(mid))
+    ev["midline_x"] = round(mid_x, 1)
+    offset = np.inf
+    if len(zf):
+        mz = np.where(np.isnan(mid[zf]), mid_x, mid[zf])
+        offset = float(np.median(np.abs(canal.centres[zf, 2] - mz)) * sx)
+        ev["midline_offset_mm"] = round(offset, 1)
+    return _Evidence(zf, scan_mm, track_mm, mid_x, offset, ev)
+
+
 def decide_crop(
     windowed: Volume,
     canal: CanalDetection,
@@ -243,120 +287,140 @@ def decide_crop(
     anterior-posterior axis contradicts the anatomy (e.g. a prone patient stored as
     supine): a warning, and both y margins take the larger of the two.
     """
-    nz, ny, nx = windowed.shape
-    sz, _sy, sx = windowed.spacing
-    whole: CropBox = ((0, nz), (0, ny), (0, nx))
-    centres, found = canal.centres, canal.found
-    zf = np.nonzero(found)[0]
-    scan_mm = nz * sz
-    track_mm = float((zf[-1] - zf[0] + 1) * sz) if len(zf) else 0.0
-    ev: dict[str, float] = {
-        "found_slices": len(zf),
-        "track_mm": round(track_mm, 1),
-        "scan_mm": round(scan_mm, 1),
-    }
-    mid = canal.midline if canal.midline is not None else bony_midline(windowed)
-    if len(mid) != nz:
-        mid = bony_midline(windowed)
-    if np.all(np.isnan(mid)):
+    e = _measure(windowed, canal)
+    if np.isnan(e.mid_x):
+        nz, ny, nx = windowed.shape
+        window = f"between {params.hu_min:g} and {params.hu_max:g} HU"
         return CropDecision(
-            whole,
+            ((0, nz), (0, ny), (0, nx)),
             "fallback-none",
-            f"no bone between {params.hu_min:g} and {params.hu_max:g} HU: nothing to crop on",
-            evidence=ev,
+            f"no bone {window}: nothing to crop on",
+            evidence=e.figures,
             warnings=(
-                f"no bone between {params.hu_min:g} and {params.hu_max:g} HU in the scan: "
-                "not cropped, the MIP is empty; check the HU window and that the file "
-                "holds a CT in HU",
+                f"no bone {window} in the scan: not cropped, the MIP is empty; check the "
+                "HU window and that the file holds a CT in HU",
             ),
         )
-    mid_x = float(np.nanmedian(mid))
-    ev["midline_x"] = round(mid_x, 1)
-    offset = np.inf
-    if len(zf):
-        mz = np.where(np.isnan(mid[zf]), mid_x, mid[zf])
-        offset = float(np.median(np.abs(centres[zf, 2] - mz)) * sx)
-        ev["midline_offset_mm"] = round(offset, 1)
-
-    def midline_box(reason: str, orientation: str = "unknown") -> CropDecision:
-        half = (params.crop_margin_lr_mm + _FALLBACK_MIDLINE_EXTRA_MM) / sx
-        x0 = max(0, int(np.floor(mid_x - half)))
-        x1 = min(nx, int(np.ceil(mid_x + half)) + 1)
-        box = ((0, nz), (0, ny), (x0, x1))
-        note = (
-            f"spine crop not trusted ({reason}); kept the whole anterior-posterior range "
-            f"and {half * sx:.0f} mm either side of the bony midline instead"
-        )
-        return CropDecision(box, "fallback-midline", reason, orientation, ev, (note,))
-
-    if len(zf) == 0:
-        return midline_box("no spinal canal found on any slice")
-    if offset > params.crop_max_midline_offset_mm:
-        return midline_box(
-            f"the canal track lies {offset:.0f} mm from the bony midline "
+    if len(e.zf) == 0:
+        return _midline_box(windowed, e, params, "no spinal canal found on any slice")
+    if e.offset > params.crop_max_midline_offset_mm:
+        return _midline_box(
+            windowed,
+            e,
+            params,
+            f"the canal track lies {e.offset:.0f} mm from the bony midline "
             f"(at most {params.crop_max_midline_offset_mm:g} mm expected): "
-            "it likely follows something other than the spine, such as a hole of a hip bone"
+            "it likely follows something other than the spine, such as a hole of a hip bone",
         )
-
-    ratio, ant, post = _orientation_ratio(windowed, centres, zf)
-    ev["bone_front_behind_ratio"] = round(ratio, 2)
-    warnings: list[str] = []
-    orientation = "ok"
-    if ant + post > 0 and ratio < _ORIENT_MIN_RATIO:
-        orientation = "doubt"
-        warnings.append(
-            "the anatomy contradicts the header: there is more bone behind the spinal "
-            f"canal than in front of it ({ratio:.2f} times as much in front), so the "
-            "vertebral bodies seem to lie posterior; was the patient prone with the "
-            "header left at supine? The MIP's column 0 may then be posterior; check "
-            "the file's direction (not corrected here)."
-        )
-
-    need_mm = min(params.crop_min_track_mm, 0.5 * scan_mm)
-    if len(zf) < params.crop_min_found_slices or track_mm < need_mm:
+    warnings = _orientation_warnings(windowed, canal.centres, e)
+    need_mm = min(params.crop_min_track_mm, 0.5 * e.scan_mm)
+    if len(e.zf) < params.crop_min_found_slices or e.track_mm < need_mm:
         reason = (
-            f"the canal was found on {len(zf)} slices over {track_mm:.0f} mm of a "
-            f"{scan_mm:.0f} mm scan (at least {params.crop_min_found_slices} slices over "
+            f"the canal was found on {len(e.zf)} slices over {e.track_mm:.0f} mm of a "
+            f"{e.scan_mm:.0f} mm scan (at least {params.crop_min_found_slices} slices over "
             f"{need_mm:.0f} mm needed)"
         )
-        half = (params.crop_margin_lr_mm + _FALLBACK_TRACK_EXTRA_MM) / sx
-        xs = centres[zf, 2]
-        x0 = max(0, int(np.floor(xs.min() - half)))
-        x1 = min(nx, int(np.ceil(xs.max() + half)) + 1)
-        warnings.insert(
-            0,
-            f"spine crop not trusted ({reason}); cropped only left-right, "
-            f"{half * sx:.0f} mm either side of the track, and kept the whole "
-            "anterior-posterior range",
-        )
-        return CropDecision(
-            ((0, nz), (0, ny), (x0, x1)),
-            "fallback-track-x",
-            reason,
-            orientation,
-            ev,
-            tuple(warnings),
-        )
+        return _track_x_box(windowed, canal.centres, e, params, reason, warnings)
+    return _paper_box(windowed, canal, e, params, warnings)
 
-    if orientation == "doubt":
+
+def _midline_box(
+    windowed: Volume, e: _Evidence, params: PreprocessParams, reason: str
+) -> CropDecision:
+    """ "fallback-midline": x within the margin + 40 mm of the bony midline, y and z whole."""
+    nz, ny, nx = windowed.shape
+    sx = windowed.spacing[2]
+    half = (params.crop_margin_lr_mm + _FALLBACK_MIDLINE_EXTRA_MM) / sx
+    x0 = max(0, int(np.floor(e.mid_x - half)))
+    x1 = min(nx, int(np.ceil(e.mid_x + half)) + 1)
+    note = (
+        f"spine crop not trusted ({reason}); kept the whole anterior-posterior range "
+        f"and {half * sx:.0f} mm either side of the bony midline instead"
+    )
+    box = ((0, nz), (0, ny), (x0, x1))
+    return CropDecision(box, "fallback-midline", reason, "unknown", e.figures, (note,))
+
+
+def _orientation_warnings(windowed: Volume, centres: np.ndarray, e: _Evidence) -> list[str]:
+    """The orientation check's warning (none when the anatomy agrees with the header).
+
+    Adds the bone ratio to the evidence.
+    """
+    ratio, ant, post = _orientation_ratio(windowed, centres, e.zf)
+    e.figures["bone_front_behind_ratio"] = round(ratio, 2)
+    if ant + post == 0 or ratio >= _ORIENT_MIN_RATIO:
+        return []
+    return [
+        "the anatomy contradicts the header: there is more bone behind the spinal "
+        f"canal than in front of it ({ratio:.2f} times as much in front), so the "
+        "vertebral bodies seem to lie posterior; was the patient prone with the "
+        "header left at supine? The MIP's column 0 may then be posterior; check "
+        "the file's direction (not corrected here)."
+    ]
+
+
+def _track_x_box(
+    windowed: Volume,
+    centres: np.ndarray,
+    e: _Evidence,
+    params: PreprocessParams,
+    reason: str,
+    warnings: list[str],
+) -> CropDecision:
+    """ "fallback-track-x": x within the margin + 15 mm of the found centres, y whole."""
+    nz, ny, nx = windowed.shape
+    sx = windowed.spacing[2]
+    half = (params.crop_margin_lr_mm + _FALLBACK_TRACK_EXTRA_MM) / sx
+    xs = centres[e.zf, 2]
+    x0 = max(0, int(np.floor(xs.min() - half)))
+    x1 = min(nx, int(np.ceil(xs.max() + half)) + 1)
+    note = (
+        f"spine crop not trusted ({reason}); cropped only left-right, "
+        f"{half * sx:.0f} mm either side of the track, and kept the whole "
+        "anterior-posterior range"
+    )
+    return CropDecision(
+        ((0, nz), (0, ny), (x0, x1)),
+        "fallback-track-x",
+        reason,
+        "doubt" if warnings else "ok",
+        e.figures,
+        (note, *warnings),
+    )
+
+
+def _paper_box(
+    windowed: Volume,
+    canal: CanalDetection,
+    e: _Evidence,
+    params: PreprocessParams,
+    warnings: list[str],
+) -> CropDecision:
+    """ "kmeans": :func:`crop_spine`'s box, its y faces moved out where they cut bone.
+
+    With an orientation doubt (``warnings``) both y margins take the larger of the two.
+    """
+    doubt = bool(warnings)
+    if doubt:
         m = max(params.crop_margin_anterior_mm, params.crop_margin_posterior_mm)
         params = params.replace(crop_margin_anterior_mm=m, crop_margin_posterior_mm=m)
-    box = crop_spine(centres, found, windowed.shape, windowed.spacing, params)
-    box, grow_a, grow_p = _keep_bone_around_track(windowed, centres, zf, box)
-    ev["grown_anterior_mm"] = round(grow_a, 1)
-    ev["grown_posterior_mm"] = round(grow_p, 1)
+    box = crop_spine(canal.centres, canal.found, windowed.shape, windowed.spacing, params)
+    box, grow_a, grow_p = _keep_bone_around_track(windowed, canal.centres, e.zf, box)
+    e.figures["grown_anterior_mm"] = round(grow_a, 1)
+    e.figures["grown_posterior_mm"] = round(grow_p, 1)
     reason = (
-        f"canal found on {len(zf)} slices over {track_mm:.0f} mm, "
-        f"{offset:.0f} mm from the bony midline"
+        f"canal found on {len(e.zf)} slices over {e.track_mm:.0f} mm, "
+        f"{e.offset:.0f} mm from the bony midline"
     )
-    if orientation == "doubt":
+    if doubt:
         reason += f"; {m:g} mm on both sides in y (orientation doubt)"
     if grow_a or grow_p:
         reason += (
             f"; box widened {grow_a:.0f} mm in front and {grow_p:.0f} mm behind where it "
             "cut bone beside the canal"
         )
-    return CropDecision(box, "kmeans", reason, orientation, ev, tuple(warnings))
+    orientation = "doubt" if doubt else "ok"
+    return CropDecision(box, "kmeans", reason, orientation, e.figures, tuple(warnings))
 
 
 def apply_crop(volume: Volume, box: CropBox) -> Volume:

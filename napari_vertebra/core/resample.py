@@ -173,7 +173,7 @@ def _resample_separable(
             np.rint(slab, out=slab)
         out[z0:z1] = slab
 
-    by_slices(run, len(tz))
+    by_slices(run, len(tz), chunk=1)  # one slice: the passes' temporaries stay in L2
     for axis, (_, _, _, valid) in zip((2, 1, 0), (ax, ay, az), strict=True):
         if not valid.all():
             idx = [slice(None)] * 3
