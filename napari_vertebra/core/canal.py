@@ -48,6 +48,9 @@ _POSTERIOR_MIN_MM = 12.0
 _POSTERIOR_MAX_DX_MM = 15.0
 _POSTERIOR_MIN_SHARE = 0.3
 
+#: Candidates sorted along z for the chain: z (voxels), y, x (mm), weight (radius, mm).
+_Cands = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
 
 @dataclass(frozen=True)
 class CanalDetection:
@@ -353,9 +356,6 @@ def _follow(back: np.ndarray, i: int, ids: np.ndarray | None = None) -> list[int
         out.append(int(i if ids is None else ids[i]))
         i = back[i]
     return out
-
-
-_Cands = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _prefer_posterior(zyxw: _Cands, sz: float, members: list[int], best: np.ndarray) -> list[int]:
