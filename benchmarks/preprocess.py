@@ -8,11 +8,12 @@ discs; two iliac wings with a round foramen each in the lower part), saves it on
 in fresh subprocesses times (a) ``run_pipeline`` step by step, (b) a bare SimpleITK
 linear resample of the same volume to 1 mm (the floor, on SimpleITK's default number of
 threads), (c) the pipeline's resampler alone (``resample_isotropic``: separable in numpy
-for a volume on LPS axes) and (d) the same resample through SimpleITK as the pipeline
-would have to run it (the numpy volume copied in, ``sitk.Resample``, copied out), each
-with its peak resident memory (``ru_maxrss`` of that subprocess, which includes the
-loaded input volume) and its CPU time (all threads; steadier than the wall clock on a
-loaded machine).
+for a volume on LPS axes) and (d) the resample of (b) from the numpy volume, as the
+pipeline would have to run it through SimpleITK (copied in, ``sitk.Resample``, copied
+out), each with its peak resident memory (``ru_maxrss`` of that subprocess, which
+includes the loaded input volume) and its CPU time (all threads; steadier than the wall
+clock on a loaded machine). ``--repeat N`` runs each N times, interleaved, and keeps the
+fastest of each.
 ``--rotate DEG`` turns the volume's direction by DEG about z (an oblique scan: the
 resample then straightens it onto LPS axes through SimpleITK; the bare resample gets the
 same rotated image onto an axis-aligned grid of the same size).
