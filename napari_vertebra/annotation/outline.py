@@ -2,7 +2,7 @@
 
 ``outline_at(mip, (row, col))`` returns the polygon of the vertebra under a click, or None.
 The MIP is 2D windowed HU (0 outside the window), 1 mm per pixel, row 0 superior,
-col 0 anterior (:func:`napari_vertebra.core.preprocess.sagittal_mip`).
+col 0 anterior (:func:`napari_vertebra.core.mip.sagittal_mip`).
 
 Method. Neighbouring vertebrae touch on a sagittal MIP (across thin discs, at the facet
 joints, through the maximum over x), so a threshold alone merges them. Around the click

@@ -3,8 +3,9 @@
 Every reader returns a :class:`~napari_vertebra.core.volume.Volume` with its index axes
 permuted and flipped to the closest of the canonical LPS orientation (x: right to left,
 y: anterior to posterior, z: inferior to superior), spacing, origin and direction kept.
-An oblique scan keeps its oblique direction here; :func:`~napari_vertebra.core.preprocess.
-resample_isotropic` straightens it onto an axis-aligned LPS grid.
+An oblique scan keeps its oblique direction here;
+:func:`~napari_vertebra.core.resample.resample_isotropic` straightens it onto an
+axis-aligned LPS grid.
 
 What is read is validated (see ``docs/reading.md``): a file cut short, values that cannot
 be Hounsfield units, a DICOM series with a missing slice raise :class:`CTReadError`; what
@@ -15,22 +16,20 @@ gantry tilt) is corrected and said in ``Volume.warnings``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from .dicom import read_dicom_folder
+from .errors import CTReadError, sitk_reason
 from .volume import Volume
 
 __all__ = [
     "CT_SUFFIXES",
-    "CTReadError",
-    "DicomSeries",
-    "MultipleSeriesError",
     "check_ct",
     "is_supported_path",
-    "list_dicom_series",
     "read_ct",
     "read_labels",
     "read_volume",
@@ -41,212 +40,10 @@ __all__ = [
 CT_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
-class CTReadError(ValueError):
-    """A file or folder could not be read as a 3D CT volume; the message says why."""
-
-
-@dataclass(frozen=True)
-class DicomSeries:
-    """One DICOM series found in a folder."""
-
-    uid: str
-    description: str
-    n_files: int
-
-
-class MultipleSeriesError(CTReadError):
-    """A DICOM folder holds several series; pass ``series=`` one of ``self.series``."""
-
-    def __init__(self, path: Path, series: list[DicomSeries]):
-        self.path = path
-        self.series = series
-        lines = "\n".join(
-            f"  {s.uid}  ({s.n_files} files{', ' + s.description if s.description else ''})"
-            for s in series
-        )
-        super().__init__(
-            f"{path}: the folder holds {len(series)} DICOM series; choose one with "
-            f"series=<uid> (command line: --series UID):\n{lines}"
-        )
-
-
 def is_supported_path(path: str | os.PathLike) -> bool:
     """True for a file with a volume suffix or a folder (possibly a DICOM series)."""
     p = Path(path)
     return p.is_dir() or p.name.lower().endswith(CT_SUFFIXES)
-
-
-def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
-    """The DICOM series in ``folder`` (not recursive), largest first."""
-    folder = Path(folder)
-    reader = sitk.ImageSeriesReader()
-    out = []
-    for uid in reader.GetGDCMSeriesIDs(str(folder)) or ():
-        files = reader.GetGDCMSeriesFileNames(str(folder), uid)
-        desc = ""
-        try:
-            fr = sitk.ImageFileReader()
-            fr.SetFileName(files[0])
-            fr.ReadImageInformation()
-            if fr.HasMetaDataKey("0008|103e"):
-                desc = fr.GetMetaData("0008|103e").strip()
-        except RuntimeError:
-            pass
-        out.append(DicomSeries(uid=uid, description=desc, n_files=len(files)))
-    return sorted(out, key=lambda s: -s.n_files)
-
-
-#: DICOM slice positions: a step between slices that differs from the series' usual step
-#: by more than this share of it is a gap (a missing slice) or an overlap.
-_DICOM_STEP_TOL = 0.1
-#: A shear of the slice positions (gantry tilt) is resampled away when it moves the last
-#: slice by more than this share of a pixel against the first.
-_DICOM_SHEAR_PX = 0.5
-
-
-def _read_dicom_folder(folder: Path, series: str | None) -> tuple[sitk.Image, list[str]]:
-    all_series = list_dicom_series(folder)
-    if not all_series:
-        raise CTReadError(f"{folder}: no DICOM series found in this folder")
-    if series is None:
-        if len(all_series) > 1:
-            raise MultipleSeriesError(folder, all_series)
-        series = all_series[0].uid
-    elif series not in {s.uid for s in all_series}:
-        raise CTReadError(
-            f"{folder}: no DICOM series {series!r}; found: " + ", ".join(s.uid for s in all_series)
-        )
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series)
-    if len(files) < 2:
-        raise CTReadError(f"{folder}: DICOM series {series} has one slice; a 3D CT needs more")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # spacing is checked below, clearly
-    try:
-        img = reader.Execute()
-    except RuntimeError as e:
-        raise CTReadError(
-            f"{folder}: could not read DICOM series {series}: {_first_line(e)}"
-        ) from e
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-    return _dicom_geometry(folder, img, reader, files)
-
-
-def _dicom_tag(reader: sitk.ImageSeriesReader, i: int, tag: str) -> np.ndarray | None:
-    if not reader.HasMetaDataKey(i, tag):
-        return None
-    try:
-        return np.array([float(v) for v in reader.GetMetaData(i, tag).strip().split("\\")])
-    except ValueError:
-        return None
-
-
-def _dicom_geometry(
-    folder: Path, img: sitk.Image, reader: sitk.ImageSeriesReader, files: list[str]
-) -> tuple[sitk.Image, list[str]]:
-    """Check the slice positions (0020|0032) against the slice orientation (0020|0037).
-
-    ITK builds the grid from the first two slices. A series whose slices are not evenly
-    spaced (a missing slice) is refused; one whose positions advance obliquely to the
-    slice normal (gantry tilt) is resampled onto an orthogonal grid, as dcm2niix does.
-    """
-
-    def unchecked(why: str) -> tuple[sitk.Image, list[str]]:
-        return img, [
-            f"the DICOM slice positions could not be checked for missing slices or a gantry "
-            f"tilt ({why}); the grid is ITK's, built from the first slices of {folder.name}"
-        ]
-
-    n = img.GetSize()[2]
-    if n != len(files):
-        return unchecked("multi-frame files have no per-slice position tags")
-    pos = [_dicom_tag(reader, i, "0020|0032") for i in range(n)]
-    iop = _dicom_tag(reader, 0, "0020|0037")
-    if any(p is None or p.shape != (3,) for p in pos) or iop is None or iop.shape != (6,):
-        return unchecked("ImagePositionPatient or ImageOrientationPatient missing or unreadable")
-    pos = np.array(pos)
-    row, col = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
-    normal = np.cross(row, col)
-    order = np.argsort(pos @ normal, kind="stable")
-    along = (pos @ normal)[order]
-    steps = np.diff(along)
-    step = float(np.median(steps))
-    bad = np.nonzero(np.abs(steps - step) > _DICOM_STEP_TOL * max(step, 1e-6))[0]
-    if len(bad):
-        k = int(bad[0])
-        what = "a slice is missing" if steps[k] > step else "slices overlap or repeat"
-        raise CTReadError(
-            f"{folder}: the DICOM slices are not evenly spaced: {steps[k]:.2f} mm between "
-            f"{Path(files[order[k]]).name} and {Path(files[order[k + 1]]).name} (positions "
-            f"{along[k]:.1f} and {along[k + 1]:.1f} mm along the slice normal) where the others "
-            f"are {step:.2f} mm apart ({len(bad)} such step{'s' if len(bad) > 1 else ''}); "
-            f"{what}. Export the complete series again"
-        )
-    if not np.array_equal(order, np.arange(n)):
-        return img, []  # not in ITK's usual order: keep ITK's geometry
-    d = (pos[-1] - pos[0]) / (n - 1)  # mean step between slice positions (mm, LPS)
-    shear = d - (d @ normal) * normal
-    sx, sy = img.GetSpacing()[:2]
-    if np.linalg.norm(shear) * (n - 1) <= _DICOM_SHEAR_PX * min(sx, sy):
-        return img, []
-    tilt = float(np.degrees(np.arctan2(np.linalg.norm(shear), d @ normal)))
-    return _resample_tilt(img, pos[0], row, col, normal, d), [
-        f"DICOM gantry tilt of {tilt:.1f} degrees (slice positions sheared against the slice "
-        "planes): resampled onto an orthogonal grid as dcm2niix does"
-    ]
-
-
-def _resample_tilt(
-    img: sitk.Image,
-    p0: np.ndarray,
-    row: np.ndarray,
-    col: np.ndarray,
-    normal: np.ndarray,
-    d: np.ndarray,
-) -> sitk.Image:
-    """Resample a sheared slice stack onto the orthogonal grid (row, col, normal)."""
-    sx, sy = img.GetSpacing()[:2]
-    nx, ny, nz = img.GetSize()
-    dz = float(d @ normal)
-    # the stack as ITK holds it: voxel (i, j, k) at p0 + A (i, j, k)
-    a = np.stack([row * sx, col * sy, normal * dz], axis=1)
-    # where it really is: p0 + M (i, j, k)
-    m = np.stack([row * sx, col * sy, d], axis=1)
-    held = sitk.Image(img)
-    held.SetOrigin(tuple(p0))
-    held.SetDirection(tuple(np.stack([row, col, normal], axis=1).ravel()))
-    held.SetSpacing((sx, sy, dz))
-    shear = sitk.AffineTransform(3)
-    shear.SetMatrix(tuple((a @ np.linalg.inv(m)).ravel()))
-    shear.SetCenter(tuple(p0))
-    # output grid: the sheared stack's bounding box in the (row, col, normal) frame
-    corners = np.array(np.meshgrid([0, nx - 1], [0, ny - 1], [0, nz - 1], indexing="ij"))
-    frame = np.stack([row, col, normal], axis=1)
-    local = (m @ corners.reshape(3, -1)).T @ frame  # (8, 3) mm in the frame, from p0
-    lo, hi = local.min(axis=0), local.max(axis=0)
-    spacing = np.array([sx, sy, dz])
-    size = [int(v) for v in np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1]
-    out = sitk.Resample(
-        held,
-        size,
-        shear,
-        sitk.sitkLinear,
-        tuple(p0 + frame @ lo),
-        tuple(spacing),
-        tuple(frame.ravel()),
-        -1024.0,
-        img.GetPixelID(),
-    )
-    return out
-
-
-def _first_line(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    # SimpleITK errors end with the useful sentence; keep it short.
-    return lines[-1] if lines else type(e).__name__
 
 
 def _read_image(
@@ -257,7 +54,7 @@ def _read_image(
     if not p.exists():
         raise CTReadError(f"{p}: no such file or folder")
     if p.is_dir():
-        img, notes = _read_dicom_folder(p, series)
+        img, notes = read_dicom_folder(p, series)
     else:
         name = p.name.lower()
         if name.endswith(".nii"):
@@ -290,7 +87,7 @@ def _read_image(
 
 def _read_failure(p: Path, e: RuntimeError) -> CTReadError:
     """The error for a file SimpleITK cannot read: no image at all, or a header without data."""
-    msg = _first_line(e)
+    msg = sitk_reason(e)
     header_ok = False
     try:
         info = sitk.ImageFileReader()
@@ -431,34 +228,8 @@ def _check_ct_values(
     p: Path, arr: np.ndarray, hu_offset: float | None
 ) -> tuple[np.ndarray, list[str]]:
     """Validate (and where unambiguous, correct) that ``arr`` holds HU; notes of what changed."""
-    notes: list[str] = []
-    kind = arr.dtype.kind
-    if kind == "b":
-        raise CTReadError(f"{p}: holds true/false values, not CT values in HU; use the CT itself")
-    if kind not in "iuf":
-        raise CTReadError(f"{p}: holds {arr.dtype} values; a CT holds real grey values in HU")
-    if arr.dtype.itemsize == 1:
-        info = np.iinfo(arr.dtype)
-        raise CTReadError(
-            f"{p}: holds {arr.dtype} values ({info.min}..{info.max}), which cannot hold CT "
-            "values in HU (-1024 to 3000 and more): it looks like a label map or an 8-bit "
-            "export. Use the original CT (16-bit or float)"
-        )
-    bad = None
-    if kind == "f":
-        bad = ~np.isfinite(arr)
-        n_bad = int(np.count_nonzero(bad))
-        if n_bad == arr.size:
-            raise CTReadError(f"{p}: every voxel is NaN or infinite; there is no image in it")
-        if n_bad:
-            arr = arr.copy()
-            arr[bad] = np.nan
-            notes.append(
-                f"{n_bad:,} voxels ({100 * n_bad / arr.size:.2g}% of the volume) were NaN or "
-                f"infinite: set to {AIR_HU} HU (air)"
-            )
-        else:
-            bad = None
+    _check_value_type(p, arr)
+    arr, bad, notes = _mark_non_finite(p, arr)
     lo, hi = (np.nanmin(arr), np.nanmax(arr)) if bad is not None else (arr.min(), arr.max())
     if lo == hi:
         raise CTReadError(
@@ -471,17 +242,14 @@ def _check_ct_values(
     if hu_offset is not None:
         offset = float(hu_offset)
     else:
-        offset = 0.0
-        fr = _hu_fractions(v)
-        if not _looks_like_hu(fr) and fr[0] < _MIN_LOW / 5:
-            if _looks_like_hu(_hu_fractions(v, -_UNSIGNED_OFFSET)):
-                offset = -float(_UNSIGNED_OFFSET)
-                notes.append(
-                    f"values look like HU + {_UNSIGNED_OFFSET} stored without a rescale "
-                    f"intercept (none below -50, soft tissue near {_UNSIGNED_OFFSET}): "
-                    f"subtracted {_UNSIGNED_OFFSET} to get HU (hu_offset=0, on the command line "
-                    "--hu-offset 0, reads them as stored)"
-                )
+        offset = _unsigned_offset(v)
+        if offset:
+            notes.append(
+                f"values look like HU + {_UNSIGNED_OFFSET} stored without a rescale "
+                f"intercept (none below -50, soft tissue near {_UNSIGNED_OFFSET}): "
+                f"subtracted {_UNSIGNED_OFFSET} to get HU (hu_offset=0, on the command line "
+                "--hu-offset 0, reads them as stored)"
+            )
     fr = _hu_fractions(v, offset)
     if not _looks_like_hu(fr):
         shown = f" after the offset {offset:+g}" if offset else ""
@@ -497,6 +265,54 @@ def _check_ct_values(
     if offset:
         arr = _add_offset(arr, offset)
     return arr, notes
+
+
+def _check_value_type(p: Path, arr: np.ndarray) -> None:
+    """Refuse voxel types that cannot hold HU: booleans, non-numbers, 8-bit integers."""
+    kind = arr.dtype.kind
+    if kind == "b":
+        raise CTReadError(f"{p}: holds true/false values, not CT values in HU; use the CT itself")
+    if kind not in "iuf":
+        raise CTReadError(f"{p}: holds {arr.dtype} values; a CT holds real grey values in HU")
+    if arr.dtype.itemsize == 1:
+        info = np.iinfo(arr.dtype)
+        raise CTReadError(
+            f"{p}: holds {arr.dtype} values ({info.min}..{info.max}), which cannot hold CT "
+            "values in HU (-1024 to 3000 and more): it looks like a label map or an 8-bit "
+            "export. Use the original CT (16-bit or float)"
+        )
+
+
+def _mark_non_finite(p: Path, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """``arr`` with NaN in place of NaN / inf (a copy), where they are, and the note.
+
+    ``None`` and no note where all voxels are finite (``arr`` itself is returned); a
+    volume of nothing but NaN / inf is refused.
+    """
+    if arr.dtype.kind != "f":
+        return arr, None, []
+    bad = ~np.isfinite(arr)
+    n_bad = int(np.count_nonzero(bad))
+    if n_bad == arr.size:
+        raise CTReadError(f"{p}: every voxel is NaN or infinite; there is no image in it")
+    if not n_bad:
+        return arr, None, []
+    arr = arr.copy()
+    arr[bad] = np.nan
+    note = (
+        f"{n_bad:,} voxels ({100 * n_bad / arr.size:.2g}% of the volume) were NaN or "
+        f"infinite: set to {AIR_HU} HU (air)"
+    )
+    return arr, bad, [note]
+
+
+def _unsigned_offset(v: np.ndarray) -> float:
+    """-1024 when the sampled values ``v`` are HU + 1024 stored unsigned, else 0."""
+    fr = _hu_fractions(v)
+    if not _looks_like_hu(fr) and fr[0] < _MIN_LOW / 5:
+        if _looks_like_hu(_hu_fractions(v, -_UNSIGNED_OFFSET)):
+            return -float(_UNSIGNED_OFFSET)
+    return 0.0
 
 
 def _add_offset(arr: np.ndarray, offset: float) -> np.ndarray:

@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .canal import CanalDetection, detect_canal_details
+from .crop import CropBox, CropDecision, apply_crop, decide_crop
+from .mip import sagittal_mip
 from .params import STEP_PARAMS, PreprocessParams
-from .preprocess import (
-    CanalDetection,
-    CropBox,
-    CropDecision,
-    apply_crop,
-    decide_crop,
-    detect_canal_details,
-    resample_isotropic,
-    resample_labels,
-    sagittal_mip,
-    window_hu,
-)
 from .progress import ProgressCallback, report, scaled
+from .resample import resample_isotropic, resample_labels
 from .volume import Volume
+from .window import window_hu
 
 __all__ = [
     "STEPS",
@@ -52,7 +47,7 @@ class PipelineResult:
     ``warnings`` lists in plain words what the user should know: the source CT's and
     the label map's reading notes (``Volume.warnings``), then the pipeline's own (a
     crop fallback and why, an orientation doubt); empty when all is normal.
-    ``decisions`` says what was decided: ``crop`` (a :data:`CROP_KINDS` value),
+    ``decisions`` says what was decided: ``crop`` (a :data:`~.crop.CROP_KINDS` value),
     ``crop_reason``, ``orientation`` ("ok", "doubt" or "unknown"), ``crop_evidence``
     (the measured figures), ``read`` and ``labels_read`` (what reading the CT and the
     label map corrected); the attribute ``crop`` holds the whole :class:`CropDecision`.
@@ -136,78 +131,134 @@ def run_pipeline(
             f"from the CT's (shape {volume.shape}, spacing {volume.spacing})"
         )
     prev = previous if previous is not None and previous.source is volume else None
-
-    def reuse(step: str) -> bool:
-        return prev is not None and _same_params(prev.params, params, step)
-
-    timings: dict[str, float] = {}
-    spans = {"resample": (0.0, 0.35), "window": (0.35, 0.45), "canal": (0.45, 0.9)}
-
-    t = time.perf_counter()
-    if reuse("resample"):
-        resampled = prev.resampled
-    else:
-        report(progress, 0.0, f"resampling to {params.spacing_mm:g} mm")
-        resampled = resample_isotropic(volume, params.spacing_mm, params.interpolator)
-    timings["resample"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    labels_resampled = None
-    if labels is not None:
-        if (
-            reuse("resample")
-            and prev.labels_source is labels
-            and prev.labels_resampled is not None
-        ):
-            labels_resampled = prev.labels_resampled
-        else:
-            report(progress, 0.3, "resampling labels")
-            labels_resampled = resample_labels(labels, resampled)
-    timings["labels"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if reuse("window"):
-        windowed = prev.windowed
-    else:
-        report(progress, spans["window"][0], f"HU window {params.hu_min:g}..{params.hu_max:g}")
-        windowed = window_hu(resampled, params.hu_min, params.hu_max)
-    timings["window"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if reuse("canal"):
-        canal = prev.canal
-    else:
-        report(progress, spans["canal"][0], "finding the spinal canal")
-        canal = detect_canal_details(windowed, params, scaled(progress, *spans["canal"]))
-    timings["canal"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    reuse_crop = reuse("crop") and prev.crop is not None
-    if reuse_crop:
-        decision = prev.crop
-    else:
-        report(progress, 0.9, "cropping the spine")
-        decision = decide_crop(windowed, canal, params)
-    box = decision.box
-    cropped = prev.cropped if reuse_crop else apply_crop(windowed, box)
-    labels_cropped = apply_crop(labels_resampled, box) if labels_resampled is not None else None
-    timings["crop"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if reuse_crop and reuse("mip"):
-        mip, argmax_x = prev.mip, prev.mip_argmax_x
-    else:
-        report(progress, 0.95, "sagittal MIP")
-        mip, argmax_x = sagittal_mip(cropped)
-    timings["mip"] = time.perf_counter() - t
+    steps = _Steps(params, prev, progress)
+    resampled = steps.resample(volume)
+    labels_resampled = steps.resample_labels(labels, resampled)
+    windowed = steps.window(resampled)
+    canal = steps.canal(windowed)
+    decision, cropped, labels_cropped = steps.crop(windowed, canal, labels_resampled)
+    mip, argmax_x = steps.mip(cropped)
     report(progress, 1.0, "done")
+    return PipelineResult(
+        source=volume,
+        params=params,
+        resampled=resampled,
+        windowed=windowed,
+        canal_centres=canal.centres,
+        canal_found=canal.found,
+        crop_box=decision.box,
+        cropped=cropped,
+        mip=mip,
+        mip_argmax_x=argmax_x,
+        canal=canal,
+        labels_source=labels,
+        labels_resampled=labels_resampled,
+        labels_cropped=labels_cropped,
+        timings=steps.timings,
+        crop=decision,
+        warnings=_warnings(volume, labels, decision),
+        decisions=_decisions(volume, labels, decision),
+    )
 
-    warnings = _unique(
+
+class _Steps:
+    """The pipeline's steps, each re-used from ``prev`` (a result for the same source
+    volume) where its parameters and those of the steps before it are unchanged, else
+    run; each timed into ``timings`` (seconds)."""
+
+    def __init__(
+        self,
+        params: PreprocessParams,
+        prev: PipelineResult | None,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.params, self.prev, self.progress = params, prev, progress
+        self.timings: dict[str, float] = {}
+
+    def reuse(self, step: str) -> bool:
+        return self.prev is not None and _same_params(self.prev.params, self.params, step)
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        self.timings[step] = time.perf_counter() - t
+
+    def resample(self, volume: Volume) -> Volume:
+        p = self.params
+        with self.timed("resample"):
+            if self.reuse("resample"):
+                return self.prev.resampled
+            report(self.progress, 0.0, f"resampling to {p.spacing_mm:g} mm")
+            return resample_isotropic(volume, p.spacing_mm, p.interpolator)
+
+    def resample_labels(self, labels: Volume | None, resampled: Volume) -> Volume | None:
+        prev = self.prev
+        with self.timed("labels"):
+            if labels is None:
+                return None
+            if (
+                self.reuse("resample")
+                and prev.labels_source is labels
+                and prev.labels_resampled is not None
+            ):
+                return prev.labels_resampled
+            report(self.progress, 0.3, "resampling labels")
+            return resample_labels(labels, resampled)
+
+    def window(self, resampled: Volume) -> Volume:
+        p = self.params
+        with self.timed("window"):
+            if self.reuse("window"):
+                return self.prev.windowed
+            report(self.progress, 0.35, f"HU window {p.hu_min:g}..{p.hu_max:g}")
+            return window_hu(resampled, p.hu_min, p.hu_max)
+
+    def canal(self, windowed: Volume) -> CanalDetection:
+        with self.timed("canal"):
+            if self.reuse("canal"):
+                return self.prev.canal
+            report(self.progress, 0.45, "finding the spinal canal")
+            return detect_canal_details(windowed, self.params, scaled(self.progress, 0.45, 0.9))
+
+    @property
+    def reuse_crop(self) -> bool:
+        return self.reuse("crop") and self.prev.crop is not None
+
+    def crop(
+        self, windowed: Volume, canal: CanalDetection, labels: Volume | None
+    ) -> tuple[CropDecision, Volume, Volume | None]:
+        """The crop decision, the cropped volume and the cropped labels (if any)."""
+        with self.timed("crop"):
+            if self.reuse_crop:
+                decision, cropped = self.prev.crop, self.prev.cropped
+            else:
+                report(self.progress, 0.9, "cropping the spine")
+                decision = decide_crop(windowed, canal, self.params)
+                cropped = apply_crop(windowed, decision.box)
+            labels_cropped = apply_crop(labels, decision.box) if labels is not None else None
+            return decision, cropped, labels_cropped
+
+    def mip(self, cropped: Volume) -> tuple[np.ndarray, np.ndarray]:
+        with self.timed("mip"):
+            if self.reuse_crop and self.reuse("mip"):
+                return self.prev.mip, self.prev.mip_argmax_x
+            report(self.progress, 0.95, "sagittal MIP")
+            return sagittal_mip(cropped)
+
+
+def _warnings(volume: Volume, labels: Volume | None, decision: CropDecision) -> tuple[str, ...]:
+    """The reading notes of the CT and the label map, then the crop's, each once."""
+    return _unique(
         volume.warnings
         + (tuple(f"labels: {w}" for w in labels.warnings) if labels is not None else ())
         + decision.warnings
     )
-    decisions: dict[str, Any] = {
+
+
+def _decisions(volume: Volume, labels: Volume | None, decision: CropDecision) -> dict[str, Any]:
+    """:attr:`PipelineResult.decisions`: what was decided and what reading corrected."""
+    return {
         "crop": decision.kind,
         "crop_reason": decision.reason,
         "orientation": decision.orientation,
@@ -216,26 +267,6 @@ def run_pipeline(
         "read": list(volume.warnings),
         "labels_read": list(labels.warnings) if labels is not None else [],
     }
-    return PipelineResult(
-        source=volume,
-        params=params,
-        resampled=resampled,
-        windowed=windowed,
-        canal_centres=canal.centres,
-        canal_found=canal.found,
-        crop_box=box,
-        cropped=cropped,
-        mip=mip,
-        mip_argmax_x=argmax_x,
-        canal=canal,
-        labels_source=labels,
-        labels_resampled=labels_resampled,
-        labels_cropped=labels_cropped,
-        timings=timings,
-        crop=decision,
-        warnings=warnings,
-        decisions=decisions,
-    )
 
 
 def _unique(items: tuple[str, ...]) -> tuple[str, ...]:

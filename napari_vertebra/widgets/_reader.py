@@ -15,14 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_vertebra.core.io import (
-    CTReadError,
-    MultipleSeriesError,
-    check_ct,
-    is_supported_path,
-    list_dicom_series,
-    read_volume,
-)
+from napari_vertebra.core.dicom import MultipleSeriesError, list_dicom_series
+from napari_vertebra.core.errors import CTReadError
+from napari_vertebra.core.io import check_ct, is_supported_path, read_volume
 from napari_vertebra.core.volume import Volume
 
 from ._layers import BONE_CONTRAST, layer_kwargs

@@ -11,7 +11,7 @@ import pytest
 from core_helpers import HIPS, LUMBAR_VERTEBRAE
 
 from napari_vertebra.core import PreprocessParams, Volume, run_pipeline
-from napari_vertebra.core.preprocess import CROP_KINDS, bony_midline, decide_crop
+from napari_vertebra.core.crop import CROP_KINDS, bony_midline, decide_crop
 
 L5, S1, SACRUM = 27, 26, 25
 

@@ -259,7 +259,7 @@ def test_dicom_sheared_positions_are_resampled_away(tmp_path, dicom_dir):
 def test_dicom_geometry_that_cannot_be_checked_is_said(dicom_dir):
     """Slices without usable position tags keep ITK's grid, with a warning (the check
     for missing slices and tilt could not run: that must not pass silently)."""
-    from napari_vertebra.core.io import _dicom_geometry
+    from napari_vertebra.core.dicom import _dicom_geometry
 
     class NoTags:
         def HasMetaDataKey(self, i, tag):

@@ -12,6 +12,7 @@ from napari_vertebra.core import (
     crop_spine,
     detect_canal,
     detect_canal_details,
+    find_canal_candidates,
     resample_isotropic,
     resample_labels,
     run_pipeline,
@@ -148,6 +149,22 @@ def test_kmeans_groups(phantoms):
     assert len(np.unique(one.cluster)) == 2  # k = 3 asked, groups merged
     spine_x = np.median(one.candidates[one.cluster == one.spine_cluster, 2])
     assert abs(spine_x - (SHAPE[2] - 1) / 2 * SPACING[2]) < 10
+
+
+def test_hole_search_box_finds_what_the_whole_slice_does(phantoms):
+    """Holes are searched in the bone's in-plane box only: bone specks in the slice
+    corners (the box is then the whole slice) change no candidate."""
+    windowed = window_hu(resample_isotropic(phantoms["both"][0]))
+    boxed = find_canal_candidates(windowed)
+    arr = windowed.array.copy()
+    arr[:, [0, 0, -1, -1], [0, -1, 0, -1]] = 500
+    whole = find_canal_candidates(windowed.with_array(arr))
+    assert len(boxed) > 100
+    np.testing.assert_array_equal(boxed, whole)
+    # the same holes shifted: the box's offset is added back
+    pad = np.pad(windowed.array, ((0, 0), (6, 0), (4, 0)))
+    shifted = find_canal_candidates(Volume(pad, spacing=windowed.spacing))
+    np.testing.assert_array_equal(shifted - [0, 6, 4, 0, 0], boxed)
 
 
 def test_detect_canal_without_bone():

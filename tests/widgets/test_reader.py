@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_vertebra.core.io import list_dicom_series, read_ct
+from napari_vertebra.core.dicom import list_dicom_series
+from napari_vertebra.core.io import read_ct
 from napari_vertebra.widgets._layers import GEOMETRY_KEY, volume_from_layer
 from napari_vertebra.widgets._reader import get_reader, is_label_volume
 from napari_vertebra.widgets._sample import CT_NAME, LABELS_NAME, lumbar_ct
