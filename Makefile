@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint format system-deps
+.PHONY: setup run test check lint format system-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: setup system-deps
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(ARGS)
+
+# The everyday inner loop: ruff, then the tests not marked slow (a few minutes).
+check: setup system-deps
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -m "not slow" -q $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff format --check .
