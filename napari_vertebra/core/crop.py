@@ -1,9 +1,9 @@
 """The crop around the spine: the paper's box from the canal track, or a safe fallback.
 
 :func:`decide_crop` chooses the box and says why (:class:`CropDecision`), checking the
-track against the bony midline and the header's anterior-posterior axis against the
-anatomy; :func:`apply_crop` cuts it out. Arrays are (z, y, x) voxels of the windowed,
-isotropic LPS grid. See ``docs/preprocessing.md``.
+track against the bony midline and the header's axes against the anatomy
+(:func:`~.orientation.check_orientation`); :func:`apply_crop` cuts it out. Arrays are
+(z, y, x) voxels of the windowed, isotropic LPS grid. See ``docs/preprocessing.md``.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from ._slices import by_slices
 from .canal import CanalDetection, midline_of_columns
+from .orientation import OrientationCheck, check_orientation
 from .params import PreprocessParams
 from .volume import Volume
 
@@ -64,18 +64,6 @@ def crop_spine(
 #: short canal track, and around the bony midline when no track can be trusted.
 _FALLBACK_TRACK_EXTRA_MM = 15.0
 _FALLBACK_MIDLINE_EXTRA_MM = 40.0
-#: Orientation check: bone is counted within this half-width in x (mm) of the canal,
-#: from this distance in front of / behind its centre to that one (mm).
-_ORIENT_HALF_WIDTH_MM = 15.0
-_ORIENT_NEAR_MM = 12.0
-_ORIENT_FAR_MM = 45.0
-#: Half-size (y, x; mm) of the patch around the canal whose holes are filled first, and
-#: the most slices looked at.
-_ORIENT_PATCH_MM = (60.0, 35.0)
-_ORIENT_MAX_SLICES = 40
-#: Bone in front of the canal over bone behind it below this ratio: the anatomy
-#: contradicts the header (vertebral bodies lie anterior to the canal).
-_ORIENT_MIN_RATIO = 0.7
 #: The box keeps the bone around the track: in a band of this half-width (mm) through
 #: the canal centre, the bone from the canal's wall (at most ``_KEEP_BONE_WALL_MM``
 #: from the centre) outwards up to a gap of ``_KEEP_BONE_GAP_MM`` must be inside the box
@@ -98,10 +86,11 @@ class CropDecision:
     (a short track: x cropped around it with a wider margin, y whole),
     "fallback-midline" (no track to trust: x around the bony midline with a wide margin,
     y whole) or "fallback-none" (nothing cropped). ``reason`` says why in one sentence;
-    ``orientation`` is "ok", "doubt" (bone behind the canal outweighs bone in front of
-    it: the header's anterior-posterior axis may be wrong) or "unknown";
-    ``evidence`` holds the measured figures; ``warnings`` the plain-language notes for
-    the user (empty when the paper's box was used and the anatomy agrees).
+    ``orientation`` is the verdict of ``orientation_check`` (the anatomy against the
+    header on every axis, :class:`~.orientation.OrientationCheck`): "ok", "doubt"
+    (contradicted on an axis) or "unknown"; ``evidence`` holds the measured figures;
+    ``warnings`` the plain-language notes for the user (empty when the paper's box was
+    used and the anatomy agrees).
     """
 
     box: CropBox
@@ -110,6 +99,7 @@ class CropDecision:
     orientation: str = "unknown"
     evidence: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    orientation_check: OrientationCheck | None = None
 
 
 def bony_midline(windowed: Volume) -> np.ndarray:
@@ -121,60 +111,55 @@ def bony_midline(windowed: Volume) -> np.ndarray:
     no bone lies on the midline itself. The canal step computes the same from its
     pooled bone mask (``CanalDetection.midline``) at no extra cost.
     """
+    return _bone_middle(windowed, 2)
+
+
+def _bone_middle(windowed: Volume, axis: int) -> np.ndarray:
+    """Quartiles' middle of the bone's y (``axis`` 1) or x (2) per axial slice (voxels)."""
     arr = windowed.array
-    nz, _, nx = arr.shape
-    cols = np.zeros((nz, nx), np.int64)
+    nz = arr.shape[0]
+    cols = np.zeros((nz, arr.shape[axis]), np.int64)
 
     def count(z0: int, z1: int) -> None:
-        cols[z0:z1] = np.count_nonzero(arr[z0:z1] > 0, axis=1)
+        cols[z0:z1] = np.count_nonzero(arr[z0:z1] > 0, axis=3 - axis)
 
     by_slices(count, nz)
     return midline_of_columns(cols, 1)
 
 
-def _fill_holes_2d(mask: np.ndarray) -> np.ndarray:
-    """``mask`` with its holes (background not 4-connected to the border) filled.
+def _check_orientation(
+    windowed: Volume,
+    canal: CanalDetection,
+    e: _Evidence,
+    params: PreprocessParams,
+    resampled: Volume | None,
+) -> tuple[bool, OrientationCheck]:
+    """Whether the track is trusted to follow the spine, and the anatomy against the header.
 
-    One labelling pass (faster than scipy's iterative ``binary_fill_holes``).
+    A track within ``crop_max_midline_offset_mm`` of the bony midline is trusted. One
+    farther off is trusted still when it lies that close to the middle of the bone along
+    y and the vertebral bodies lie beside it: the patient is rolled (lying on the side),
+    so the header's y axis runs left-right through the patient and x front to back.
+    The anterior-posterior bone ratio joins ``e.figures``.
     """
-    lab, n = ndi.label(~mask)
-    if n == 0:
-        return mask
-    border = np.zeros(n + 1, bool)
-    for edge in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
-        border[edge] = True
-    border[0] = True  # label 0 is the mask itself
-    return mask | ~border[lab]
-
-
-def _orientation_ratio(
-    windowed: Volume, centres: np.ndarray, zf: np.ndarray
-) -> tuple[float, int, int]:
-    """Bone in front of / behind the canal on (at most 40 of) the found slices ``zf``.
-
-    Per slice, the bone mask of a patch around the canal centre is hole-filled first
-    (``_ORIENT_PATCH_MM``), so that a vertebral body whose marrow is below the window
-    (osteoporosis: only the cortical shell is bone) counts as the solid block it is.
-    Returns (ratio, voxels in front, voxels behind).
-    """
-    arr = windowed.array
-    _, ny, nx = arr.shape
-    _, sy, sx = windowed.spacing
-    hw = round(_ORIENT_HALF_WIDTH_MM / sx)
-    near, far = round(_ORIENT_NEAR_MM / sy), round(_ORIENT_FAR_MM / sy)
-    py, px = round(_ORIENT_PATCH_MM[0] / sy), round(_ORIENT_PATCH_MM[1] / sx)
-    if len(zf) > _ORIENT_MAX_SLICES:
-        zf = zf[np.linspace(0, len(zf) - 1, _ORIENT_MAX_SLICES).round().astype(int)]
-    ant = post = 0
-    for z in zf:
-        cy, cx = round(centres[z, 1]), round(centres[z, 2])
-        y0, x0 = max(0, cy - py), max(0, cx - px)
-        patch = _fill_holes_2d(arr[z, y0 : min(ny, cy + py + 1), x0 : min(nx, cx + px + 1)] > 0)
-        ly, lx = cy - y0, cx - x0
-        xs = slice(max(0, lx - hw), lx + hw + 1)
-        ant += int(np.count_nonzero(patch[max(0, ly - far) : max(0, ly - near), xs]))
-        post += int(np.count_nonzero(patch[ly + near : ly + far, xs]))
-    return ant / max(post, 1), ant, post
+    limit = params.crop_max_midline_offset_mm
+    trusted = len(e.zf) > 0 and e.offset <= limit
+    check = None
+    if len(e.zf) and not trusted:
+        mid_y = _bone_middle(windowed, 1)[e.zf]
+        ok = ~np.isnan(mid_y)
+        if ok.any():
+            dy = np.abs(canal.centres[e.zf[ok], 1] - mid_y[ok]) * windowed.spacing[1]
+            e.figures["midline_offset_y_mm"] = round(float(np.median(dy)), 1)
+            if e.figures["midline_offset_y_mm"] <= limit:
+                rolled = check_orientation(windowed, canal.centres, e.zf, resampled)
+                trusted, check = rolled.doubts("roll"), rolled
+    if check is None or not trusted:
+        zf = e.zf if trusted else e.zf[:0]
+        check = check_orientation(windowed, canal.centres, zf, resampled)
+    if "bone_front_behind_ratio" in check.evidence:
+        e.figures["bone_front_behind_ratio"] = check.evidence["bone_front_behind_ratio"]
+    return trusted, check
 
 
 def _keep_bone_around_track(
@@ -270,6 +255,7 @@ def decide_crop(
     windowed: Volume,
     canal: CanalDetection,
     params: PreprocessParams = PreprocessParams(),  # noqa: B008
+    resampled: Volume | None = None,
 ) -> CropDecision:
     """Choose the crop box from the canal track and say why; never cut the spine away.
 
@@ -281,29 +267,20 @@ def decide_crop(
     midline (a hip's hole) or none gives a box of x within ``crop_margin_lr_mm`` + 40 mm
     of the bony midline, y whole ("fallback-midline"); a short track gives x within
     ``crop_margin_lr_mm`` + 15 mm of its found centres, y whole ("fallback-track-x");
-    no bone at all gives the whole volume ("fallback-none"). The orientation check
-    compares the bone within 12..45 mm in front of the canal (vertebral bodies, holes
-    filled) with the bone behind it: less than 0.7 times as much in front means the header's
-    anterior-posterior axis contradicts the anatomy (e.g. a prone patient stored as
-    supine): a warning, and both y margins take the larger of the two.
+    no bone at all gives the whole volume ("fallback-none"). The anatomy is checked
+    against the header on every axis (:func:`~.orientation.check_orientation`, on the
+    track's slices when it is at the midline; ``resampled``, the grid in HU, adds the
+    lungs' air): a contradicted axis gives a warning; with the bodies behind the canal
+    (anterior-posterior doubt) both y margins take the larger of the two, with the
+    bodies beside it (roll doubt) every margin takes the largest.
     """
     e = _measure(windowed, canal)
     if np.isnan(e.mid_x):
-        nz, ny, nx = windowed.shape
-        window = f"between {params.hu_min:g} and {params.hu_max:g} HU"
-        return CropDecision(
-            ((0, nz), (0, ny), (0, nx)),
-            "fallback-none",
-            f"no bone {window}: nothing to crop on",
-            evidence=e.figures,
-            warnings=(
-                f"no bone {window} in the scan: not cropped, the MIP is empty; check the "
-                "HU window and that the file holds a CT in HU",
-            ),
-        )
+        return _no_bone_box(windowed, e, params)
+    trusted, check = _check_orientation(windowed, canal, e, params, resampled)
     if len(e.zf) == 0:
-        return _midline_box(windowed, e, params, "no spinal canal found on any slice")
-    if e.offset > params.crop_max_midline_offset_mm:
+        return _midline_box(windowed, e, params, "no spinal canal found on any slice", check)
+    if not trusted:
         return _midline_box(
             windowed,
             e,
@@ -311,8 +288,8 @@ def decide_crop(
             f"the canal track lies {e.offset:.0f} mm from the bony midline "
             f"(at most {params.crop_max_midline_offset_mm:g} mm expected): "
             "it likely follows something other than the spine, such as a hole of a hip bone",
+            check,
         )
-    warnings = _orientation_warnings(windowed, canal.centres, e)
     need_mm = min(params.crop_min_track_mm, 0.5 * e.scan_mm)
     if len(e.zf) < params.crop_min_found_slices or e.track_mm < need_mm:
         reason = (
@@ -320,12 +297,32 @@ def decide_crop(
             f"{e.scan_mm:.0f} mm scan (at least {params.crop_min_found_slices} slices over "
             f"{need_mm:.0f} mm needed)"
         )
-        return _track_x_box(windowed, canal.centres, e, params, reason, warnings)
-    return _paper_box(windowed, canal, e, params, warnings)
+        return _track_x_box(windowed, canal.centres, e, params, reason, check)
+    return _paper_box(windowed, canal, e, params, check)
+
+
+def _no_bone_box(windowed: Volume, e: _Evidence, params: PreprocessParams) -> CropDecision:
+    """ "fallback-none": the whole volume, with the warning that there is no bone."""
+    nz, ny, nx = windowed.shape
+    window = f"between {params.hu_min:g} and {params.hu_max:g} HU"
+    return CropDecision(
+        ((0, nz), (0, ny), (0, nx)),
+        "fallback-none",
+        f"no bone {window}: nothing to crop on",
+        evidence=e.figures,
+        warnings=(
+            f"no bone {window} in the scan: not cropped, the MIP is empty; check the "
+            "HU window and that the file holds a CT in HU",
+        ),
+    )
 
 
 def _midline_box(
-    windowed: Volume, e: _Evidence, params: PreprocessParams, reason: str
+    windowed: Volume,
+    e: _Evidence,
+    params: PreprocessParams,
+    reason: str,
+    check: OrientationCheck,
 ) -> CropDecision:
     """ "fallback-midline": x within the margin + 40 mm of the bony midline, y and z whole."""
     nz, ny, nx = windowed.shape
@@ -338,25 +335,8 @@ def _midline_box(
         f"and {half * sx:.0f} mm either side of the bony midline instead"
     )
     box = ((0, nz), (0, ny), (x0, x1))
-    return CropDecision(box, "fallback-midline", reason, "unknown", e.figures, (note,))
-
-
-def _orientation_warnings(windowed: Volume, centres: np.ndarray, e: _Evidence) -> list[str]:
-    """The orientation check's warning (none when the anatomy agrees with the header).
-
-    Adds the bone ratio to the evidence.
-    """
-    ratio, ant, post = _orientation_ratio(windowed, centres, e.zf)
-    e.figures["bone_front_behind_ratio"] = round(ratio, 2)
-    if ant + post == 0 or ratio >= _ORIENT_MIN_RATIO:
-        return []
-    return [
-        "the anatomy contradicts the header: there is more bone behind the spinal "
-        f"canal than in front of it ({ratio:.2f} times as much in front), so the "
-        "vertebral bodies seem to lie posterior; was the patient prone with the "
-        "header left at supine? The MIP's column 0 may then be posterior; check "
-        "the file's direction (not corrected here)."
-    ]
+    warnings = (note, *check.warnings)
+    return CropDecision(box, "fallback-midline", reason, check.verdict, e.figures, warnings, check)
 
 
 def _track_x_box(
@@ -365,7 +345,7 @@ def _track_x_box(
     e: _Evidence,
     params: PreprocessParams,
     reason: str,
-    warnings: list[str],
+    check: OrientationCheck,
 ) -> CropDecision:
     """ "fallback-track-x": x within the margin + 15 mm of the found centres, y whole."""
     nz, ny, nx = windowed.shape
@@ -383,9 +363,10 @@ def _track_x_box(
         ((0, nz), (0, ny), (x0, x1)),
         "fallback-track-x",
         reason,
-        "doubt" if warnings else "ok",
+        check.verdict,
         e.figures,
-        (note, *warnings),
+        (note, *check.warnings),
+        check,
     )
 
 
@@ -394,15 +375,20 @@ def _paper_box(
     canal: CanalDetection,
     e: _Evidence,
     params: PreprocessParams,
-    warnings: list[str],
+    check: OrientationCheck,
 ) -> CropDecision:
     """ "kmeans": :func:`crop_spine`'s box, its y faces moved out where they cut bone.
 
-    With an orientation doubt (``warnings``) both y margins take the larger of the two.
+    With the bodies behind the canal (anterior-posterior doubt) both y margins take the
+    larger of the two; with the bodies beside it (roll doubt) every margin the largest.
     """
-    doubt = bool(warnings)
+    roll = check.doubts("roll")
+    doubt = roll or check.doubts("anterior-posterior")
     if doubt:
         m = max(params.crop_margin_anterior_mm, params.crop_margin_posterior_mm)
+        if roll:
+            m = max(m, params.crop_margin_lr_mm)
+            params = params.replace(crop_margin_lr_mm=m)
         params = params.replace(crop_margin_anterior_mm=m, crop_margin_posterior_mm=m)
     box = crop_spine(canal.centres, canal.found, windowed.shape, windowed.spacing, params)
     box, grow_a, grow_p = _keep_bone_around_track(windowed, canal.centres, e.zf, box)
@@ -413,14 +399,14 @@ def _paper_box(
         f"{e.offset:.0f} mm from the bony midline"
     )
     if doubt:
-        reason += f"; {m:g} mm on both sides in y (orientation doubt)"
+        both = "in x and y" if roll else "in y"
+        reason += f"; {m:g} mm on both sides {both} (orientation doubt)"
     if grow_a or grow_p:
         reason += (
             f"; box widened {grow_a:.0f} mm in front and {grow_p:.0f} mm behind where it "
             "cut bone beside the canal"
         )
-    orientation = "doubt" if doubt else "ok"
-    return CropDecision(box, "kmeans", reason, orientation, e.figures, tuple(warnings))
+    return CropDecision(box, "kmeans", reason, check.verdict, e.figures, check.warnings, check)
 
 
 def apply_crop(volume: Volume, box: CropBox) -> Volume:

@@ -1,15 +1,25 @@
-"""DICOM folders: the series they hold, reading one, its slice positions and gantry tilt."""
+"""DICOM folders: the series they hold, reading one, its slice positions and gantry tilt.
+
+Files of a folder that cannot be opened (a link to a missing file, a file without read
+permission, a pipe) are left out by name before GDCM looks at the folder: GDCM's
+scanner otherwise drops readable slices next to them, and the series' geometry would
+come from the slices that remain.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import CTReadError, sitk_reason
+from .errors import CTReadError, quiet_itk, sitk_reason
 
 __all__ = ["DicomSeries", "MultipleSeriesError", "list_dicom_series", "read_dicom_folder"]
 
@@ -40,8 +50,48 @@ class MultipleSeriesError(CTReadError):
 
 
 def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
-    """The DICOM series in ``folder`` (not recursive), largest first."""
-    folder = Path(folder)
+    """The DICOM series in ``folder`` (not recursive), largest first; files that cannot
+    be opened are left out."""
+    with _readable(Path(folder)) as (scan, _):
+        return _list_series(scan)
+
+
+def _unreadable(path: str) -> str:
+    """Why the file at ``path`` cannot be opened ("" when it can)."""
+    if not os.path.exists(path):
+        return "a link to a missing file" if os.path.islink(path) else "gone"
+    if not os.path.isfile(path):
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "no permission to read it"
+    return ""
+
+
+@contextmanager
+def _readable(folder: Path) -> Iterator[tuple[Path, list[str]]]:
+    """``folder``, or a temporary folder of links to its files that can be opened, and
+    the names of the others with the reason ("name (why)")."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        raise CTReadError(f"{folder}: the folder cannot be listed ({e.strerror})") from e
+    files = [e for e in entries if not e.is_dir()]
+    why = {e.name: _unreadable(e.path) for e in files}
+    skipped = [f"{name} ({reason})" for name, reason in why.items() if reason]
+    if not skipped:
+        yield folder, []
+        return
+    with tempfile.TemporaryDirectory(prefix="napari-vertebra-dicom-") as tmp:
+        for e in files:
+            if not why[e.name]:
+                try:
+                    os.symlink(os.path.abspath(e.path), os.path.join(tmp, e.name))
+                except OSError:
+                    shutil.copy2(e.path, os.path.join(tmp, e.name))
+        yield Path(tmp), skipped
+
+
+def _list_series(folder: Path) -> list[DicomSeries]:
     reader = sitk.ImageSeriesReader()
     out = []
     for uid in reader.GetGDCMSeriesIDs(str(folder)) or ():
@@ -62,6 +112,8 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
 #: DICOM slice positions: a step between slices that differs from the series' usual step
 #: by more than this share of it is a gap (a missing slice) or an overlap.
 _DICOM_STEP_TOL = 0.1
+#: Slices closer than this along their normal (mm) lie at one position.
+_DICOM_MIN_STEP_MM = 0.01
 #: A shear of the slice positions (gantry tilt) is resampled away when it moves the last
 #: slice by more than this share of a pixel against the first.
 _DICOM_SHEAR_PX = 0.5
@@ -69,10 +121,34 @@ _DICOM_SHEAR_PX = 0.5
 
 def read_dicom_folder(folder: Path, series: str | None) -> tuple[sitk.Image, list[str]]:
     """One series of ``folder`` (the only one unless ``series`` names it) and notes on
-    its geometry; raises :class:`CTReadError` for a missing or incomplete series."""
-    all_series = list_dicom_series(folder)
+    its geometry and on the files left out; raises :class:`CTReadError` for a missing
+    or incomplete series."""
+    with _readable(folder) as (scan, skipped):
+        img, notes = _read_series(folder, scan, series, skipped)
+    if skipped:
+        n = len(skipped)
+        notes.insert(
+            0,
+            f"left out {n} file{'s' if n > 1 else ''} of the DICOM folder that cannot be "
+            f"opened: {', '.join(skipped)}; the series was read from the other files and "
+            "its slice positions checked as usual",
+        )
+    return img, notes
+
+
+def _read_series(
+    folder: Path, scan: Path, series: str | None, skipped: list[str]
+) -> tuple[sitk.Image, list[str]]:
+    """:func:`read_dicom_folder` on ``scan`` (``folder`` or its readable files)."""
+    all_series = _list_series(scan)
     if not all_series:
-        raise CTReadError(f"{folder}: no DICOM series found in this folder")
+        n = sum(1 for e in os.scandir(folder) if not e.is_dir())
+        left = f"; left out: {', '.join(skipped)}" if skipped else ""
+        raise CTReadError(
+            f"{folder}: no DICOM series found in this folder ({n} files, none a DICOM "
+            f"image GDCM can read{left}); choose the folder that holds the series' slices, "
+            "or a volume file (.nii.gz, .nrrd, .mha)"
+        )
     if series is None:
         if len(all_series) > 1:
             raise MultipleSeriesError(folder, all_series)
@@ -81,23 +157,69 @@ def read_dicom_folder(folder: Path, series: str | None) -> tuple[sitk.Image, lis
         raise CTReadError(
             f"{folder}: no DICOM series {series!r}; found: " + ", ".join(s.uid for s in all_series)
         )
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series)
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(scan), series)
     if len(files) < 2:
         raise CTReadError(f"{folder}: DICOM series {series} has one slice; a 3D CT needs more")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # spacing is checked below, clearly
     try:
-        img = reader.Execute()
+        with quiet_itk():  # spacing is checked below, clearly
+            img = reader.Execute()
     except RuntimeError as e:
         raise CTReadError(
             f"{folder}: could not read DICOM series {series}: {sitk_reason(e)}"
         ) from e
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     return _dicom_geometry(folder, img, reader, files)
+
+
+def _check_steps(folder: Path, files: list[str], order: np.ndarray, along: np.ndarray) -> None:
+    """Refuse slices (positions ``along`` the normal, in ``order``) not evenly spaced or
+    all at one position."""
+    steps = np.diff(along)
+    step = float(np.median(steps))
+    if step < _DICOM_MIN_STEP_MM:
+        raise CTReadError(
+            f"{folder}: the DICOM slices lie at one position (ImagePositionPatient "
+            f"(0020,0032): {len(files)} files {step:.3f} mm apart along the slice normal): "
+            "the slice spacing is zero, so they are not one 3D series (repeated "
+            "acquisitions, or positions not exported). Export the series with its slice "
+            "positions"
+        )
+    bad = np.nonzero(np.abs(steps - step) > _DICOM_STEP_TOL * max(step, 1e-6))[0]
+    if len(bad):
+        k = int(bad[0])
+        what = "a slice is missing" if steps[k] > step else "slices overlap or repeat"
+        raise CTReadError(
+            f"{folder}: the DICOM slices are not evenly spaced: {steps[k]:.2f} mm between "
+            f"{Path(files[order[k]]).name} and {Path(files[order[k + 1]]).name} (positions "
+            f"{along[k]:.1f} and {along[k + 1]:.1f} mm along the slice normal) where the others "
+            f"are {step:.2f} mm apart ({len(bad)} such step{'s' if len(bad) > 1 else ''}); "
+            f"{what}. Export the complete series again"
+        )
+
+
+def _check_pixel_spacing(folder: Path, reader: sitk.ImageSeriesReader, files: list[str]) -> None:
+    """Refuse a PixelSpacing (0028,0030) that is not positive or differs between slices."""
+    values = [_dicom_tag(reader, i, "0028|0030") for i in range(len(files))]
+    for i, ps in enumerate(values):
+        name = Path(files[i]).name
+        if ps is not None and (ps.shape != (2,) or not np.all(np.isfinite(ps) & (ps > 0))):
+            raise CTReadError(
+                f"{folder}: the PixelSpacing (0028,0030) of {name} is {_fmt(ps)}: a pixel's "
+                "size in mm must be positive (ITK would take 1 mm or the absolute value). "
+                "Export the series again with its pixel spacing"
+            )
+        if ps is not None and values[0] is not None and not np.allclose(ps, values[0], rtol=1e-3):
+            raise CTReadError(
+                f"{folder}: the slices' PixelSpacing (0028,0030) differ ({_fmt(values[0])} mm "
+                f"in {Path(files[0]).name}, {_fmt(ps)} mm in {name}): they are not one "
+                "series on one grid. Export the series again, or read its parts apart"
+            )
+
+
+def _fmt(v: np.ndarray) -> str:
+    return ", ".join(f"{x:g}" for x in np.ravel(v))
 
 
 def _dicom_tag(reader: sitk.ImageSeriesReader, i: int, tag: str) -> np.ndarray | None:
@@ -115,8 +237,10 @@ def _dicom_geometry(
     """Check the slice positions (0020|0032) against the slice orientation (0020|0037).
 
     ITK builds the grid from the first two slices. A series whose slices are not evenly
-    spaced (a missing slice) is refused; one whose positions advance obliquely to the
-    slice normal (gantry tilt) is resampled onto an orthogonal grid, as dcm2niix does.
+    spaced (a missing slice) or all at one position, or whose PixelSpacing is not
+    positive (ITK would take 1 mm or its absolute value), is refused; one whose
+    positions advance obliquely to the slice normal (gantry tilt) is resampled onto an
+    orthogonal grid, as dcm2niix does.
     """
 
     def unchecked(why: str) -> tuple[sitk.Image, list[str]]:
@@ -128,6 +252,7 @@ def _dicom_geometry(
     n = img.GetSize()[2]
     if n != len(files):
         return unchecked("multi-frame files have no per-slice position tags")
+    _check_pixel_spacing(folder, reader, files)
     pos = [_dicom_tag(reader, i, "0020|0032") for i in range(n)]
     iop = _dicom_tag(reader, 0, "0020|0037")
     if any(p is None or p.shape != (3,) for p in pos) or iop is None or iop.shape != (6,):
@@ -136,20 +261,7 @@ def _dicom_geometry(
     row, col = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
     normal = np.cross(row, col)
     order = np.argsort(pos @ normal, kind="stable")
-    along = (pos @ normal)[order]
-    steps = np.diff(along)
-    step = float(np.median(steps))
-    bad = np.nonzero(np.abs(steps - step) > _DICOM_STEP_TOL * max(step, 1e-6))[0]
-    if len(bad):
-        k = int(bad[0])
-        what = "a slice is missing" if steps[k] > step else "slices overlap or repeat"
-        raise CTReadError(
-            f"{folder}: the DICOM slices are not evenly spaced: {steps[k]:.2f} mm between "
-            f"{Path(files[order[k]]).name} and {Path(files[order[k + 1]]).name} (positions "
-            f"{along[k]:.1f} and {along[k + 1]:.1f} mm along the slice normal) where the others "
-            f"are {step:.2f} mm apart ({len(bad)} such step{'s' if len(bad) > 1 else ''}); "
-            f"{what}. Export the complete series again"
-        )
+    _check_steps(folder, files, order, (pos @ normal)[order])
     if not np.array_equal(order, np.arange(n)):
         return img, []  # not in ITK's usual order: keep ITK's geometry
     d = (pos[-1] - pos[0]) / (n - 1)  # mean step between slice positions (mm, LPS)

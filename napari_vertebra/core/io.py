@@ -7,10 +7,13 @@ An oblique scan keeps its oblique direction here;
 :func:`~napari_vertebra.core.resample.resample_isotropic` straightens it onto an
 axis-aligned LPS grid.
 
-What is read is validated (see ``docs/reading.md``): a file cut short, values that cannot
-be Hounsfield units, a DICOM series with a missing slice raise :class:`CTReadError`; what
-can be corrected without guessing (HU stored with a +1024 offset, NaN voxels, a DICOM
-gantry tilt) is corrected and said in ``Volume.warnings``.
+What is read is validated (see ``docs/reading.md``): a file cut short, a header whose
+grid cannot be right (zero or negative spacing, a scaled, sheared or singular direction:
+:mod:`.header`), values that cannot be Hounsfield units, a DICOM series with a missing
+slice raise :class:`CTReadError`; what can be corrected without guessing (HU stored with
+a +1024 offset, NaN voxels, a DICOM gantry tilt, a NIfTI placed by nibabel's choice of
+sform or qform: :mod:`.nifti`, DICOM files that cannot be opened left out) is corrected
+and said in ``Volume.warnings``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .dicom import read_dicom_folder
-from .errors import CTReadError, sitk_reason
+from .errors import CTReadError, quiet_itk, sitk_reason
+from .header import check_grid
+from .nifti import check_nifti_size, nifti_gz_complete, nifti_transform, place, read_nifti_header
 from .volume import Volume
 
 __all__ = [
@@ -49,53 +54,91 @@ def is_supported_path(path: str | os.PathLike) -> bool:
 def _read_image(
     path: str | os.PathLike, series: str | None = None
 ) -> tuple[Path, sitk.Image, list[str]]:
+    """The 3D scalar image of a file or DICOM folder, its header checked, and notes."""
     p = Path(path)
-    notes: list[str] = []
     if not p.exists():
         raise CTReadError(f"{p}: no such file or folder")
     if p.is_dir():
         img, notes = read_dicom_folder(p, series)
-    else:
-        name = p.name.lower()
-        if name.endswith(".nii"):
-            _check_nifti_size(p)
-        try:
+        check_grid(p, img.GetSpacing(), img.GetDirection())
+        return p, _scalar_3d(p, img), notes
+    name = p.name.lower()
+    hdr = read_nifti_header(p) if name.endswith((".nii", ".nii.gz")) else None
+    if name.endswith(".nii"):
+        check_nifti_size(p, hdr)
+    affine, notes = nifti_transform(p, hdr) if hdr is not None else (None, [])
+    info = _header_info(p)
+    if info is not None and hdr is None and info.GetDimension() >= 3:
+        n = info.GetDimension()
+        direction = np.reshape(info.GetDirection(), (n, n))[:3, :3]
+        check_grid(p, info.GetSpacing()[:3], tuple(direction.ravel()))
+    try:
+        with quiet_itk(hdr is not None):  # NIfTI: its geometry is checked below, clearly
             img = sitk.ReadImage(str(p))
-        except RuntimeError as e:
-            raise _read_failure(p, e) from e
-        if name.endswith(".nii.gz") and not _nifti_gz_complete(p):
-            raise CTReadError(
-                f"{p}: the gzip archive is cut short or corrupt (it ends before the image "
-                "data does); copy or export the file again"
-            )
-    if img.GetNumberOfComponentsPerPixel() != 1:
+    except RuntimeError as e:
+        raise _read_failure(p, e, info is not None) from e
+    if name.endswith(".nii.gz") and not nifti_gz_complete(p, hdr):
         raise CTReadError(
-            f"{p}: has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
-            "a CT has one (grey values in HU)"
+            f"{p}: the gzip archive is cut short or corrupt (it ends before the image "
+            "data does); copy or export the file again"
+        )
+    img = _scalar_3d(p, img)
+    return p, (place(img, affine) if affine is not None else img), notes
+
+
+def _header_info(p: Path) -> sitk.ImageFileReader | None:
+    """SimpleITK's reader of ``p`` with its header read, or None when it reads no header."""
+    info = sitk.ImageFileReader()
+    info.SetFileName(str(p))
+    try:
+        with quiet_itk():
+            info.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return info
+
+
+def _scalar_3d(p: Path, img: sitk.Image) -> sitk.Image:
+    """``img`` as a 3D image of one value per voxel, or a :class:`CTReadError` saying
+    what the file holds instead and what to do."""
+    size = "x".join(str(s) for s in img.GetSize())
+    n = img.GetNumberOfComponentsPerPixel()
+    if n != 1:
+        hint = (
+            "; SimpleITK's GetImageFromArray makes this of a 4D array unless given isVector=False"
+            if n > 4
+            else ""
+        )
+        raise CTReadError(
+            f"{p}: is a {size} image with {n} values per voxel (a colour or vector "
+            f"image{hint}), not a CT, which has one grey value (HU) per voxel. If it holds "
+            "several CT volumes, save each as its own 3D file and read that one"
         )
     dim = img.GetDimension()
     if dim == 4 and img.GetSize()[3] == 1:
         img = img[:, :, :, 0]
         dim = 3
+    if dim == 4:
+        one = "x".join(str(s) for s in img.GetSize()[:3])
+        raise CTReadError(
+            f"{p}: is 4D, a series of {img.GetSize()[3]} volumes of {one} voxels (e.g. "
+            "phases or time points), not one CT volume: save the volume you want as a 3D "
+            "file (e.g. with SimpleITK: sitk.WriteImage(img[:, :, :, 0], 'ct.nii.gz')) and "
+            "read that one"
+        )
     if dim != 3:
-        size = "x".join(str(s) for s in img.GetSize())
-        raise CTReadError(f"{p}: is {dim}D (size {size}); a CT volume must be 3D")
+        raise CTReadError(
+            f"{p}: is {dim}D (size {size}); a CT volume must be 3D: read the whole "
+            "series (a DICOM folder or a 3D file), not one picture of it"
+        )
     if min(img.GetSize()) < 2:
         raise CTReadError(f"{p}: size {img.GetSize()} is a single slice, not a volume")
-    return p, img, notes
+    return img
 
 
-def _read_failure(p: Path, e: RuntimeError) -> CTReadError:
+def _read_failure(p: Path, e: RuntimeError, header_ok: bool) -> CTReadError:
     """The error for a file SimpleITK cannot read: no image at all, or a header without data."""
     msg = sitk_reason(e)
-    header_ok = False
-    try:
-        info = sitk.ImageFileReader()
-        info.SetFileName(str(p))
-        info.ReadImageInformation()
-        header_ok = True
-    except RuntimeError:
-        pass
     if header_ok or p.name.lower().endswith(".gz"):
         detail = "" if "No such file" in msg else f" ({msg})"
         return CTReadError(
@@ -103,71 +146,6 @@ def _read_failure(p: Path, e: RuntimeError) -> CTReadError:
             f"{detail}; copy or export it again"
         )
     return CTReadError(f"{p}: not an image SimpleITK can read ({msg})")
-
-
-def _nifti_expected_size(head: bytes) -> int | None:
-    """Bytes a NIfTI-1/2 file (header + image data) holds, from its header; None if unsure."""
-    import struct
-
-    for end in "<>":
-        n = struct.unpack(end + "i", head[:4])[0]
-        if n == 348:  # NIfTI-1
-            dim = struct.unpack(end + "8h", head[40:56])
-            bitpix = struct.unpack(end + "h", head[72:74])[0]
-            offset = int(struct.unpack(end + "f", head[108:112])[0])
-        elif n == 540 and len(head) >= 540:  # NIfTI-2
-            dim = struct.unpack(end + "8q", head[16:80])
-            bitpix = struct.unpack(end + "h", head[14:16])[0]
-            offset = struct.unpack(end + "q", head[168:176])[0]
-        else:
-            continue
-        if not 1 <= dim[0] <= 7 or bitpix <= 0:
-            return None
-        nvox = int(np.prod([max(1, d) for d in dim[1 : 1 + dim[0]]]))
-        return max(offset, n) + nvox * bitpix // 8
-    return None
-
-
-def _check_nifti_size(p: Path) -> None:
-    """Refuse an uncompressed .nii shorter than its header says (ITK zero-fills it)."""
-    with open(p, "rb") as f:
-        head = f.read(544)
-    expected = _nifti_expected_size(head) if len(head) >= 348 else None
-    size = p.stat().st_size
-    if expected is not None and size < expected:
-        raise CTReadError(
-            f"{p}: the file is cut short: it holds {size:,} bytes where its header announces "
-            f"{expected:,} ({100 * (expected - size) / expected:.0f}% of the image data "
-            "missing); copy or export it again"
-        )
-
-
-def _nifti_gz_complete(path: Path) -> bool:
-    """False when a .nii.gz stream is cut short (ITK then reads it silently, zero-filled).
-
-    Fast path: the gzip trailer's uncompressed size matches the size the NIfTI header
-    announces. Otherwise the whole stream is decompressed to check it ends properly.
-    """
-    import gzip
-    import struct
-    import zlib
-
-    try:
-        with gzip.open(path, "rb") as f:
-            head = f.read(544)
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            f.seek(size - 4)
-            isize = struct.unpack("<I", f.read(4))[0]
-        expected = _nifti_expected_size(head)
-        if expected is not None and expected % 2**32 == isize:
-            return True
-        with gzip.open(path, "rb") as f:  # slow path: decompress to the end
-            while f.read(1 << 24):
-                pass
-        return True
-    except (OSError, EOFError, zlib.error, struct.error):
-        return False
 
 
 def _to_lps(img: sitk.Image) -> sitk.Image:

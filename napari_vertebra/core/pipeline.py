@@ -46,11 +46,14 @@ class PipelineResult:
 
     ``warnings`` lists in plain words what the user should know: the source CT's and
     the label map's reading notes (``Volume.warnings``), then the pipeline's own (a
-    crop fallback and why, an orientation doubt); empty when all is normal.
-    ``decisions`` says what was decided: ``crop`` (a :data:`~.crop.CROP_KINDS` value),
-    ``crop_reason``, ``orientation`` ("ok", "doubt" or "unknown"), ``crop_evidence``
-    (the measured figures), ``read`` and ``labels_read`` (what reading the CT and the
-    label map corrected); the attribute ``crop`` holds the whole :class:`CropDecision`.
+    crop fallback and why, an axis on which the anatomy contradicts the header); empty
+    when all is normal. ``decisions`` says what was decided: ``crop`` (a
+    :data:`~.crop.CROP_KINDS` value), ``crop_reason``, ``orientation`` ("ok", "doubt"
+    or "unknown"), ``orientation_axes`` (the verdict per axis of
+    :func:`~.orientation.check_orientation`), ``orientation_evidence`` and
+    ``crop_evidence`` (the measured figures), ``read`` and ``labels_read`` (what reading
+    the CT and the label map corrected); the attribute ``crop`` holds the whole
+    :class:`CropDecision`.
     """
 
     source: Volume
@@ -136,7 +139,7 @@ def run_pipeline(
     labels_resampled = steps.resample_labels(labels, resampled)
     windowed = steps.window(resampled)
     canal = steps.canal(windowed)
-    decision, cropped, labels_cropped = steps.crop(windowed, canal, labels_resampled)
+    decision, cropped, labels_cropped = steps.crop(resampled, windowed, canal, labels_resampled)
     mip, argmax_x = steps.mip(cropped)
     report(progress, 1.0, "done")
     return PipelineResult(
@@ -226,15 +229,16 @@ class _Steps:
         return self.reuse("crop") and self.prev.crop is not None
 
     def crop(
-        self, windowed: Volume, canal: CanalDetection, labels: Volume | None
+        self, resampled: Volume, windowed: Volume, canal: CanalDetection, labels: Volume | None
     ) -> tuple[CropDecision, Volume, Volume | None]:
-        """The crop decision, the cropped volume and the cropped labels (if any)."""
+        """The crop decision (with the anatomy checked against the header), the cropped
+        volume and the cropped labels (if any)."""
         with self.timed("crop"):
             if self.reuse_crop:
                 decision, cropped = self.prev.crop, self.prev.cropped
             else:
-                report(self.progress, 0.9, "cropping the spine")
-                decision = decide_crop(windowed, canal, self.params)
+                report(self.progress, 0.9, "checking the orientation, cropping the spine")
+                decision = decide_crop(windowed, canal, self.params, resampled)
                 cropped = apply_crop(windowed, decision.box)
             labels_cropped = apply_crop(labels, decision.box) if labels is not None else None
             return decision, cropped, labels_cropped
@@ -258,10 +262,13 @@ def _warnings(volume: Volume, labels: Volume | None, decision: CropDecision) -> 
 
 def _decisions(volume: Volume, labels: Volume | None, decision: CropDecision) -> dict[str, Any]:
     """:attr:`PipelineResult.decisions`: what was decided and what reading corrected."""
+    check = decision.orientation_check
     return {
         "crop": decision.kind,
         "crop_reason": decision.reason,
         "orientation": decision.orientation,
+        "orientation_axes": dict(check.axes) if check is not None else {},
+        "orientation_evidence": dict(check.evidence) if check is not None else {},
         "crop_evidence": dict(decision.evidence),
         # what reading corrected (HU offset, NaN replaced, DICOM geometry rebuilt)
         "read": list(volume.warnings),

@@ -5,7 +5,10 @@ Nothing here is committed as data: every file is written at test time.
 
 from __future__ import annotations
 
+import gzip
+import re
 import shutil
+import struct
 from dataclasses import replace
 from pathlib import Path
 
@@ -107,4 +110,74 @@ def dicom_slices(src: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
 def copy_tree(src: Path, dst: Path) -> Path:
     """A plain copy of a folder."""
     shutil.copytree(src, dst)
+    return dst
+
+
+# ------------------------------------------------------------------------ header fields
+#: Offset and struct format of NIfTI-1 header fields.
+NIFTI1_FIELDS = {
+    "pixdim": (76, "<8f"),
+    "codes": (252, "<2h"),  # qform_code, sform_code
+    "quatern": (256, "<3f"),
+    "qoffset": (268, "<3f"),
+    "srow": (280, "<12f"),
+}
+
+
+def nifti_field(raw: bytes, name: str) -> np.ndarray:
+    """A field of an uncompressed NIfTI-1 file's header."""
+    off, fmt = NIFTI1_FIELDS[name]
+    return np.array(struct.unpack_from(fmt, raw, off), float)
+
+
+def nifti_with(src: Path, dst: Path, **fields) -> Path:
+    """``src`` (a .nii.gz) rewritten to ``dst`` (.nii or .nii.gz) with header fields set."""
+    raw = bytearray(gzip.decompress(src.read_bytes()))
+    for name, values in fields.items():
+        off, fmt = NIFTI1_FIELDS[name]
+        struct.pack_into(fmt, raw, off, *np.ravel(values))
+    data = bytes(raw)
+    dst.write_bytes(gzip.compress(data, 1) if dst.name.endswith(".gz") else data)
+    return dst
+
+
+def metaimage_with(img: sitk.Image, dst: Path, **fields: str) -> Path:
+    """``img`` written as MetaImage (``dst``, .mha) with header lines replaced."""
+    sitk.WriteImage(img, str(dst))
+    data = dst.read_bytes()
+    end = data.index(b"ElementDataFile = LOCAL\n") + len(b"ElementDataFile = LOCAL\n")
+    head = data[:end].decode()
+    for key, value in fields.items():
+        head = re.sub(rf"^{key} = .*$", f"{key} = {value}", head, flags=re.M)
+    dst.write_bytes(head.encode() + data[end:])
+    return dst
+
+
+def nrrd_with(img: sitk.Image, dst: Path, space_directions: str) -> Path:
+    """``img`` written as NRRD (``dst``, raw) with its ``space directions`` replaced."""
+    sitk.WriteImage(img, str(dst), useCompression=False)
+    data = dst.read_bytes()
+    end = data.index(b"\n\n") + 2
+    head = re.sub(
+        r"^space directions: .*$",
+        f"space directions: {space_directions}",
+        data[:end].decode(),
+        flags=re.M,
+    )
+    dst.write_bytes(head.encode() + data[end:])
+    return dst
+
+
+def dicom_with_value(src: Path, dst: Path, group: int, element: int, value: bytes) -> Path:
+    """A copy of the DICOM folder ``src`` whose files hold ``value`` in an explicit-VR
+    little-endian element (group, element), e.g. PixelSpacing (0x0028, 0x0030)."""
+    dst.mkdir(parents=True)
+    tag = struct.pack("<HH", group, element)
+    value = value + b" " * (len(value) % 2)
+    for f in sorted(src.iterdir()):
+        data = bytearray(f.read_bytes())
+        i = data.index(tag)
+        n = struct.unpack_from("<H", data, i + 6)[0]
+        data[i + 6 : i + 8 + n] = struct.pack("<H", len(value)) + value
+        (dst / f.name).write_bytes(bytes(data))
     return dst
