@@ -16,6 +16,15 @@ that an edit in the GUI does not wait for the disk (the snapshot is written befo
 index that names it, so a crash leaves a readable history, at worst missing the last
 step).
 
+Snapshot files are never overwritten: a new step's id is above every id of the index
+and every snapshot file in the folder. Reading a history repairs what it can, and says
+so in :attr:`History.warning`: an unreadable index is kept as ``index.json.unreadable``
+and a new history starts (the old snapshots stay); a cursor outside the steps is set to
+the last step (:attr:`History.cursor_lost`, so that the project can put it on the step
+its annotation file holds). With a readable index, snapshot files it does not name
+(left by an interrupted save, or dropped steps whose deletion was interrupted) are
+deleted.
+
 Also here, Qt-free helpers of the annotation session: :func:`shift_levels` (a sequence
 off by one) and :func:`next_missing` (where the class picker goes next).
 """
@@ -139,17 +148,26 @@ class History:
     """
 
     def __init__(
-        self, folder: str | os.PathLike, max_steps: int = MAX_STEPS, writer: Writer | None = None
+        self,
+        folder: str | os.PathLike,
+        max_steps: int = MAX_STEPS,
+        writer: Writer | None = None,
+        check: Callable[[Any, Path], None] | None = None,
     ):
         self.folder = Path(folder)
         self.max_steps = int(max_steps)
         self.writer = writer or Writer()
+        #: ``check(payload, snapshot_path)`` raises ValueError for a payload that undo /
+        #: redo must not bring back (the cursor then stays).
+        self.check = check
         self._payloads: dict[int, Any] = {}
         self.steps: list[dict] = []
         self.cursor = -1
         self._next_id = 1
-        #: Set when an unreadable history was replaced by a new one.
+        #: What reading the history repaired (an unreadable index, a lost cursor), or None.
         self.warning: str | None = None
+        #: True when the index's cursor was outside its steps (set to the last one).
+        self.cursor_lost = False
         self._read_index()
 
     # -- disk
@@ -159,6 +177,8 @@ class History:
 
     def _read_index(self) -> None:
         p = self._index_path
+        on_disk = self._snapshot_ids()
+        self._next_id = max([0, *on_disk]) + 1  # never an id of a file present
         if not p.is_file():
             return
         try:
@@ -167,14 +187,54 @@ class History:
             cursor = int(data["cursor"])
             next_id = int(data["next_id"])
             ids = [int(s["id"]) for s in steps]
+            if len(set(ids)) != len(ids):
+                raise ValueError("a step id is used twice")
         except (OSError, ValueError, KeyError, TypeError) as e:
             # an unreadable history must not block annotating: start a new one, say so
-            self.warning = f"{p}: the undo history could not be read ({e}); a new one is started"
+            aside = p.with_name("index.json.unreadable")
+            os.replace(p, aside)
+            self.warning = (
+                f"{p}: the undo history could not be read ({e}); a new one is started "
+                f"(the old index is kept as {aside.name}, its snapshots stay)"
+            )
             return
-        if not steps or not -1 <= cursor < len(steps):
-            return
+        if steps and not 0 <= cursor < len(steps):
+            self.warning = (
+                f"{p}: the undo cursor {cursor} is outside the {len(steps)} steps: set to "
+                "the last step; no step is lost"
+            )
+            cursor, self.cursor_lost = len(steps) - 1, True
         self.steps, self.cursor = steps, cursor
-        self._next_id = max([next_id, *[i + 1 for i in ids]])
+        self._next_id = max([self._next_id, next_id, *[i + 1 for i in ids]])
+        for sid in on_disk - set(ids):  # never committed, or dropped: not in the history
+            self._snapshot_path(sid).unlink(missing_ok=True)
+
+    def _snapshot_ids(self) -> set[int]:
+        """Ids of the snapshot files in the folder."""
+        if not self.folder.is_dir():
+            return set()
+        return {int(q.stem) for q in self.folder.glob("*.json") if q.stem.isdigit()}
+
+    @property
+    def current_id(self) -> int | None:
+        """The id of the current step (None when the history is empty)."""
+        return int(self.steps[self.cursor]["id"]) if 0 <= self.cursor < len(self.steps) else None
+
+    def index_of(self, step_id: int | None) -> int | None:
+        """The position of step ``step_id`` in :attr:`steps` (None when it is not there)."""
+        for i, st in enumerate(self.steps):
+            if step_id is not None and int(st["id"]) == int(step_id):
+                return i
+        return None
+
+    def move_to(self, step_id: int) -> bool:
+        """Make step ``step_id`` the current one (written to the index); False if unknown."""
+        i = self.index_of(step_id)
+        if i is None:
+            return False
+        self.cursor, self.cursor_lost = i, False
+        self._commit([])
+        return True
 
     def _snapshot_path(self, step_id: int) -> Path:
         return self.folder / f"{int(step_id)}.json"
@@ -263,7 +323,9 @@ class History:
 
     def _append(self, payload: Any, label: str) -> None:
         sid = self._next_id
-        self._next_id += 1
+        while self._snapshot_path(sid).exists():  # a file written by someone else: keep it
+            sid += 1
+        self._next_id = sid + 1
         self.steps.append({"id": sid, "label": str(label), "time": time.strftime("%H:%M:%S")})
         self.cursor = len(self.steps) - 1
         self._payloads[sid] = payload
@@ -289,13 +351,15 @@ class History:
 
     def _move(self, to: int) -> Any:
         payload = self.payload(to)
+        sid = int(self.steps[to]["id"])
         if payload is None:  # the step exists but its snapshot cannot be read
-            sid = int(self.steps[to]["id"])
             raise ValueError(
                 f"the step {self.steps[to]['label']!r} could not be read from "
                 f"{self._snapshot_path(sid)} (deleted or damaged); the annotations are unchanged"
             )
-        self.cursor = to
+        if self.check is not None:
+            self.check(payload, self._snapshot_path(sid))
+        self.cursor, self.cursor_lost = to, False
         self._commit([])
         return payload
 

@@ -39,6 +39,8 @@ class AnnotateSaving:
         except ValueError as e:
             self.fail(f"Annotate: {error_message(e)}")
             return
+        finally:
+            self.notify_project_repairs()
         if saved:
             self.set_annotations(saved, save=False)
             self.status.set(f"loaded {len(saved)} vertebrae of {key} from the project", "ok")
@@ -47,6 +49,11 @@ class AnnotateSaving:
                 "(every change is autosaved)"
             )
         self._show_history()
+
+    def notify_project_repairs(self) -> None:
+        """Show what reading the project repaired (one napari warning each)."""
+        for note in self.session.annotation.take_warnings():
+            notify(f"Project: {note}", "warning")
 
     def _after_change(self, save: bool = True, label: str = "edit") -> None:
         anns, msgs = shapes_to_annotations(self.shapes) if self.shapes is not None else ([], [])
