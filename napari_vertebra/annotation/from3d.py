@@ -98,11 +98,9 @@ def labels_to_annotations(
     levels become annotations; ``"extended"`` also outlines C7, T13, L6 and the sacrum
     (S1) where the label map has them.
 
-    The label map must fit ``convention`` (:func:`~.label_fit.check_label_fit`: bone-like
-    vertebrae along the canal, in anatomical order, at least one): otherwise a
-    :class:`~.label_fit.LabelMapError` names the problem (starting with ``labels_name``,
-    a file or layer name) and the convention to try. The image's ``warnings`` name ids the
-    convention does not define, and say when no vertebra of the map is kept.
+    The label map must fit ``convention`` (:func:`~.label_fit.check_label_fit`), else
+    a :class:`~.label_fit.LabelMapError` starting with ``labels_name`` (a file or layer
+    name); ``warnings`` name ids it does not define, or say that no vertebra was kept.
     """
     if not 0.0 <= min_visible <= 1.0:
         raise ValueError(f"min_visible must be in 0..1, got {min_visible}")
@@ -126,14 +124,21 @@ def labels_to_annotations(
     report(progress, 1.0, "done")
     if not annotations:
         notes.append(_nothing_kept(labels_name, dropped))
+    meta = {"visible_fraction": fractions, "dropped": dropped}
+    return _annotated_mip(result, annotations, meta, convention, scan, file_name, notes)
+
+
+def _annotated_mip(
+    result, annotations, meta: dict, convention, scan, file_name, notes
+) -> AnnotatedImage:
+    """The AnnotatedImage of :func:`labels_to_annotations` (``meta`` completed)."""
     scan = scan or "scan"
-    meta = {
-        "visible_fraction": fractions,
-        "dropped": dropped,
-        "crop_box": [list(map(int, b)) for b in result.crop_box],
-        "spacing_mm": spacing,
-        "convention": _convention_name(convention),
-    }
+    meta = dict(
+        meta,
+        crop_box=[list(map(int, b)) for b in result.crop_box],
+        spacing_mm=float(result.params.spacing_mm),
+        convention=_convention_name(convention),
+    )
     mip = np.asarray(result.mip, np.float32)
     h, w = (int(n) for n in mip.shape)
     name = file_name or f"{scan}.png"

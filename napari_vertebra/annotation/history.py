@@ -1,4 +1,4 @@
-"""Undo / redo of one MIP's annotations, kept on disk; level tools for the picker.
+"""Undo / redo of one MIP's annotations, kept on disk.
 
 A :class:`History` is a bounded list of snapshots of one image's annotations (plain
 JSON payloads, e.g. ``[{"class": "L1", "class_id": 13, "polygons": ...}]``) with a
@@ -24,9 +24,6 @@ the last step (:attr:`History.cursor_lost`, so that the project can put it on th
 its annotation file holds). With a readable index, snapshot files it does not name
 (left by an interrupted save, or dropped steps whose deletion was interrupted) are
 deleted.
-
-Also here, Qt-free helpers of the annotation session: :func:`shift_levels` (a sequence
-off by one) and :func:`next_missing` (where the class picker goes next).
 """
 
 from __future__ import annotations
@@ -36,23 +33,19 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ._atomic import atomic_write_text
-from .types import VertebraAnnotation
 
 __all__ = [
     "MAX_STEPS",
     "History",
     "Writer",
     "background_writer",
-    "next_missing",
-    "shift_levels",
 ]
 
 #: Undo steps kept per image (the oldest are dropped beyond this).
@@ -374,58 +367,3 @@ class History:
 
 def _same(a: Any, b: Any) -> bool:
     return a == b  # JSON-like values: structural equality (floats survive JSON exactly)
-
-
-# -- level tools -------------------------------------------------------------------------
-#: Paper class ids run T1 (1) .. L5 (17), superior to inferior.
-_FIRST, _LAST = 1, 17
-
-
-def shift_levels(annotations: Sequence[VertebraAnnotation], step: int) -> list[VertebraAnnotation]:
-    """Every annotation moved ``step`` levels (-1: one up towards T1, +1: one down).
-
-    For a sequence labelled off by one. Raises ValueError (nothing changed) when a label
-    would leave T1..L5 or is not one of T1..L5.
-    """
-    step = int(step)
-    out = []
-    for a in annotations:
-        if not _FIRST <= a.class_id <= _LAST:
-            raise ValueError(f"{a.name} is not one of T1..L5: shift levels works on T1..L5 only")
-        new = a.class_id + step
-        if not _FIRST <= new <= _LAST:
-            way = "up" if step < 0 else "down"
-            raise ValueError(
-                f"shifting {way} would move {a.name} past {'T1' if step < 0 else 'L5'}; "
-                "nothing was changed"
-            )
-        out.append(replace(a, class_id=new, polygons=[p.copy() for p in a.polygons]))
-    return out
-
-
-def next_missing(
-    present: Iterable[int], start: int, step: int = 1, order: Sequence[int] | None = None
-) -> int | None:
-    """The first class id from ``start`` on (walking ``step``: +1 down, -1 up the spine)
-    that is not in ``present``; if none that way, the nearest missing one the other way
-    from ``start``; None when every level is present.
-
-    ``order``: the class ids superior to inferior (default T1..L5; the extended class
-    set's is ``EXTENDED.ids_in_order()``, C7 first). A ``start`` outside it is taken as
-    the nearest end by id. E.g. with T12..L5 present and the picker at L1 going down: T11.
-    """
-    seq = [int(c) for c in (order if order is not None else range(_FIRST, _LAST + 1))]
-    have = {int(c) for c in present}
-    step = 1 if step >= 0 else -1
-    start = int(start)
-    if start in seq:
-        i0 = seq.index(start)
-    else:
-        i0 = 0 if start < min(seq) else len(seq) - 1
-    for direction in (step, -step):
-        i = i0
-        while 0 <= i < len(seq):
-            if seq[i] not in have:
-                return seq[i]
-            i += direction
-    return None

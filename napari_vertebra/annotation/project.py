@@ -39,7 +39,6 @@ file, the annotation and the polygon).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -55,6 +54,8 @@ from .history import MAX_STEPS, History, Writer, background_writer
 from .image_files import HU_SCALE, read_image, write_mip_png
 from .project_files import (
     INDEX_NAME,
+    annotation_from_json,
+    annotation_to_json,
     check_payload,
     read_annotation_file,
     read_index,
@@ -93,30 +94,7 @@ def _check_key(key: str) -> str:
     return key
 
 
-_EXTRA_FIELDS = ("source",)
-_UNCHANGED = (
-    "; the annotations are unchanged"  # optional VertebraAnnotation fields kept when present
-)
-
-
-def _ann_to_json(a: VertebraAnnotation) -> dict:
-    out = {
-        "class": a.name,
-        "class_id": int(a.class_id),
-        "polygons": [np.round(p, 3).tolist() for p in a.polygons],
-        "score": None if a.score is None else float(a.score),
-    }
-    for name in _EXTRA_FIELDS:
-        value = getattr(a, name, None)
-        if value is not None:
-            out[name] = value
-    return out
-
-
-def _ann_from_json(d: dict) -> VertebraAnnotation:
-    names = {f.name for f in dataclasses.fields(VertebraAnnotation)}
-    extra = {k: d[k] for k in _EXTRA_FIELDS if k in names and d.get(k) is not None}
-    return VertebraAnnotation(int(d["class_id"]), d["polygons"], d.get("score"), **extra)
+_UNCHANGED = "; the annotations are unchanged"
 
 
 #: Histories shared by every project object on the same folder in this process (so that
@@ -314,7 +292,7 @@ class AnnotationProject:
         """
         _check_key(key)
         self._raise_failed()
-        payload = [_ann_to_json(a) for a in annotations]
+        payload = [annotation_to_json(a) for a in annotations]
         check_payload(payload, self._ann_path(key), "annotations to save", "; nothing was saved")
         step = None
         if record:
@@ -356,7 +334,7 @@ class AnnotationProject:
         """The saved annotations of image ``key`` ([] when none were saved); ValueError
         naming the file, annotation and polygon for a file that is not valid."""
         self.history(key)  # the annotation file agrees with the history
-        return [_ann_from_json(a) for a in self._read_payload(key)]
+        return [annotation_from_json(a) for a in self._read_payload(key)]
 
     def can_undo(self, key: str) -> bool:
         """Whether image ``key`` has a change to undo."""
@@ -379,7 +357,7 @@ class AnnotationProject:
         if payload is None:
             return None
         self._write_payload(key, payload, self.history(key).current_id)
-        return [_ann_from_json(a) for a in payload]
+        return [annotation_from_json(a) for a in payload]
 
     def image(self, key: str, load_pixels: bool = True) -> AnnotatedImage:
         """Image ``key`` with its saved annotations (and pixels in float HU if asked)."""

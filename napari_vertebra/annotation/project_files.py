@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -32,10 +33,13 @@ from napari_vertebra.core.labels import level_name
 
 from .image_files import HU_SCALE
 from .reading import is_int, is_number
+from .types import VertebraAnnotation
 from .validate import file_name_problem, image_size_problem
 
 __all__ = [
     "INDEX_NAME",
+    "annotation_from_json",
+    "annotation_to_json",
     "check_payload",
     "payload_problems",
     "read_annotation_file",
@@ -48,6 +52,31 @@ __all__ = [
 INDEX_NAME = "project.json"
 #: Problems listed in one error message (the rest are counted).
 _SHOWN = 8
+#: Optional VertebraAnnotation fields stored when present.
+_EXTRA_FIELDS = ("source",)
+
+
+def annotation_to_json(a: VertebraAnnotation) -> dict:
+    """The stored form of an annotation: class, class_id, polygons (3 decimals), score
+    and the optional fields set."""
+    out = {
+        "class": a.name,
+        "class_id": int(a.class_id),
+        "polygons": [np.round(p, 3).tolist() for p in a.polygons],
+        "score": None if a.score is None else float(a.score),
+    }
+    for name in _EXTRA_FIELDS:
+        value = getattr(a, name, None)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def annotation_from_json(d: dict) -> VertebraAnnotation:
+    """The annotation of a stored (checked, see :func:`payload_problems`) dict."""
+    names = {f.name for f in dataclasses.fields(VertebraAnnotation)}
+    extra = {k: d[k] for k in _EXTRA_FIELDS if k in names and d.get(k) is not None}
+    return VertebraAnnotation(int(d["class_id"]), d["polygons"], d.get("score"), **extra)
 
 
 def payload_problems(payload: object) -> list[str]:

@@ -316,16 +316,6 @@ class AnnotateWidget(
         else:
             self.save()
 
-    def _has_saved(self, key: str) -> bool:
-        """Whether the project holds polygons for ``key`` (True for a file it cannot
-        read, so that loading it says why)."""
-        if self.project is None:
-            return False
-        try:
-            return bool(self.project.load(key))
-        except ValueError:
-            return True
-
     def shapes_name(self, mip_layer: Any) -> str:
         """The name of the polygons layer of ``mip_layer``."""
         return f"vertebrae {mip_layer.name}"
