@@ -9,6 +9,7 @@ from .convert import convert, detect_format, read_annotations
 from .dataset import SPLITS, CTLabelPair, build_dataset, read_pairs_csv, split_scans
 from .from3d import labels_to_annotations, projected_masks
 from .image_files import HU_SCALE, read_image, write_mip_png
+from .label_fit import LabelMapError, check_label_fit
 from .partial import crop_view, partial_views
 from .polygons import (
     annotations_to_label_image,
@@ -34,11 +35,13 @@ __all__ = [
     "AnnotationProject",
     "CTLabelPair",
     "CocoFormatError",
+    "LabelMapError",
     "VertebraAnnotation",
     "ViaFormatError",
     "annotations_to_label_image",
     "build_dataset",
     "check_image_annotations",
+    "check_label_fit",
     "check_polygon",
     "coco_categories",
     "convert",

@@ -183,6 +183,7 @@ def _load_inputs(
                     min_visible=min_visible,
                     progress=sub,
                     scan=item.scan_name,
+                    labels_name=str(item.labels),
                     **kw,
                 )
             )

@@ -38,6 +38,7 @@ from napari_vertebra.core.params import PreprocessParams
 from napari_vertebra.core.progress import ProgressCallback, report, scaled
 from napari_vertebra.core.volume import Volume
 
+from .label_fit import check_label_fit
 from .polygons import mask_to_polygons
 from .types import AnnotatedImage, VertebraAnnotation
 
@@ -80,6 +81,7 @@ def labels_to_annotations(
     edge_margin: int | None = None,
     min_area_px: float = 4.0,
     class_set: str | ClassSet | None = None,
+    labels_name: str | None = None,
 ) -> AnnotatedImage:
     """The MIP of ``ct`` with one polygon annotation per vertebra of ``labels``.
 
@@ -95,6 +97,10 @@ def labels_to_annotations(
     ``spacing_mm`` and ``convention``. ``class_set`` (default the paper's T1..L5): which
     levels become annotations; ``"extended"`` also outlines C7, T13, L6 and the sacrum
     (S1) where the label map has them.
+
+    The label map must fit ``convention`` (:func:`~.label_fit.check_label_fit`), else
+    a :class:`~.label_fit.LabelMapError` starting with ``labels_name`` (a file or layer
+    name); ``warnings`` name ids it does not define, or say that no vertebra was kept.
     """
     if not 0.0 <= min_visible <= 1.0:
         raise ValueError(f"min_visible must be in 0..1, got {min_visible}")
@@ -105,6 +111,7 @@ def labels_to_annotations(
 
         params = PreprocessParams() if params is None else params
         result = run_pipeline(ct, params, labels=labels, progress=scaled(progress, 0.0, 0.8))
+    notes = check_label_fit(result, convention, class_set, labels_name)
     report(progress, 0.8, "projecting vertebrae")
     spacing = float(result.params.spacing_mm)
     if edge_margin is None:
@@ -115,17 +122,38 @@ def labels_to_annotations(
         full, crop, edge_margin, min_visible, tolerance_px, min_area_px, progress
     )
     report(progress, 1.0, "done")
+    if not annotations:
+        notes.append(_nothing_kept(labels_name, dropped))
+    meta = {"visible_fraction": fractions, "dropped": dropped}
+    return _annotated_mip(result, annotations, meta, convention, scan, file_name, notes)
+
+
+def _annotated_mip(
+    result, annotations, meta: dict, convention, scan, file_name, notes
+) -> AnnotatedImage:
+    """The AnnotatedImage of :func:`labels_to_annotations` (``meta`` completed)."""
     scan = scan or "scan"
-    meta = {
-        "visible_fraction": fractions,
-        "dropped": dropped,
-        "crop_box": [list(map(int, b)) for b in result.crop_box],
-        "spacing_mm": spacing,
-        "convention": _convention_name(convention),
-    }
+    meta = dict(
+        meta,
+        crop_box=[list(map(int, b)) for b in result.crop_box],
+        spacing_mm=float(result.params.spacing_mm),
+        convention=_convention_name(convention),
+    )
     mip = np.asarray(result.mip, np.float32)
     h, w = (int(n) for n in mip.shape)
-    return AnnotatedImage(file_name or f"{scan}.png", h, w, annotations, mip, scan, meta)
+    name = file_name or f"{scan}.png"
+    return AnnotatedImage(name, h, w, annotations, mip, scan, meta, warnings=notes)
+
+
+def _nothing_kept(labels_name: str | None, dropped: list[str]) -> str:
+    """The warning for a label map of which no vertebra became an annotation."""
+    where = f"{labels_name}: " if labels_name else ""
+    why = (
+        f"every one is cut off by the scan edge or crop ({', '.join(dropped)}; see min_visible)"
+        if dropped
+        else "none lies inside the spine crop"
+    )
+    return f"{where}no vertebra of the label map was outlined: {why}"
 
 
 def _check_same_grid(ct: Volume, labels: Volume) -> None:

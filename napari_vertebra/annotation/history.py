@@ -1,4 +1,4 @@
-"""Undo / redo of one MIP's annotations, kept on disk; level tools for the picker.
+"""Undo / redo of one MIP's annotations, kept on disk.
 
 A :class:`History` is a bounded list of snapshots of one image's annotations (plain
 JSON payloads, e.g. ``[{"class": "L1", "class_id": 13, "polygons": ...}]``) with a
@@ -16,8 +16,14 @@ that an edit in the GUI does not wait for the disk (the snapshot is written befo
 index that names it, so a crash leaves a readable history, at worst missing the last
 step).
 
-Also here, Qt-free helpers of the annotation session: :func:`shift_levels` (a sequence
-off by one) and :func:`next_missing` (where the class picker goes next).
+Snapshot files are never overwritten: a new step's id is above every id of the index
+and every snapshot file in the folder. Reading a history repairs what it can, and says
+so in :attr:`History.warning`: an unreadable index is kept as ``index.json.unreadable``
+and a new history starts (the old snapshots stay); a cursor outside the steps is set to
+the last step (:attr:`History.cursor_lost`, so that the project can put it on the step
+its annotation file holds). With a readable index, snapshot files it does not name
+(left by an interrupted save, or dropped steps whose deletion was interrupted) are
+deleted.
 """
 
 from __future__ import annotations
@@ -27,23 +33,19 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ._atomic import atomic_write_text
-from .types import VertebraAnnotation
 
 __all__ = [
     "MAX_STEPS",
     "History",
     "Writer",
     "background_writer",
-    "next_missing",
-    "shift_levels",
 ]
 
 #: Undo steps kept per image (the oldest are dropped beyond this).
@@ -139,17 +141,26 @@ class History:
     """
 
     def __init__(
-        self, folder: str | os.PathLike, max_steps: int = MAX_STEPS, writer: Writer | None = None
+        self,
+        folder: str | os.PathLike,
+        max_steps: int = MAX_STEPS,
+        writer: Writer | None = None,
+        check: Callable[[Any, Path], None] | None = None,
     ):
         self.folder = Path(folder)
         self.max_steps = int(max_steps)
         self.writer = writer or Writer()
+        #: ``check(payload, snapshot_path)`` raises ValueError for a payload that undo /
+        #: redo must not bring back (the cursor then stays).
+        self.check = check
         self._payloads: dict[int, Any] = {}
         self.steps: list[dict] = []
         self.cursor = -1
         self._next_id = 1
-        #: Set when an unreadable history was replaced by a new one.
+        #: What reading the history repaired (an unreadable index, a lost cursor), or None.
         self.warning: str | None = None
+        #: True when the index's cursor was outside its steps (set to the last one).
+        self.cursor_lost = False
         self._read_index()
 
     # -- disk
@@ -159,6 +170,8 @@ class History:
 
     def _read_index(self) -> None:
         p = self._index_path
+        on_disk = self._snapshot_ids()
+        self._next_id = max([0, *on_disk]) + 1  # never an id of a file present
         if not p.is_file():
             return
         try:
@@ -167,14 +180,54 @@ class History:
             cursor = int(data["cursor"])
             next_id = int(data["next_id"])
             ids = [int(s["id"]) for s in steps]
+            if len(set(ids)) != len(ids):
+                raise ValueError("a step id is used twice")
         except (OSError, ValueError, KeyError, TypeError) as e:
             # an unreadable history must not block annotating: start a new one, say so
-            self.warning = f"{p}: the undo history could not be read ({e}); a new one is started"
+            aside = p.with_name("index.json.unreadable")
+            os.replace(p, aside)
+            self.warning = (
+                f"{p}: the undo history could not be read ({e}); a new one is started "
+                f"(the old index is kept as {aside.name}, its snapshots stay)"
+            )
             return
-        if not steps or not -1 <= cursor < len(steps):
-            return
+        if steps and not 0 <= cursor < len(steps):
+            self.warning = (
+                f"{p}: the undo cursor {cursor} is outside the {len(steps)} steps: set to "
+                "the last step; no step is lost"
+            )
+            cursor, self.cursor_lost = len(steps) - 1, True
         self.steps, self.cursor = steps, cursor
-        self._next_id = max([next_id, *[i + 1 for i in ids]])
+        self._next_id = max([self._next_id, next_id, *[i + 1 for i in ids]])
+        for sid in on_disk - set(ids):  # never committed, or dropped: not in the history
+            self._snapshot_path(sid).unlink(missing_ok=True)
+
+    def _snapshot_ids(self) -> set[int]:
+        """Ids of the snapshot files in the folder."""
+        if not self.folder.is_dir():
+            return set()
+        return {int(q.stem) for q in self.folder.glob("*.json") if q.stem.isdigit()}
+
+    @property
+    def current_id(self) -> int | None:
+        """The id of the current step (None when the history is empty)."""
+        return int(self.steps[self.cursor]["id"]) if 0 <= self.cursor < len(self.steps) else None
+
+    def index_of(self, step_id: int | None) -> int | None:
+        """The position of step ``step_id`` in :attr:`steps` (None when it is not there)."""
+        for i, st in enumerate(self.steps):
+            if step_id is not None and int(st["id"]) == int(step_id):
+                return i
+        return None
+
+    def move_to(self, step_id: int) -> bool:
+        """Make step ``step_id`` the current one (written to the index); False if unknown."""
+        i = self.index_of(step_id)
+        if i is None:
+            return False
+        self.cursor, self.cursor_lost = i, False
+        self._commit([])
+        return True
 
     def _snapshot_path(self, step_id: int) -> Path:
         return self.folder / f"{int(step_id)}.json"
@@ -263,7 +316,9 @@ class History:
 
     def _append(self, payload: Any, label: str) -> None:
         sid = self._next_id
-        self._next_id += 1
+        while self._snapshot_path(sid).exists():  # a file written by someone else: keep it
+            sid += 1
+        self._next_id = sid + 1
         self.steps.append({"id": sid, "label": str(label), "time": time.strftime("%H:%M:%S")})
         self.cursor = len(self.steps) - 1
         self._payloads[sid] = payload
@@ -289,13 +344,15 @@ class History:
 
     def _move(self, to: int) -> Any:
         payload = self.payload(to)
+        sid = int(self.steps[to]["id"])
         if payload is None:  # the step exists but its snapshot cannot be read
-            sid = int(self.steps[to]["id"])
             raise ValueError(
                 f"the step {self.steps[to]['label']!r} could not be read from "
                 f"{self._snapshot_path(sid)} (deleted or damaged); the annotations are unchanged"
             )
-        self.cursor = to
+        if self.check is not None:
+            self.check(payload, self._snapshot_path(sid))
+        self.cursor, self.cursor_lost = to, False
         self._commit([])
         return payload
 
@@ -310,58 +367,3 @@ class History:
 
 def _same(a: Any, b: Any) -> bool:
     return a == b  # JSON-like values: structural equality (floats survive JSON exactly)
-
-
-# -- level tools -------------------------------------------------------------------------
-#: Paper class ids run T1 (1) .. L5 (17), superior to inferior.
-_FIRST, _LAST = 1, 17
-
-
-def shift_levels(annotations: Sequence[VertebraAnnotation], step: int) -> list[VertebraAnnotation]:
-    """Every annotation moved ``step`` levels (-1: one up towards T1, +1: one down).
-
-    For a sequence labelled off by one. Raises ValueError (nothing changed) when a label
-    would leave T1..L5 or is not one of T1..L5.
-    """
-    step = int(step)
-    out = []
-    for a in annotations:
-        if not _FIRST <= a.class_id <= _LAST:
-            raise ValueError(f"{a.name} is not one of T1..L5: shift levels works on T1..L5 only")
-        new = a.class_id + step
-        if not _FIRST <= new <= _LAST:
-            way = "up" if step < 0 else "down"
-            raise ValueError(
-                f"shifting {way} would move {a.name} past {'T1' if step < 0 else 'L5'}; "
-                "nothing was changed"
-            )
-        out.append(replace(a, class_id=new, polygons=[p.copy() for p in a.polygons]))
-    return out
-
-
-def next_missing(
-    present: Iterable[int], start: int, step: int = 1, order: Sequence[int] | None = None
-) -> int | None:
-    """The first class id from ``start`` on (walking ``step``: +1 down, -1 up the spine)
-    that is not in ``present``; if none that way, the nearest missing one the other way
-    from ``start``; None when every level is present.
-
-    ``order``: the class ids superior to inferior (default T1..L5; the extended class
-    set's is ``EXTENDED.ids_in_order()``, C7 first). A ``start`` outside it is taken as
-    the nearest end by id. E.g. with T12..L5 present and the picker at L1 going down: T11.
-    """
-    seq = [int(c) for c in (order if order is not None else range(_FIRST, _LAST + 1))]
-    have = {int(c) for c in present}
-    step = 1 if step >= 0 else -1
-    start = int(start)
-    if start in seq:
-        i0 = seq.index(start)
-    else:
-        i0 = 0 if start < min(seq) else len(seq) - 1
-    for direction in (step, -step):
-        i = i0
-        while 0 <= i < len(seq):
-            if seq[i] not in have:
-                return seq[i]
-            i += direction
-    return None

@@ -20,15 +20,30 @@ it (drawing, import, labels from 3D, review), so that :meth:`~AnnotationProject.
 takes it back, also after a restart. The last :data:`~.history.MAX_STEPS` steps per image
 are kept. With ``background=True`` the files are written on one background thread (in
 order; reads wait for pending writes; a failed write is raised by the next save or read).
+
+The annotation file and its history step are one unit: a save (and an undo or redo)
+writes the step's snapshot, then the history index, then the annotation file, which
+names the step it holds (``"step": id``). Reading an image's history (before its first
+load or save in a process) makes the two agree, whatever moment a crash or kill -9
+stopped the writes at: an annotation file one step behind its history (the last write
+did not happen) is rewritten from the history's current step; a missing one is restored
+from it; one that holds another state (an older file without ``step``, a hand edit, a
+save outside the history) becomes a new step "changes found in the annotation file".
+Each repair is said in :attr:`AnnotationProject.warnings`.
+
+Opening a project checks its files (:mod:`~.project_files`): the index is repaired or
+rebuilt from the image files, temporary files of interrupted writes are deleted, and
+annotation files and history snapshots are validated when read (a ValueError naming the
+file, the annotation and the polygon).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +52,16 @@ from ._atomic import atomic_write_text
 from .coco import write_coco
 from .history import MAX_STEPS, History, Writer, background_writer
 from .image_files import HU_SCALE, read_image, write_mip_png
+from .project_files import (
+    INDEX_NAME,
+    annotation_from_json,
+    annotation_to_json,
+    check_payload,
+    read_annotation_file,
+    read_index,
+    remove_stale_temporaries,
+    small_polygons,
+)
 from .types import AnnotatedImage, VertebraAnnotation
 
 __all__ = ["AnnotationProject", "safe_key"]
@@ -56,8 +81,12 @@ def safe_key(name: str) -> str:
     return (s or "image")[:200]
 
 
+def _is_key(key: object) -> bool:
+    return isinstance(key, str) and bool(_KEY_RE.match(key)) and ".." not in key
+
+
 def _check_key(key: str) -> str:
-    if not isinstance(key, str) or not _KEY_RE.match(key) or ".." in key:
+    if not _is_key(key):
         raise ValueError(
             f"image key {key!r} is not a safe file name (letters, digits, '._-', not "
             "starting with '.'); use safe_key()"
@@ -65,27 +94,7 @@ def _check_key(key: str) -> str:
     return key
 
 
-_EXTRA_FIELDS = ("source",)  # optional VertebraAnnotation fields kept when present
-
-
-def _ann_to_json(a: VertebraAnnotation) -> dict:
-    out = {
-        "class": a.name,
-        "class_id": int(a.class_id),
-        "polygons": [np.round(p, 3).tolist() for p in a.polygons],
-        "score": None if a.score is None else float(a.score),
-    }
-    for name in _EXTRA_FIELDS:
-        value = getattr(a, name, None)
-        if value is not None:
-            out[name] = value
-    return out
-
-
-def _ann_from_json(d: dict) -> VertebraAnnotation:
-    names = {f.name for f in dataclasses.fields(VertebraAnnotation)}
-    extra = {k: d[k] for k in _EXTRA_FIELDS if k in names and d.get(k) is not None}
-    return VertebraAnnotation(int(d["class_id"]), d["polygons"], d.get("score"), **extra)
+_UNCHANGED = "; the annotations are unchanged"
 
 
 #: Histories shared by every project object on the same folder in this process (so that
@@ -104,8 +113,15 @@ class AnnotationProject:
             raise ValueError(f"{self.folder}: not a folder")
         self.max_steps = int(max_steps)
         self._writer = background_writer() if background else Writer()
+        #: What opening and reading the project repaired, in plain words (oldest first).
+        self.warnings: list[str] = []
+        self._taken = 0
         self._flush()
-        self._index = self._read_index()
+        remove_stale_temporaries(self.folder)
+        self._index, notes, changed = read_index(self.folder, _is_key)
+        self.warnings.extend(notes)
+        if changed:
+            self._write_index()
 
     def _flush(self) -> None:
         """Wait for pending background writes (of any project in this process), so that
@@ -130,20 +146,12 @@ class AnnotationProject:
     # -- index
     @property
     def _index_path(self) -> Path:
-        return self.folder / "project.json"
+        return self.folder / INDEX_NAME
 
-    def _read_index(self) -> dict:
-        p = self._index_path
-        if not p.is_file():
-            return {}
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{p}: not a valid project index ({e})") from e
-        images = data.get("images") if isinstance(data, dict) else None
-        if not isinstance(images, dict):
-            raise ValueError(f"{p}: not a valid project index (no 'images' object)")
-        return images
+    def take_warnings(self) -> list[str]:
+        """The warnings not taken yet (see :attr:`warnings`), oldest first."""
+        new, self._taken = self.warnings[self._taken :], len(self.warnings)
+        return new
 
     def _write_index(self) -> None:
         atomic_write_text(
@@ -211,19 +219,62 @@ class AnnotationProject:
 
     # -- annotations and their history
     def history(self, key: str) -> History:
-        """The undo history of image ``key`` (shared by the project objects of a folder)."""
+        """The undo history of image ``key`` (shared by the project objects of a folder),
+        made to agree with the annotation file when first read (see the module doc)."""
         _check_key(key)
         root = str(self.folder.resolve())
         hist = _HISTORIES.get((root, key))
         if hist is None:
             self._flush()
             hist = History(self.folder / "history" / key, self.max_steps, self._writer)
+            hist.check = partial(check_payload, what="history snapshot", hint=_UNCHANGED)
             _HISTORIES[(root, key)] = hist
+            if hist.warning:
+                self.warnings.append(hist.warning)
+            self._reconcile(key, hist)
         return hist
 
-    def _write_payload(self, key: str, payload: list[dict]) -> Path:
+    def _reconcile(self, key: str, hist: History) -> None:
+        """Make the annotation file of ``key`` and the current step of ``hist`` agree."""
         path = self._ann_path(key)
-        data = {"image": key, "annotations": payload}  # encoded on the writer's thread
+        try:
+            found = read_annotation_file(path)
+        except ValueError:
+            return  # load() refuses it, naming the file
+        current = hist.payload() if len(hist) else None
+        if current is not None:
+            try:
+                check_payload(current, path, "history snapshot")
+            except ValueError:
+                current = None
+        if found is None:
+            if current is not None and current != []:
+                self._write_payload(key, current, hist.current_id)
+                self.warnings.append(f"{path} was missing: restored from the undo history")
+            return
+        payload, step = found
+        if hist.cursor_lost and step is not None and hist.move_to(step):
+            current = hist.payload()
+        if current is not None and payload == current:
+            if step != hist.current_id:
+                self._write_payload(key, current, hist.current_id)
+            return
+        behind = hist.index_of(step) is not None and payload == hist.payload(hist.index_of(step))
+        if current is not None and behind:  # the last write (of an interrupted save) is missing
+            self._write_payload(key, current, hist.current_id)
+            label = hist.steps[hist.cursor]["label"]
+            self.warnings.append(
+                f"{path}: the last change ({label!r}) had not reached the annotation file "
+                "when napari-vertebra stopped: restored from the undo history"
+            )
+            return
+        if len(hist):
+            hist.record(payload, "changes found in the annotation file")
+            self._write_payload(key, payload, hist.current_id)
+
+    def _write_payload(self, key: str, payload: list[dict], step: int | None) -> Path:
+        path = self._ann_path(key)
+        data = {"image": key, "step": step, "annotations": payload}  # encoded on the writer
         self._writer.submit(lambda: atomic_write_text(path, json.dumps(data, indent=1)))
         return path
 
@@ -241,14 +292,17 @@ class AnnotationProject:
         """
         _check_key(key)
         self._raise_failed()
-        payload = [_ann_to_json(a) for a in annotations]
+        payload = [annotation_to_json(a) for a in annotations]
+        check_payload(payload, self._ann_path(key), "annotations to save", "; nothing was saved")
+        step = None
         if record:
             hist = self.history(key)
             base = None
             if len(hist) == 0:  # the state saved before this history began
                 base = self._read_payload(key)
             hist.record(payload, label, base=base)
-        return self._write_payload(key, payload)
+            step = hist.current_id
+        return self._write_payload(key, payload, step)
 
     def _raise_failed(self) -> None:
         """Raise the error of a failed background write, without waiting."""
@@ -260,20 +314,27 @@ class AnnotationProject:
     def _read_payload(self, key: str) -> list[dict]:
         self._flush()
         path = self._ann_path(key)
-        if not path.is_file():
+        hist_dir = self.folder / "history" / key
+        hint = ""
+        if (hist_dir / "index.json").is_file():
+            hint = (
+                f". Fix the file, or delete it to restore the last state of the undo "
+                f"history ({hist_dir})"
+            )
+        found = read_annotation_file(path, hint)
+        if found is None:
             return []
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            payload = data["annotations"]
-            for a in payload:
-                _ann_from_json(a)  # validates
-            return payload
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a valid annotation file ({e})") from e
+        for note in small_polygons(found[0]):
+            msg = f"{path}: {note}: kept as saved (Export leaves it out)"
+            if msg not in self.warnings:
+                self.warnings.append(msg)
+        return found[0]
 
     def load(self, key: str) -> list[VertebraAnnotation]:
-        """The saved annotations of image ``key`` ([] when none were saved)."""
-        return [_ann_from_json(a) for a in self._read_payload(key)]
+        """The saved annotations of image ``key`` ([] when none were saved); ValueError
+        naming the file, annotation and polygon for a file that is not valid."""
+        self.history(key)  # the annotation file agrees with the history
+        return [annotation_from_json(a) for a in self._read_payload(key)]
 
     def can_undo(self, key: str) -> bool:
         """Whether image ``key`` has a change to undo."""
@@ -295,8 +356,8 @@ class AnnotationProject:
     def _step(self, key: str, payload: list[dict] | None) -> list[VertebraAnnotation] | None:
         if payload is None:
             return None
-        self._write_payload(key, payload)
-        return [_ann_from_json(a) for a in payload]
+        self._write_payload(key, payload, self.history(key).current_id)
+        return [annotation_from_json(a) for a in payload]
 
     def image(self, key: str, load_pixels: bool = True) -> AnnotatedImage:
         """Image ``key`` with its saved annotations (and pixels in float HU if asked)."""

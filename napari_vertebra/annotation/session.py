@@ -113,6 +113,11 @@ class AnnotationSession:
             project.close()
             self.project_changed.emit(None)
 
+    def take_warnings(self) -> list[str]:
+        """What opening and reading the project repaired since last asked (e.g. a lost
+        index rebuilt, an interrupted save completed from the undo history)."""
+        return [] if self.project is None else self.project.take_warnings()
+
     def list_images(self) -> list[str]:
         """The image keys of the project ([] without one, or when it cannot be read)."""
         if self.project is None:

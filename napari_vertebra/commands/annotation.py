@@ -117,7 +117,10 @@ def _run_labels_to_coco(args: argparse.Namespace) -> int:
                 scan=scan,
                 file_name=f"images/{scan}.png",
                 class_set=args.class_set,
+                labels_name=str(pair.labels),
             )
+            for note in im.warnings:
+                _print_warning(note)
             dropped = im.meta.get("dropped") or []
             print(
                 f"{scan}: {', '.join(a.name for a in im.annotations) or 'no vertebra'}"

@@ -30,6 +30,7 @@ import numpy as np
 __all__ = [
     "CLASS_SETS",
     "CONVENTIONS",
+    "CONVENTION_IDS",
     "EXTENDED",
     "LABEL_CONVENTIONS",
     "LEVEL_IDS",
@@ -113,6 +114,16 @@ CONVENTIONS: dict[str, dict[int, int]] = {
     "verse": {8 + i: 1 + i for i in range(17)},
     # TotalSegmentator v2 "total": 27 L5 .. 31 L1, 32 T12 .. 43 T1
     "totalsegmentator": {43 - i: 1 + i for i in range(17)},
+    # the values are the class ids already
+    "class ids": {1 + i: 1 + i for i in range(17)},
+}
+#: Every id a named convention defines (vertebrae and the other structures: VerSe's 27
+#: coccyx, TotalSegmentator v2's 117 ``total`` classes), so that ids a convention does
+#: not know can be named.
+CONVENTION_IDS: dict[str, range] = {
+    "verse": range(1, 29),
+    "totalsegmentator": range(1, 118),
+    "class ids": range(1, 22),
 }
 
 
@@ -216,7 +227,8 @@ _REGION = {"C": "cervical", "T": "thoracic", "L": "lumbar", "S": "sacral"}
 #: VerSe (Sekuboyina et al. 2021, and the TPTBox json beside tests/data/tptbox-l3): 1..7
 #: C1..C7, 8..19 T1..T12, 20..24 L1..L5, 25 L6, 26 sacrum, 28 T13. TotalSegmentator v2
 #: ``total`` task: 25 sacrum, 26 vertebrae_S1, 27..31 L5..L1, 32..43 T12..T1, 44..50
-#: C7..C1; it has no T13 or L6 class (a transitional spine gets 12 + 5 names).
+#: C7..C1; it has no T13 or L6 class (a transitional spine gets 12 + 5 names). "class ids":
+#: the values are the stable :data:`LEVEL_IDS` already.
 SOURCE_LEVELS: dict[str, dict[int, str]] = {
     "verse": {
         **{i: f"C{i}" for i in range(1, 8)},
@@ -233,6 +245,7 @@ SOURCE_LEVELS: dict[str, dict[int, str]] = {
         **{44 - i: f"T{i}" for i in range(1, 13)},
         **{51 - i: f"C{i}" for i in range(1, 8)},
     },
+    "class ids": dict(_LEVEL_NAMES),  # the values are the stable level ids already
 }
 
 

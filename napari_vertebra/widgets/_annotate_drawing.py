@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_vertebra.annotation.history import next_missing
+from napari_vertebra.annotation.level_tools import next_missing
 from napari_vertebra.annotation.types import VertebraAnnotation
 from napari_vertebra.core.labels import PAPER, class_colour, class_id, class_name, get_class_set
 

@@ -19,7 +19,7 @@ from napari_vertebra.annotation.polygons import (
 )
 from napari_vertebra.annotation.project import safe_key
 from napari_vertebra.annotation.types import AnnotatedImage
-from napari_vertebra.core.labels import LEVEL_IDS, resolve_convention
+from napari_vertebra.core.labels import resolve_convention
 
 from ._layers import class_label_colormap, class_label_features, find_layer, upsert_layer
 from ._status import error_message, notify
@@ -83,9 +83,10 @@ class AnnotateFiles:
         result = self.session.result_for(mip)
         if result is not None and result.labels_cropped is not None:
             work = partial(
-                labels_to_annotations, result.source, result.labels_source,
-                {i: i for i in LEVEL_IDS.values()}, params=result.params, result=result,
+                labels_to_annotations, result.source, result.labels_source, "class ids",
+                params=result.params, result=result,
                 scan=self.scan_for(mip) if mip is not None else "scan",
+                labels_name="the labels of Preprocess CT (class ids from its 'label ids' choice)",
             )  # fmt: skip
             ct_name = None
         else:
@@ -94,7 +95,10 @@ class AnnotateFiles:
             except ValueError as e:
                 self.fail(f"Labels from 3D: {error_message(e)}")
                 return False
-            work = partial(labels_to_annotations, ct, labels, conv, scan=safe_key(ct_name))
+            work = partial(
+                labels_to_annotations, ct, labels, conv, scan=safe_key(ct_name),
+                labels_name=f"labels {self.labels3d_layer.value.name!r}",
+            )  # fmt: skip
         work = partial(
             work, class_set=self.class_set.value, min_visible=float(self.min_visible.value)
         )
@@ -117,9 +121,7 @@ class AnnotateFiles:
         if arr.shape != ct.shape:
             raise ValueError(f"labels {lab_layer.name!r} {arr.shape} vs CT {ct.shape}")
         hint = (lab_layer.metadata or {}).get("convention")
-        conv: Any = resolve_convention(self.labels_convention.value, arr, hint)
-        if conv == "class ids":
-            conv = {i: i for i in LEVEL_IDS.values()}
+        conv = resolve_convention(self.labels_convention.value, arr, hint)
         return ct_layer.name, ct, ct.with_array(arr), conv
 
     def _on_from3d(self, ct_name: str | None, image: AnnotatedImage) -> None:
@@ -142,10 +144,14 @@ class AnnotateFiles:
             raise ValueError("the labels' MIP does not match the chosen MIP image")
         self.set_annotations(image.annotations, label="labels from 3D")
         self.pick_first_missing()
+        for note in image.warnings:  # e.g. ids the convention does not define
+            notify(f"Labels from 3D: {note}", "warning")
         dropped = image.meta.get("dropped") or []
         msg = f"{len(image.annotations)} vertebrae from the 3D labels"
         if dropped:
             msg += f" (dropped as cut off: {', '.join(dropped)})"
+        if ct_name is not None and self.labels_convention.value == "auto":
+            msg += f"; label ids read as {image.meta.get('convention')!r} (guessed)"
         self.status.set(msg, "ok")
 
     # -- files -------------------------------------------------------------------------

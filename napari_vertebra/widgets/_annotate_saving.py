@@ -11,7 +11,7 @@ import numpy as np
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QListWidgetItem
 
-from napari_vertebra.annotation.history import shift_levels
+from napari_vertebra.annotation.level_tools import shift_levels
 from napari_vertebra.annotation.polygons import check_image_annotations
 
 from ._shapes import shapes_to_annotations
@@ -39,6 +39,8 @@ class AnnotateSaving:
         except ValueError as e:
             self.fail(f"Annotate: {error_message(e)}")
             return
+        finally:
+            self.notify_project_repairs()
         if saved:
             self.set_annotations(saved, save=False)
             self.status.set(f"loaded {len(saved)} vertebrae of {key} from the project", "ok")
@@ -47,6 +49,21 @@ class AnnotateSaving:
                 "(every change is autosaved)"
             )
         self._show_history()
+
+    def _has_saved(self, key: str) -> bool:
+        """Whether the project holds polygons for ``key`` (True for a file it cannot
+        read, so that loading it says why)."""
+        if self.project is None:
+            return False
+        try:
+            return bool(self.project.load(key))
+        except ValueError:
+            return True
+
+    def notify_project_repairs(self) -> None:
+        """Show what reading the project repaired (one napari warning each)."""
+        for note in self.session.annotation.take_warnings():
+            notify(f"Project: {note}", "warning")
 
     def _after_change(self, save: bool = True, label: str = "edit") -> None:
         anns, msgs = shapes_to_annotations(self.shapes) if self.shapes is not None else ([], [])

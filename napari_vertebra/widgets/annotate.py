@@ -221,6 +221,7 @@ class AnnotateWidget(
                     self.fail(f"Project: {error_message(e)}")
                 return False
             self.fail(f"Could not save annotations: {error_message(e)}")  # the old one's
+        self.notify_project_repairs()
         self._refresh_project_images()
         return True
 
@@ -238,7 +239,7 @@ class AnnotateWidget(
         if not self._open_project():
             return
         key = self.image_key.value
-        if key and self.project is not None and self.project.load(key):
+        if key and self._has_saved(key):
             self._load_saved(key)
         elif had:
             self.save()  # carry the current polygons into the new project
@@ -310,7 +311,7 @@ class AnnotateWidget(
             return
         layer.metadata["project_key"] = key
         self._publish()
-        if self.project is not None and self.project.load(key):
+        if self._has_saved(key):
             self._load_saved(key)
         else:
             self.save()

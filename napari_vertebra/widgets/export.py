@@ -137,7 +137,7 @@ class ExportDatasetWidget(VertebraWidget):
         items: list[Any] = []
         if self.use_project.value:
             folder = Path(str(self.project_dir.value)).expanduser()
-            if not (folder / "project.json").is_file():
+            if not any((folder / n).exists() for n in ("project.json", "images", "annotations")):
                 raise ValueError(f"{folder}: not an annotation project (no project.json)")
             project = AnnotationProject(folder)
             for im in project.images(load_pixels=True):

@@ -10,12 +10,8 @@ import numpy as np
 import pytest
 
 from napari_vertebra.annotation import _atomic
-from napari_vertebra.annotation.history import (
-    History,
-    Writer,
-    next_missing,
-    shift_levels,
-)
+from napari_vertebra.annotation.history import History, Writer
+from napari_vertebra.annotation.level_tools import next_missing, shift_levels
 from napari_vertebra.annotation.project import AnnotationProject
 from napari_vertebra.annotation.types import VertebraAnnotation
 from napari_vertebra.core.labels import class_id
