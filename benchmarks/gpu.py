@@ -473,10 +473,14 @@ def main(argv: list[str] | None = None) -> int:
     amp_data = "fp16" if bool(cfg.amp) and dev.type == "cuda" else "fp32"
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         try:
-            from napari_vertebra.synth import write_synth
+            from napari_vertebra.annotation.coco import write_coco
+            from napari_vertebra.synth import synth_dataset
 
-            write_synth(tmp, args.images, size=size, seed=1, fractions=(1.0, 0.0, 0.0))
+            images = synth_dataset(args.images, size, seed=1, prefix="train")
+            for im in images:  # timed as columns at 1 mm (MIP_SIZE): the paper's scale
+                im.meta["spacing_mm"] = 1.0
             split = Path(tmp) / "train"
+            write_coco(images, split)
             for w in args.workers:
                 try:
                     row = data_phase(model, init, cfg, split, w, dev, amp_data, args.data_steps,

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/learning.py [--epochs 16] [--threads 2] [--out DIR]
 
-Writes 40 train / 10 val / 10 test synthetic 256 x 128 MIPs (napari-vertebra synth),
+Writes 40 train / 10 val / 10 test synthetic 256 x 128 MIPs (napari-vertebra synth --size 256 128),
 trains the shipped smoke configuration (ResNet-18-FPN from scratch) and evaluates on the test split
 (Dice per vertebra, identification rate, with and without the anatomical order fix),
 then trains with lr = 0 for the contrast (1 epoch by default: with lr = 0 the weights

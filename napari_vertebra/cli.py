@@ -3,7 +3,10 @@
 Each area registers its own sub-commands (``napari_vertebra.commands.*``); heavy imports
 (torch, napari) happen inside the commands, so ``--help`` is fast. Expected failures (bad
 input files, wrong options) print one ``error:`` line and exit with status 2; set
-``NAPARI_VERTEBRA_DEBUG=1`` to see the traceback.
+``NAPARI_VERTEBRA_DEBUG=1`` to see the traceback. Ctrl+C (SIGINT) stops any command: it
+is turned into ``KeyboardInterrupt`` even where the shell started the command with
+SIGINT ignored (a background job); each command leaves its finished work and no
+half-written file (README, "Stopping a command"), and the exit status is 130.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 #: Modules that add sub-commands, in the order they appear in ``--help``.
 COMMAND_MODULES = (
@@ -46,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: parse ``argv`` and run the chosen command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         status = args.func(args)
     except KeyboardInterrupt:

@@ -488,7 +488,7 @@ def synth_column(
     L6 and the sacrum unlabelled, as the paper-set label conventions do); S1 is the
     whole sacrum's outline. ``outline``: ``"whole"`` (body and posterior elements, as
     labels from 3D) or ``"body"``. ``meta`` records the variant, the patient scale, the
-    pixel size, the class set and the levels drawn.
+    pixel size (``spacing_mm``, ``pixel_mm``), the class set and the levels drawn.
     """
     _check_outline(outline)
     cs = get_class_set(class_set)
@@ -507,6 +507,7 @@ def synth_column(
     anns, level_rows = _draw_column(img, rng, levels, lay, cs, outline)
     meta = {
         "synthetic": True,
+        "spacing_mm": float(pixel_mm),
         "pixel_mm": float(pixel_mm),
         "patient_scale": float(scale),
         "thoracic": t_count,
@@ -515,9 +516,8 @@ def synth_column(
         "outline": outline,
         "level_rows": level_rows,
     }
-    height, width = lay.shape
     image = _finish(img, rng)
-    return AnnotatedImage(f"{name}.png", height, width, anns, image, scan=name, meta=meta)
+    return AnnotatedImage(f"{name}.png", *lay.shape, anns, image, scan=name, meta=meta)
 
 
 @dataclass(frozen=True)

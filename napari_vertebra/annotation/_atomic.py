@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["AtomicBatch", "atomic_write_bytes", "atomic_write_text", "png_bytes"]
+__all__ = [
+    "AtomicBatch",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "interrupts_held",
+    "png_bytes",
+]
 
 
 def _stage(path: Path, data: bytes) -> Path:
@@ -25,6 +34,27 @@ def _stage(path: Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return Path(tmp)
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Ctrl+C (SIGINT) waits until the block is done, then takes effect (a batch is moved
+    into place whole; a training step is counted with its update). Only in the main
+    thread, where Python runs signal handlers (elsewhere no KeyboardInterrupt comes)."""
+    old = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or old is None:
+        yield  # (None: a handler not set from Python, which could not be restored)
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if caught and callable(old):
+            old(signal.SIGINT, None)
+        elif caught and old == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -90,8 +120,9 @@ class AtomicBatch:
             self._rollback()
             return
         try:
-            for tmp, path in self._staged:
-                os.replace(tmp, path)
+            with interrupts_held():
+                for tmp, path in self._staged:
+                    os.replace(tmp, path)
         except BaseException:
             self._rollback()
             raise

@@ -8,7 +8,9 @@ Layout written by :func:`write_coco`::
 Images are stored as described in :mod:`~napari_vertebra.annotation.image_files`, with
 their ``hu_scale`` kept in the COCO image entry.
 
-COCO entries: images ``{id (from 1), file_name, width, height, scan, hu_scale[, meta]}``;
+COCO entries: images ``{id (from 1), file_name, width, height, scan, hu_scale[, meta]}``,
+the pixel spacing in ``meta.spacing_mm`` (mm, or [row, col] mm; a ``spacing`` /
+``spacing_mm`` key beside ``meta`` is read into it);
 annotations ``{id (from 1), image_id, category_id, segmentation: [[x0, y0, x1, y1, ...],
 ...], bbox: [x, y, w, h], area (pixels of the rasterised mask), iscrowd: 0[, score]}``;
 categories 1..17 named T1..L5 with supercategory thoracic / lumbar. COCO puts the
@@ -362,6 +364,9 @@ def _read_image_entry(
     meta = dict(e.get("meta") or {}) if isinstance(e.get("meta"), dict) else {}
     if hu_scale is not None:
         meta["hu_scale"] = float(hu_scale)
+    for key in ("spacing", "spacing_mm"):  # the pixel spacing, also beside "meta"
+        if e.get(key) is not None and key not in meta:
+            meta[key] = e[key]
     return AnnotatedImage(
         file_name=e["file_name"],
         height=e["height"],

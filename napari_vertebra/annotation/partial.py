@@ -34,7 +34,8 @@ def crop_view(
 
     An annotation is kept when at least ``min_visible`` of its rasterised pixels lie in
     the window. ``meta`` gets ``source`` (the file name), ``rows`` [r0, r1] and
-    ``view: "partial"``; ``hu_scale`` is carried over.
+    ``view: "partial"``; ``hu_scale`` and the pixel spacing (``spacing``, ``spacing_mm``)
+    are carried over.
     """
     h, w = int(image.height), int(image.width)
     r0, r1 = max(0, int(r0)), min(h, int(r1))
@@ -58,8 +59,9 @@ def crop_view(
             anns.append(VertebraAnnotation(a.class_id, polys, a.score))
     stem = PurePosixPath(image.file_name).stem
     meta = {"source": image.file_name, "rows": [r0, r1], "view": "partial"}
-    if "hu_scale" in (image.meta or {}):
-        meta["hu_scale"] = image.meta["hu_scale"]
+    for key in ("hu_scale", "spacing", "spacing_mm"):
+        if key in (image.meta or {}):
+            meta[key] = image.meta[key]
     return AnnotatedImage(
         file_name=file_name or f"{stem}_rows{r0}-{r1}.png",
         height=r1 - r0,

@@ -7,7 +7,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from . import add_common_args
+from . import add_common_args, add_fractions, at_least, not_negative, probability
 
 PAIRS_HELP = (
     "a CSV with a header row and columns 'ct' and 'labels' (paths relative to the CSV), "
@@ -22,9 +22,20 @@ CONVENTION_HELP = (
 
 @contextlib.contextmanager
 def _progress(enabled: bool = True):
-    """A progress callback printing to a tqdm bar on stderr (None when disabled)."""
-    if not enabled or not sys.stderr.isatty():
+    """A progress callback: a tqdm bar on stderr, or where stderr is no terminal (a log
+    file, a pipe) one line per step; None when disabled."""
+    if not enabled:
         yield None
+        return
+    if not sys.stderr.isatty():
+        said = [""]
+
+        def line(fraction: float, message: str) -> None:
+            if message != said[0]:
+                said[0] = message
+                print(f"{100 * fraction:3.0f}% {message}", file=sys.stderr, flush=True)
+
+        yield line
         return
     from tqdm import tqdm
 
@@ -135,6 +146,11 @@ def _run_labels_to_coco(args: argparse.Namespace) -> int:
 def _run_dataset_build(args: argparse.Namespace) -> int:
     from napari_vertebra.annotation.dataset import build_dataset
 
+    if args.min_vertebrae > args.max_vertebrae:
+        raise ValueError(
+            f"--min-vertebrae {args.min_vertebrae} exceeds --max-vertebrae "
+            f"{args.max_vertebrae}: a view holds min..max vertebrae (default 4..17)"
+        )
     inputs = [*args.inputs, *_pairs(args)]
     if not inputs:
         raise ValueError("no inputs: give COCO files, --ct-labels CT LABELS or --pairs CSV")
@@ -179,7 +195,7 @@ def _common_3d(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", metavar="CSV", help=f"many scans: {PAIRS_HELP}")
     p.add_argument(
         "--min-visible",
-        type=float,
+        type=probability,
         default=0.5,
         metavar="F",
         help="keep a vertebra cut by the scan edge / crop / view only if at least this "
@@ -187,7 +203,7 @@ def _common_3d(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--tolerance",
-        type=float,
+        type=not_negative,
         default=1.0,
         metavar="PX",
         help="polygon simplification tolerance in pixels (default 1)",
@@ -227,7 +243,7 @@ def _add_convert(subparsers) -> None:
     p.add_argument(
         "--image-size",
         nargs=2,
-        type=int,
+        type=at_least(1),
         metavar=("HEIGHT", "WIDTH"),
         help="image size in pixels for VIA images whose file is not beside the JSON",
     )
@@ -279,22 +295,15 @@ def _add_dataset(subparsers) -> None:
     )
     b.add_argument(
         "--views-per-image",
-        type=int,
+        type=at_least(0),
         default=10,
         metavar="N",
         help="partial views per image (default 10)",
     )
-    b.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    b.add_argument(
-        "--fractions",
-        type=float,
-        nargs=3,
-        default=(0.7, 0.15, 0.15),
-        metavar=("TRAIN", "VAL", "TEST"),
-        help="split fractions by scan (default 0.7 0.15 0.15)",
-    )
+    b.add_argument("--seed", type=at_least(0), default=0, help="random seed (default 0)")
+    add_fractions(b, "split fractions by scan")
     b.add_argument("--no-full", action="store_true", help="partial views only")
-    b.add_argument("--min-vertebrae", type=int, default=4, help="per view (default 4)")
-    b.add_argument("--max-vertebrae", type=int, default=17, help="per view (default 17)")
+    b.add_argument("--min-vertebrae", type=at_least(1), default=4, help="per view (default 4)")
+    b.add_argument("--max-vertebrae", type=at_least(1), default=17, help="per view (default 17)")
     _common_3d(b)
     b.set_defaults(func=_run_dataset_build)

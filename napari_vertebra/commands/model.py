@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import add_common_args
+from . import add_common_args, add_fractions, at_least, positive
 
 __all__ = ["register", "run_evaluate", "run_predict", "run_synth", "run_train"]
 
@@ -64,9 +64,18 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--hu-scale",
-        type=float,
+        type=positive,
         default=None,
         help="PNG stored value per HU (default: annotation.coco HU_SCALE = 40)",
+    )
+    p.add_argument(
+        "--spacing",
+        type=positive,
+        metavar="MM",
+        help="mm per pixel of the MIP inputs (default: the report.json beside a MIP of "
+        "'napari-vertebra preprocess', the pipeline's grid for a CT); a model with a fixed "
+        "scale (config pixels_per_mm: paper, levels) refuses a MIP whose spacing it cannot "
+        "know",
     )
     p.add_argument("--no-order", action="store_true", help="skip the anatomical ordering")
     p.set_defaults(func=run_predict)
@@ -103,7 +112,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--max-dist",
-        type=float,
+        type=positive,
         default=20.0,
         help="identification distance, mm (default 20, VerSe)",
     )
@@ -114,17 +123,44 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "synth",
         help="write synthetic spine MIPs with COCO annotations (train/val/test)",
-        description="Synthetic sagittal spine MIPs (T1..L5, ribs, sacrum, noise) in the "
-        "layout of 'dataset build': DIR/train|val|test/annotations.json + 16-bit PNGs.",
+        description="Synthetic sagittal spine MIPs in the layout of 'dataset build': "
+        "DIR/train|val|test/annotations.json + 16-bit PNGs, split by column (scan). By "
+        "default whole columns (C5..sacrum, with the spine variants of docs/levels.md) "
+        "drawn at --spacing mm per pixel (1 mm, as the pipeline's MIPs: the scale the "
+        "paper and levels configs assume), whole-vertebra outlines (as labels from 3D "
+        "outline them), each image's spacing in its COCO meta (spacing_mm), and "
+        "--views-per-image partial views of each column. With --size H W instead: T1..L5 "
+        "scaled to fill H x W px images (vertebral-body outlines, no physical scale, no "
+        "spacing recorded), for the configs that resize every image (smoke, synth-r50); "
+        "a fixed-scale config refuses them.",
     )
     add_common_args(p, "output folder")
-    p.add_argument("--n", type=int, default=60, help="number of images (default 60)")
-    p.add_argument("--size", type=int, nargs=2, default=(256, 128), metavar=("H", "W"), help="px")
-    p.add_argument("--partial", action="store_true", help="every other image a partial view")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--fractions", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TR", "VA", "TE")
+        "--n", type=at_least(3), default=60,
+        help="number of columns (scans), or of images with --size (default 60)",
+    )  # fmt: skip
+    p.add_argument(
+        "--views-per-image", type=at_least(0), default=None, metavar="N",
+        help="partial views per column besides the full column (default 4)",
+    )  # fmt: skip
+    p.add_argument(
+        "--spacing", type=positive, default=1.0, metavar="MM",
+        help="mm per pixel of the columns (default 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--class-set", choices=("paper", "extended"), default="paper",
+        help="levels labelled on the columns: paper (T1..L5) or extended (also C7, T13, L6, "
+        "sacrum; docs/levels.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--size", type=at_least(1), nargs=2, metavar=("H", "W"),
+        help="scaled images of H x W px instead of columns at a physical scale",
+    )  # fmt: skip
+    p.add_argument(
+        "--partial", action="store_true", help="with --size: every other image a partial view"
     )
+    p.add_argument("--seed", type=at_least(0), default=0, help="random seed (default 0)")
+    add_fractions(p, "shares of the columns (or images) in train, val and test")
     p.set_defaults(func=run_synth)
 
 
@@ -135,38 +171,60 @@ def run_train(args: argparse.Namespace) -> int:
     return main(args)
 
 
-def _read_input(path: Path, hu_scale: float | None, progress=None):
-    """(2D MIP in windowed HU, kind) from a PNG/.npy MIP or a CT."""
+def _preprocess_report(path: Path) -> dict:
+    """The report.json beside a MIP of ``napari-vertebra preprocess`` ({} when none)."""
+    report = path.with_name("report.json")
+    if not report.is_file():
+        return {}
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_input(path: Path, hu_scale: float | None):
+    """(2D MIP in windowed HU, kind, mm per pixel or None when unknown) from a PNG/.npy
+    MIP (the spacing of the report.json beside a MIP of ``preprocess``) or a CT."""
     import numpy as np
 
     name = path.name.lower()
-    if name.endswith(".npy"):
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: cannot read .npy ({e})") from e
-        return arr, "mip"
-    if name.endswith((".png", ".tif", ".tiff")):
+    if name.endswith((".npy", ".png", ".tif", ".tiff")):
+        report = _preprocess_report(path)
+        spacing = (report.get("params") or {}).get("spacing_mm")
+        if name.endswith(".npy"):
+            try:
+                return np.load(path, allow_pickle=False), "mip", spacing
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{path}: cannot read .npy ({e})") from e
         from napari_vertebra.annotation.image_files import HU_SCALE, read_image
 
-        if hu_scale is None:  # a MIP from `napari-vertebra preprocess` names its scale
-            report = path.with_name("report.json")
-            if report.is_file():
-                try:
-                    hu_scale = json.loads(report.read_text(encoding="utf-8")).get(
-                        "mip_png_hu_scale"
-                    )
-                except (OSError, ValueError):
-                    hu_scale = None
-        return read_image(path, hu_scale or HU_SCALE), "mip"
-    from napari_vertebra.core import read_ct, run_pipeline
+        # a MIP from `napari-vertebra preprocess` names its scale
+        hu_scale = hu_scale or report.get("mip_png_hu_scale") or HU_SCALE
+        return read_image(path, hu_scale), "mip", spacing
+    from napari_vertebra.core import PreprocessParams, read_ct, run_pipeline
     from napari_vertebra.core.io import is_supported_path
 
     if not path.exists():
         raise ValueError(f"{path}: input not found")
     if not is_supported_path(path):
         raise ValueError(f"{path}: not a MIP (.png, .npy) or a CT file/folder")
-    return run_pipeline(read_ct(path)).mip, "ct"
+    params = PreprocessParams()
+    return run_pipeline(read_ct(path), params).mip, "ct", params.spacing_mm
+
+
+def _mip_spacing(path: Path, found: float | None, given: float | None, predictor) -> float | None:
+    """The spacing to predict ``path`` at: ``--spacing``, else the one found; a model at
+    a fixed scale refuses a MIP whose spacing is unknown."""
+    spacing = given if given is not None else found
+    if spacing is None and predictor.tile_rows is not None:
+        raise ValueError(
+            f"{path}: the pixel spacing of this MIP is unknown (no report.json of "
+            "napari-vertebra preprocess beside it), and the model sees MIPs at a fixed "
+            f"scale ({predictor.config.pixels_per_mm:g} px per mm): give --spacing MM (1 "
+            "for the MIPs of napari-vertebra preprocess and labels-to-coco)"
+        )
+    return spacing
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -183,9 +241,10 @@ def run_predict(args: argparse.Namespace) -> int:
     used: set[str] = set()
     for k, inp in enumerate(args.inputs, start=1):
         path = Path(inp)
-        mip, kind = _read_input(path, args.hu_scale)
+        mip, kind, found = _read_input(path, args.hu_scale)
+        spacing = _mip_spacing(path, found, args.spacing, predictor)
         try:
-            pred = predictor.predict(mip)
+            pred = predictor.predict(mip, spacing=spacing)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
         stem = path.name.split(".")[0] or f"input{k}"
@@ -198,6 +257,8 @@ def run_predict(args: argparse.Namespace) -> int:
         if kind == "ct":
             np.save(out / f"{stem}_mip.npy", mip.astype(np.float32))
         entry = {"id": k, "file_name": str(path), "height": mip.shape[0], "width": mip.shape[1]}
+        if spacing is not None:
+            entry["spacing_mm"] = float(spacing)
         if pred.levels is not None:
             entry.update(pred.levels.as_dict())
         images.append(entry)
@@ -216,8 +277,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(
             "evaluate needs a CHECKPOINT or --predictions RESULTS.json (exactly one of them)"
         )
-    if args.max_dist <= 0:
-        raise ValueError(f"--max-dist must be a positive distance in mm, not {args.max_dist}")
     if args.predictions is not None:
         from napari_vertebra.model.report import format_table, run_results_evaluation
 
@@ -239,10 +298,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_synth(args: argparse.Namespace) -> int:
     """``napari-vertebra synth``."""
-    from napari_vertebra.synth import write_synth
+    from napari_vertebra.synth import write_synth, write_synth_columns
 
-    counts = write_synth(
-        args.output, args.n, tuple(args.size), args.partial, args.seed, args.fractions
-    )
-    print(f"wrote {counts} images to {args.output}", file=sys.stdout)
+    out, fractions = Path(args.output), args.fractions
+    if args.size is not None:
+        if args.views_per_image is not None:
+            raise ValueError("--views-per-image goes with columns; --size images take --partial")
+        counts = write_synth(out, args.n, tuple(args.size), args.partial, args.seed, fractions)
+        what = f"{args.size[0]} x {args.size[1]} px images (no physical scale)"
+    else:
+        if args.partial:
+            raise ValueError("--partial goes with --size; columns get --views-per-image views")
+        views = 4 if args.views_per_image is None else args.views_per_image
+        counts = write_synth_columns(
+            out, args.n, views, args.class_set, args.spacing, args.seed, fractions
+        )
+        what = f"images of {args.n} columns at {args.spacing:g} mm per pixel"
+    print(f"wrote {counts} {what} to {out}", file=sys.stdout)
     return 0

@@ -20,9 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import add_common_args
+from . import add_common_args, at_least
 
 __all__ = [
+    "OUTPUT_FILES",
+    "discard_unfinished",
     "expand_inputs",
     "input_identity",
     "is_done",
@@ -32,6 +34,9 @@ __all__ = [
     "run",
     "scan_name",
 ]
+
+#: The files of a scan's folder; ``report.json`` is written last (the scan is done).
+OUTPUT_FILES = ("mip.png", "mip.npy", "canal_centres.csv", "crop_box.json", "report.json")
 
 # flag -> PreprocessParams field
 _FLAGS = {
@@ -94,7 +99,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=at_least(1),
         default=1,
         metavar="N",
         help="scans processed at the same time (processes; default 1)",
@@ -223,11 +228,10 @@ def is_done(out_dir: Path, params_dict: dict[str, Any], identity: dict[str, Any]
         return False
     if not isinstance(data, dict):
         return False
-    files = ("mip.png", "mip.npy", "canal_centres.csv", "crop_box.json")
     return (
         data.get("params") == params_dict
         and data.get("source") == identity
-        and all((out_dir / f).is_file() for f in files)
+        and all((out_dir / f).is_file() for f in OUTPUT_FILES)
     )
 
 
@@ -373,20 +377,86 @@ def _json_scalar(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def discard_unfinished(out_dir: str | os.PathLike) -> None:
+    """Remove what a stopped scan left in ``out_dir``: when its ``report.json`` is missing
+    (a scan is done when its report is written, last), the output files and their
+    temporary copies, then the folder if that empties it. A folder with a report (a
+    finished result, also one of other parameters that the scan had not reached yet)
+    is left alone."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir() or (out_dir / "report.json").is_file():
+        return
+    for name in OUTPUT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+        for tmp in out_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+    try:
+        out_dir.rmdir()
+    except OSError:
+        pass  # other files of the user's: kept
+
+
+def _ignore_sigint() -> None:
+    """Worker processes ignore Ctrl+C: the main process stops them and cleans up."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_pool(jobs: list[tuple[Path, Path]], workers: int, call: tuple, done) -> None:
+    """:func:`preprocess_one` of ``jobs`` in ``workers`` processes, ``done(result)`` for
+    each as it finishes. Interrupted (Ctrl+C), the workers are ended at once."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = mp.get_context("spawn")  # SimpleITK's threads and fork do not mix
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint)
+    try:
+        futs = {pool.submit(preprocess_one, p, out, *call): (p, out) for p, out in jobs}
+        for fut in as_completed(futs):
+            try:
+                done(fut.result())
+            except Exception as e:  # a crashed worker: report and go on
+                p, out = futs[fut]
+                done({"path": str(p), "out": str(out), "status": "failed", "message": repr(e)})
+    except BaseException:
+        _end_workers(pool)
+        raise
+    pool.shutdown()
+
+
+def _end_workers(pool: Any) -> None:
+    """End the processes of a ProcessPoolExecutor now (its running scans are lost) and
+    wait until they are gone, so that none writes after the clean-up."""
+    # the executor has no public way to end its workers before Python 3.14
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in procs:
+        proc.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the ``preprocess`` command; returns 1 if any scan failed."""
+    """Run the ``preprocess`` command; returns 1 if any scan failed.
+
+    Ctrl+C stops it at once: finished scans stay, the scans in progress leave nothing
+    (:func:`discard_unfinished`), and KeyboardInterrupt goes on to the command line.
+    """
     from tqdm import tqdm
 
     params = _params_from_args(args)
     params_dict = params.to_dict()
     scans = expand_inputs(args.inputs)
-    if args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
     out_root = Path(args.output)
     out_root.mkdir(parents=True, exist_ok=True)
     jobs = [(p, out_root / output_name(p)) for p in scans]
+    call = (params_dict, args.force, args.series, args.hu_offset)
 
-    results = []
+    results: list[dict[str, Any]] = []
     bar = tqdm(total=len(jobs), unit="scan", desc="preprocess", file=sys.stderr)
 
     def done(r: dict[str, Any]) -> None:
@@ -397,32 +467,32 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(f"WARNING {r['path']}: {w}", file=sys.stderr)
         bar.update(1)
 
-    if args.workers == 1 or len(jobs) <= 1:
-        for p, out in jobs:
-            done(preprocess_one(p, out, params_dict, args.force, args.series, args.hu_offset))
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        ctx = mp.get_context("spawn")  # SimpleITK's threads and fork do not mix
-        with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
-            futs = {
-                pool.submit(
-                    preprocess_one, p, out, params_dict, args.force, args.series, args.hu_offset
-                ): p
-                for p, out in jobs
-            }
-            for fut in as_completed(futs):
-                try:
-                    done(fut.result())
-                except Exception as e:  # a crashed worker: report and go on
-                    done({"path": str(futs[fut]), "status": "failed", "message": repr(e)})
+    try:
+        if args.workers == 1 or len(jobs) <= 1:
+            for p, out in jobs:
+                done(preprocess_one(p, out, *call))
+        else:
+            _run_pool(jobs, args.workers, call, done)
+    except KeyboardInterrupt:
+        bar.close()
+        finished = {r.get("out") for r in results}
+        for _, out in jobs:
+            if str(out) not in finished:
+                discard_unfinished(out)
+        print(f"interrupted: {_summary(results, len(jobs), out_root)}; the scans in progress "
+              "left nothing: the same command does the rest", file=sys.stderr)  # fmt: skip
+        raise
     bar.close()
+    print(_summary(results, len(jobs), out_root))
+    return 1 if any(r["status"] == "failed" for r in results) else 0
+
+
+def _summary(results: list[dict[str, Any]], n_jobs: int, out_root: Path) -> str:
+    """ "preprocessed N, skipped S (already done), failed F of M scan(s) into OUT"."""
     n = {s: sum(r["status"] == s for r in results) for s in ("done", "skipped", "failed")}
     n_warned = sum(bool(r.get("warnings")) for r in results)
     warned = f"; {n_warned} with warnings (see their report.json)" if n_warned else ""
-    print(
+    return (
         f"preprocessed {n['done']}, skipped {n['skipped']} (already done), "
-        f"failed {n['failed']} of {len(jobs)} scan(s) into {out_root}{warned}"
+        f"failed {n['failed']} of {n_jobs} scan(s) into {out_root}{warned}"
     )
-    return 1 if n["failed"] else 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "EpochBatchSampler",
     "VertebraDataset",
     "aspect_group",
+    "at_one_mm",
     "collate",
     "epoch_steps",
     "image_to_tensor",
@@ -65,11 +67,14 @@ _CroppedMask = tuple[int, int, np.ndarray]
 class VertebraDataset(torch.utils.data.Dataset):
     """Images and Mask R-CNN targets (boxes, labels 1..17, masks) of one COCO split.
 
-    Masks are rasterised once, when the dataset is made, and kept cropped to their
-    boxes. ``train=True`` turns augmentation on; its random numbers depend on (seed,
-    epoch, index) only, so runs and resumed runs see the same samples. The epoch comes
-    with the index (``dataset[(index, epoch)]``, as :class:`EpochBatchSampler` yields
-    them, so persistent loader workers follow it) or from :meth:`set_epoch`.
+    With a fixed scale (config ``pixels_per_mm``, which is per mm) every image must
+    record its pixel spacing (``spacing_mm`` in its meta) and is resampled to 1 mm per
+    pixel (:func:`at_one_mm`); one without is refused. Masks are rasterised once, when
+    the dataset is made, and kept cropped to their boxes. ``train=True`` turns
+    augmentation on; its random numbers depend on (seed, epoch, index) only, so runs and
+    resumed runs see the same samples. The epoch comes with the index
+    (``dataset[(index, epoch)]``, as :class:`EpochBatchSampler` yields them, so
+    persistent loader workers follow it) or from :meth:`set_epoch`.
     """
 
     def __init__(
@@ -89,6 +94,8 @@ class VertebraDataset(torch.utils.data.Dataset):
         if not any(im.annotations for im in images):
             raise ValueError(f"{self.path}: the COCO split has no annotations (no vertebrae)")
         _check_class_set(images, self.cfg, self.path)
+        if self.cfg.pixels_per_mm is not None:
+            images = [at_one_mm(im, self.path) for im in images]
         self.images: list[AnnotatedImage] = images
         self.train = train
         self.epoch = 0
@@ -165,6 +172,33 @@ class VertebraDataset(torch.utils.data.Dataset):
             rows = self._rows(index, self._ep(epoch))
             image, cls, masks = augment(image, cls, masks, self.cfg, rng, rows)
         return _to_sample(image, cls, masks, index)
+
+
+def at_one_mm(im: AnnotatedImage, where: Any) -> AnnotatedImage:
+    """``im`` resampled to 1 mm per pixel (bilinear) with its polygons, from its
+    recorded spacing (:func:`~napari_vertebra.model.evaluate.known_spacing`: ValueError
+    naming ``where`` when there is none); ``im`` itself when it is 1 mm already."""
+    from .evaluate import known_spacing
+
+    spacing = known_spacing({"file_name": im.file_name, "meta": im.meta}, where)
+    if np.allclose(spacing, 1.0, rtol=0, atol=1e-6):
+        return im
+    shape = tuple(
+        max(1, round(n * s)) for n, s in zip((im.height, im.width), spacing, strict=True)
+    )
+    zoom = np.array(shape, float) / (im.height, im.width)
+    image = None
+    if im.image is not None:
+        pixels = np.asarray(im.image, np.float32)
+        image = ndi.zoom(pixels, zoom, order=1, grid_mode=True, mode="grid-constant")
+    # (row, col) px with pixel centres at integers: the edges scale with the grid
+    anns = [
+        replace(a, polygons=[(np.asarray(p, float) + 0.5) * zoom - 0.5 for p in a.polygons])
+        for a in im.annotations
+    ]
+    meta = {k: v for k, v in (im.meta or {}).items() if k != "spacing"}
+    meta.update(spacing_mm=1.0, resampled_from_mm=list(spacing))
+    return replace(im, height=shape[0], width=shape[1], annotations=anns, image=image, meta=meta)
 
 
 def _check_class_set(images: list[AnnotatedImage], cfg: TrainConfig, where) -> None:

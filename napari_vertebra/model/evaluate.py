@@ -57,6 +57,7 @@ __all__ = [
     "evaluate_predictor",
     "ground_truth",
     "image_spacing",
+    "known_spacing",
     "model_results",
     "named_results",
     "split_ground_truth",
@@ -68,18 +69,24 @@ _MAP_KEYS = ("box_mAP", "box_mAP50", "mask_mAP", "mask_mAP50")
 
 
 # --------------------------------------------------------------------- ground truth
-def image_spacing(entry: dict[str, Any] | None) -> tuple[float, float]:
+def image_spacing(
+    entry: dict[str, Any] | None, default: tuple[float, float] | None = (1.0, 1.0)
+) -> tuple[float, float] | None:
     """(row mm, col mm) pixel spacing of a COCO image entry (or an image's ``meta``).
 
     Looks for ``spacing`` or ``spacing_mm`` (a number or [row, col]) in the entry, then
-    in its ``meta``; 1 mm (the preprocessed MIP's) when none is given.
+    in its ``meta``; ``default`` when none is given (1 mm, the preprocessed MIP's, for
+    distances; None where the spacing must be known).
     """
     entry = entry or {}
     for where in (entry, entry.get("meta") if isinstance(entry.get("meta"), dict) else {}):
         for key in ("spacing", "spacing_mm"):
             if key not in where or where[key] is None:
                 continue
-            v = np.asarray(where[key], dtype=float).reshape(-1)
+            try:
+                v = np.asarray(where[key], dtype=float).reshape(-1)
+            except (TypeError, ValueError):
+                v = np.zeros(0)
             if v.size == 1:
                 v = np.repeat(v, 2)
             if v.size != 2 or not np.all(np.isfinite(v)) or np.any(v <= 0):
@@ -88,7 +95,23 @@ def image_spacing(entry: dict[str, Any] | None) -> tuple[float, float]:
                     f"{where[key]!r} is not a positive pixel spacing (mm, or [row, col] mm)"
                 )
             return float(v[0]), float(v[1])
-    return 1.0, 1.0
+    return default
+
+
+def known_spacing(entry: dict[str, Any], where: Any) -> tuple[float, float]:
+    """:func:`image_spacing` of an image that a model at a fixed scale (config
+    ``pixels_per_mm``) trains or predicts on: ValueError naming ``where`` (its file), the
+    image and the key to add when the entry does not record it."""
+    spacing = image_spacing(entry, default=None)
+    if spacing is None:
+        raise ValueError(
+            f"{where}: image {entry.get('file_name', '?')!r} does not record its pixel "
+            "spacing, which a model at a fixed scale (config pixels_per_mm) needs: add "
+            '"spacing_mm": MM (mm per pixel; 1 for the MIPs of napari-vertebra preprocess '
+            "and labels-to-coco) to the meta of its COCO image entry, or use a config "
+            "without pixels_per_mm (smoke, synth-r50)"
+        )
+    return spacing
 
 
 def ground_truth(
@@ -359,12 +382,15 @@ def model_results(
     device=None,
     progress: ProgressCallback | None = None,
     predictor=None,
+    spacings: Sequence[tuple[float, float] | None] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """(raw detections, predictions at ``min_score``) of a Mask R-CNN on MIPs, as COCO
-    results. ``images``: 2D windowed-HU MIPs; ``ids``: their image ids (default 1..N).
-    ``predictor`` (a :class:`~napari_vertebra.model.predict.Predictor` of ``model``)
-    supplies the class set, the level decoder's settings and the tiling of MIPs too tall
-    for a fixed-scale model; without it they come from the model's class count.
+    results. ``images``: 2D windowed-HU MIPs; ``ids``: their image ids (default 1..N);
+    ``spacings``: their (row, col) mm per pixel (default 1 mm), which a model at a fixed
+    scale sees them by. ``predictor`` (a :class:`~napari_vertebra.model.predict.
+    Predictor` of ``model``) supplies the class set, the level decoder's settings and the
+    tiling of MIPs too tall for a fixed-scale model; without it they come from the
+    model's class count.
 
     Raw: every detection of ``model(images)`` in eval mode (masks > 0.5, the detector's
     class and class probability). At threshold: :func:`~napari_vertebra.model.predict.
@@ -378,14 +404,15 @@ def model_results(
     ids = list(range(1, len(images) + 1)) if ids is None else list(ids)
     if device is None:
         device = next(model.parameters()).device
-    decoder = predictor.decoder_settings() if predictor is not None else {}
+    spacings = [None] * len(images) if spacings is None else list(spacings)
     raw: list[dict] = []
     kept: list[dict] = []
-    for k, (im, img_id) in enumerate(zip(images, ids, strict=True)):
+    for k, (im, img_id, sp) in enumerate(zip(images, ids, spacings, strict=True)):
         report(progress, k / max(1, len(images)), f"predicting image {k + 1}/{len(images)}")
         a = np.asarray(im, np.float32)
-        det, entries = _raw_results(model, a, img_id, hu_max, device, predictor)
+        det, entries = _raw_results(model, a, img_id, hu_max, device, predictor, sp)
         raw += entries
+        decoder = predictor.decoder_settings(sp) if predictor is not None else {}
         pred = postprocess(det, a.shape, min_score, order, box_iou, **decoder)
         entries = coco_results(img_id, pred.masks, pred.boxes, pred.classes, pred.scores)
         if pred.level_confidence is not None:
@@ -399,20 +426,26 @@ def model_results(
     return raw, kept
 
 
-def _raw_results(model, a: np.ndarray, img_id: int, hu_max: float, device, predictor):
-    """(detections, their COCO results) of one MIP: torchvision's eval forward (a mask
-    for every detection), or for a MIP taller than the predictor's tiles the merged
-    tiles' de-duplicated detections with masks."""
+def _raw_results(
+    model, a: np.ndarray, img_id: int, hu_max: float, device, predictor, spacing=None
+):
+    """(detections, their COCO results) of one MIP (of ``spacing`` mm per pixel, None:
+    1 mm): torchvision's eval forward (a mask for every detection), or for a MIP taller
+    than the predictor's tiles the merged tiles' de-duplicated detections with masks."""
     from .data import image_to_tensor
     from .detect import full_detections
+    from .scale import input_spacing
 
-    if predictor is not None and predictor.tile_rows and a.shape[0] > predictor.tile_rows:
-        det = predictor.detect(a, 0.0)
+    limit = predictor.tile_rows_at(spacing) if predictor is not None else None
+    if limit and a.shape[0] > limit:
+        det = predictor.detect(a, 0.0, spacing)
         keep = det["keep"].numpy()
         boxes, labels, scores = (det[k].numpy()[keep] for k in ("boxes", "labels", "scores"))
     else:
         t = image_to_tensor(a, hu_max).to(device)
-        det = {key: v.detach().cpu() for key, v in full_detections(model, [t])[0].items()}
+        with input_spacing(model, spacing):
+            found = full_detections(model, [t])[0]
+        det = {key: v.detach().cpu() for key, v in found.items()}
         boxes, labels, scores = (det[k].numpy() for k in ("boxes", "labels", "scores"))
     masks = (det["masks"][:, 0] > 0.5).numpy()
     return det, coco_results(img_id, masks, boxes, labels, scores)
@@ -456,8 +489,13 @@ def evaluate_predictor(
 ) -> dict[str, Any]:
     """:func:`detection_metrics` of a :class:`~napari_vertebra.model.predict.Predictor`
     on a COCO split folder (its image ids and spacing), at the predictor's ``min_score``,
-    ``box_iou`` and ``order``; ``max_dist`` in mm."""
+    ``box_iou`` and ``order``; ``max_dist`` in mm. A predictor at a fixed scale needs
+    every image's spacing recorded (:func:`known_spacing`, else ValueError)."""
     images, gt = _read_split(split_dir, load_images=True)
+    spacings = [image_spacing(e) for e in gt["images"]]
+    if predictor.tile_rows is not None:  # a fixed scale
+        for im in images:
+            known_spacing({"file_name": im.file_name, "meta": im.meta}, gt["_source"])
     raw, kept = model_results(
         predictor.model,
         [im.image for im in images],
@@ -469,6 +507,7 @@ def evaluate_predictor(
         device=predictor.device,
         progress=progress,
         predictor=predictor,
+        spacings=spacings,
     )
     report(progress, 1.0, "COCO mAP")
     return detection_metrics(gt, raw, kept, predictor.min_score, max_dist)

@@ -48,7 +48,7 @@ from .detect import (
 from .device import resolve_device
 from .levels import LevelDecoding, decode_levels
 from .levels import class_frequencies as _training_shares
-from .scale import TILE_OVERLAP_MM, merge_tiles, row_tiles
+from .scale import TILE_OVERLAP_MM, input_spacing, merge_tiles, row_tiles, spacing_pair
 
 __all__ = [
     "TEST_SETTINGS",
@@ -246,8 +246,9 @@ class Predictor:
                 f"the model has {logits_dim(self.model)} classes but its config's class set "
                 f"{self.class_set.name!r} has {self.class_set.num_classes}"
             )
-        #: mm per MIP pixel for the level decoder's size prior: our MIPs are 1 mm; only a
-        #: model that sees a fixed physical scale (``pixels_per_mm``) uses the prior
+        #: mm per pixel of a 1 mm MIP for the level decoder's size prior (each MIP's
+        #: spacing scales it); only a model that sees a fixed physical scale
+        #: (``pixels_per_mm``) uses the prior: None for the others
         self.pixel_mm = 1.0 if self.config.pixels_per_mm is not None else None
         #: annotated vertebrae per class in the training set (from the checkpoint; None
         #: for older checkpoints): the level decoder's class prior (``level_class_prior``)
@@ -270,62 +271,95 @@ class Predictor:
 
     @property
     def tile_rows(self) -> int | None:
-        """Most MIP rows the model sees at once (fixed scale), None without a fixed scale."""
-        ppm = self.config.pixels_per_mm
-        return None if ppm is None else int(self.config.max_size / ppm)
+        """Most rows of a 1 mm MIP the model sees at once (fixed scale), None without a
+        fixed scale."""
+        return self.tile_rows_at(1.0)
 
-    def predict(self, image: np.ndarray, min_score: float | None = None) -> Prediction:
-        """Vertebrae on one 2D MIP (windowed HU, (rows, cols))."""
-        return self.predict_batch([image], min_score)[0]
+    def tile_rows_at(self, spacing: float | Sequence[float] | None) -> int | None:
+        """Most rows of a MIP of ``spacing`` mm per pixel (None: 1 mm) the model sees at
+        once, None without a fixed scale."""
+        ppm = self.config.pixels_per_mm
+        return (
+            None if ppm is None else int(self.config.max_size / (ppm * spacing_pair(spacing)[0]))
+        )
+
+    def predict(
+        self,
+        image: np.ndarray,
+        min_score: float | None = None,
+        spacing: float | Sequence[float] | None = None,
+    ) -> Prediction:
+        """Vertebrae on one 2D MIP (windowed HU, (rows, cols)) of ``spacing`` mm per
+        pixel (a number or (row, col); None: 1 mm, the pipeline's grid). A model at a
+        fixed scale sees the MIP at its pixels per mm; the others ignore the spacing."""
+        return self.predict_batch([image], min_score, spacing)[0]
 
     def predict_batch(
-        self, images: list[np.ndarray], min_score: float | None = None
+        self,
+        images: list[np.ndarray],
+        min_score: float | None = None,
+        spacing: float | Sequence[float] | None = None,
     ) -> list[Prediction]:
-        """:meth:`predict` on several MIPs at once (a MIP taller than :attr:`tile_rows`
-        is predicted in overlapping tiles)."""
+        """:meth:`predict` on several MIPs of the same ``spacing`` at once (a MIP taller
+        than :meth:`tile_rows_at` is predicted in overlapping tiles)."""
         arrays = [_check_image(im) for im in images]
         ms = self.min_score if min_score is None else float(min_score)
-        if self.tile_rows is not None and any(a.shape[0] > self.tile_rows for a in arrays):
-            dets = [self.detect(a, ms) for a in arrays]
+        limit = self.tile_rows_at(spacing)
+        if limit is not None and any(a.shape[0] > limit for a in arrays):
+            dets = [self.detect(a, ms, spacing) for a in arrays]
         else:
             tensors = [image_to_tensor(a, self.hu_max).to(self.device) for a in arrays]
-            dets = raw_detections(self.model, tensors, ms, self.box_iou)
-        return [self.finish(d, a.shape, ms) for d, a in zip(dets, arrays, strict=True)]
+            with input_spacing(self.model, spacing):
+                dets = raw_detections(self.model, tensors, ms, self.box_iou)
+        return [self.finish(d, a.shape, ms, spacing) for d, a in zip(dets, arrays, strict=True)]
 
-    def detect(self, image: np.ndarray, min_score: float = 0.0) -> dict[str, torch.Tensor]:
-        """:func:`~napari_vertebra.model.detect.raw_detections` of one MIP (tiled when
-        taller than :attr:`tile_rows`),
-        for :meth:`finish` at any threshold >= ``min_score`` (the Predict widget's
-        slider)."""
+    def detect(
+        self,
+        image: np.ndarray,
+        min_score: float = 0.0,
+        spacing: float | Sequence[float] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """:func:`~napari_vertebra.model.detect.raw_detections` of one MIP of ``spacing``
+        mm per pixel (tiled when taller than :meth:`tile_rows_at`), for :meth:`finish` at
+        any threshold >= ``min_score`` (the Predict widget's slider)."""
         a = _check_image(image)
-        limit = self.tile_rows
-        if limit is None or a.shape[0] <= limit:
-            t = image_to_tensor(a, self.hu_max).to(self.device)
-            return raw_detections(self.model, [t], min_score, self.box_iou)[0]
-        overlap = TILE_OVERLAP_MM / (self.pixel_mm or 1.0)
-        tiles = row_tiles(a.shape[0], limit, overlap)
-        parts = []
-        for r0, r1 in tiles:
-            t = image_to_tensor(a[r0:r1], self.hu_max).to(self.device)
-            parts.append((r0, r1, raw_detections(self.model, [t], min_score, self.box_iou)[0]))
+        limit = self.tile_rows_at(spacing)
+        with input_spacing(self.model, spacing):
+            if limit is None or a.shape[0] <= limit:
+                t = image_to_tensor(a, self.hu_max).to(self.device)
+                return raw_detections(self.model, [t], min_score, self.box_iou)[0]
+            overlap = TILE_OVERLAP_MM / spacing_pair(spacing)[0]
+            parts = []
+            for r0, r1 in row_tiles(a.shape[0], limit, overlap):
+                t = image_to_tensor(a[r0:r1], self.hu_max).to(self.device)
+                det = raw_detections(self.model, [t], min_score, self.box_iou)[0]
+                parts.append((r0, r1, det))
         return merge_tiles(parts, a.shape, min_score, self.box_iou, logits_dim(self.model) - 1)
 
-    def decoder_settings(self) -> dict[str, Any]:
+    def decoder_settings(self, spacing: float | Sequence[float] | None = None) -> dict[str, Any]:
         """The level decoder's keywords of :func:`postprocess` for this model: its class
-        set, the MIP's mm per pixel, the evidence weight, the training class shares."""
+        set, the MIP's mm per pixel (of ``spacing``: its rows', along the column; None
+        without a fixed scale), the evidence weight, the training class shares."""
+        pixel_mm = None if self.pixel_mm is None else spacing_pair(spacing)[0]
         return {
             "class_set": self.class_set,
-            "pixel_mm": self.pixel_mm,
+            "pixel_mm": pixel_mm,
             "evidence_weight": self.config.level_evidence_weight,
             "class_frequencies": self.class_frequencies,
         }
 
     def finish(
-        self, det: dict[str, torch.Tensor], shape: tuple[int, int], min_score: float | None = None
+        self,
+        det: dict[str, torch.Tensor],
+        shape: tuple[int, int],
+        min_score: float | None = None,
+        spacing: float | Sequence[float] | None = None,
     ) -> Prediction:
-        """:func:`postprocess` of :meth:`detect`'s output with this predictor's settings."""
+        """:func:`postprocess` of :meth:`detect`'s output (of a MIP of ``spacing``) with
+        this predictor's settings."""
         ms = self.min_score if min_score is None else float(min_score)
-        pred = postprocess(det, shape, ms, self.order, self.box_iou, **self.decoder_settings())
+        settings = self.decoder_settings(spacing)
+        pred = postprocess(det, shape, ms, self.order, self.box_iou, **settings)
         sure = self.validation.get("val_level_certain_id_rate")
         if pred.levels is not None and sure is not None:
             pred.meta["validation_certain_id_rate"] = sure

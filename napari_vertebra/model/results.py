@@ -38,6 +38,13 @@ def _result_errors(k: int, r: Any, gt_images: dict[int, dict], cats: dict[int, i
         or not math.isfinite(r["score"])
     ):
         errs.append(f"{tag}: score {r['score']!r} is not a number")
+    elif not 0.0 <= r["score"] <= 1.0:
+        errs.append(f"{tag}: score {r['score']!r} is out of range: a score is a probability 0..1")
+    conf = r.get("level_confidence")
+    if conf is not None and not (
+        isinstance(conf, (int, float)) and not isinstance(conf, bool) and 0.0 <= conf <= 1.0
+    ):
+        errs.append(f"{tag}: level_confidence {conf!r} is not a probability 0..1")
     if not _is_int(r["category_id"]) or r["category_id"] not in cats:
         errs.append(f"{tag}: category_id {r['category_id']!r} is not a vertebra of the split")
     if not _is_int(r["image_id"]) or r["image_id"] not in gt_images:

@@ -3,10 +3,13 @@
 torchvision's Mask R-CNN resizes every image so that its short side is ``min_size``: a
 full 600 x 140 mm MIP is enlarged 1.7x, a partial view of 240 x 140 mm 4.3x, and a
 vertebra's pixel height then depends on the field of view instead of on its level. With
-``pixels_per_mm`` set in the config, :class:`FixedScaleTransform` scales every MIP (1 mm
-per pixel, as the pipeline writes them) by that factor, the same in training,
-validation and prediction; augmentation varies it by ``aug_scale`` (a patient-like
-+-10 %), not by the field of view.
+``pixels_per_mm`` set in the config, :class:`FixedScaleTransform` scales every MIP to
+that many pixels per mm, the same in training, validation and prediction; augmentation
+varies it by ``aug_scale`` (a patient-like +-10 %), not by the field of view. The
+training data are resampled to 1 mm per pixel (the pipeline's MIPs are 1 mm) from each
+image's recorded spacing (:func:`napari_vertebra.model.data.at_one_mm`); prediction
+tells the transform the spacing of the MIP it is given (:func:`input_spacing`, 1 mm by
+default), and an image whose spacing is not known is refused where it is read.
 
 Images larger than ``max_size`` at that scale are never squeezed by the model's input
 path: training crops them to a random window (:func:`fit_rows`), prediction tiles them
@@ -17,6 +20,9 @@ counts it in ``squeezed`` (the only case of a scale other than ``pixels_per_mm``
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,7 +31,15 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 from .anatomy import MaskSuppressor, box_suppression
 from .detect import iou_tag
 
-__all__ = ["TILE_OVERLAP_MM", "FixedScaleTransform", "fit_rows", "merge_tiles", "row_tiles"]
+__all__ = [
+    "TILE_OVERLAP_MM",
+    "FixedScaleTransform",
+    "fit_rows",
+    "input_spacing",
+    "merge_tiles",
+    "row_tiles",
+    "spacing_pair",
+]
 
 #: Overlap (mm) of neighbouring prediction tiles: more than the tallest outline (the
 #: sacrum, about 100 mm on a sagittal MIP) so that every vertebra is whole in one tile.
@@ -35,10 +49,11 @@ TILE_OVERLAP_MM = 128.0
 class FixedScaleTransform(GeneralizedRCNNTransform):
     """GeneralizedRCNNTransform that scales by a fixed factor instead of to ``min_size``.
 
-    ``pixels_per_mm`` is the factor for a 1 mm/px MIP; ``max_size`` the longest side the
-    model may see (larger inputs are scaled down to fit and counted in ``squeezed``:
-    callers tile or crop first). Normalisation, batching and ``postprocess`` (boxes and
-    masks back to the input size) are torchvision's.
+    ``pixels_per_mm`` is the factor for a 1 mm/px MIP, :attr:`spacing` the (row, col) mm
+    per pixel of the images given (1 mm; :func:`input_spacing` sets it); ``max_size`` the
+    longest side the model may see (larger inputs are scaled down to fit and counted in
+    ``squeezed``: callers tile or crop first). Normalisation, batching and
+    ``postprocess`` (boxes and masks back to the input size) are torchvision's.
     """
 
     def __init__(
@@ -57,23 +72,30 @@ class FixedScaleTransform(GeneralizedRCNNTransform):
             size_divisible=size_divisible,
         )
         self.pixels_per_mm = float(pixels_per_mm)
+        self.spacing = (1.0, 1.0)
         self.squeezed = 0
 
+    def factors(self, height: int, width: int) -> tuple[float, float]:
+        """The (row, col) factors applied to an image of ``height`` x ``width`` px."""
+        sr, sc = (self.pixels_per_mm * s for s in self.spacing)
+        longest = max(height * sr, width * sc)
+        if longest > self.max_size + 1e-6:
+            return sr * self.max_size / longest, sc * self.max_size / longest
+        return sr, sc
+
     def scale_for(self, height: int, width: int) -> float:
-        """The factor applied to an image of ``height`` x ``width`` px."""
-        s = self.pixels_per_mm
-        longest = max(height, width)
-        if longest * s > self.max_size + 1e-6:
-            return self.max_size / longest
-        return s
+        """The factor applied to the rows of an image of ``height`` x ``width`` px (and
+        to its columns when its pixels are square): :meth:`factors`' first."""
+        return self.factors(height, width)[0]
 
     def resize(self, image: torch.Tensor, target: dict | None = None):
-        """Scale ``image`` (C, H, W) and its target by :meth:`scale_for`."""
+        """Scale ``image`` (C, H, W) and its target by :meth:`factors`."""
         h, w = image.shape[-2:]
-        s = self.scale_for(int(h), int(w))
-        if s != self.pixels_per_mm:
+        s = self.factors(int(h), int(w))
+        if s[0] < self.pixels_per_mm * self.spacing[0] - 1e-9:
             self.squeezed += 1
-        if abs(s - 1.0) > 1e-9:
+        scaled = max(abs(s[0] - 1.0), abs(s[1] - 1.0)) > 1e-9
+        if scaled:
             image = F.interpolate(
                 image[None],
                 scale_factor=s,
@@ -83,7 +105,7 @@ class FixedScaleTransform(GeneralizedRCNNTransform):
             )[0]
         if target is None:
             return image, target
-        if "masks" in target and abs(s - 1.0) > 1e-9:
+        if "masks" in target and scaled:
             m = target["masks"]
             target["masks"] = F.interpolate(m[:, None].float(), size=tuple(image.shape[-2:]))[
                 :, 0
@@ -96,6 +118,33 @@ class FixedScaleTransform(GeneralizedRCNNTransform):
             f"{type(self).__name__}(pixels_per_mm={self.pixels_per_mm}, "
             f"max_size={self.max_size}, mean={self.image_mean}, std={self.image_std})"
         )
+
+
+def spacing_pair(spacing: float | Sequence[float] | None) -> tuple[float, float]:
+    """(row mm, col mm) of a spacing given as one number, a pair or None (1 mm)."""
+    if spacing is None:
+        return 1.0, 1.0
+    v = np.asarray(spacing, float).reshape(-1)
+    if v.size == 1:
+        v = np.repeat(v, 2)
+    if v.size != 2 or not np.all(np.isfinite(v)) or np.any(v <= 0):
+        raise ValueError(f"{spacing!r} is not a positive pixel spacing (mm, or [row, col] mm)")
+    return float(v[0]), float(v[1])
+
+
+@contextlib.contextmanager
+def input_spacing(model: torch.nn.Module, spacing: float | Sequence[float] | None):
+    """Within the block a model at a fixed scale takes its images as ``spacing`` mm per
+    pixel (see :func:`spacing_pair`); other models resize every image and ignore it."""
+    t = getattr(model, "transform", None)
+    if not isinstance(t, FixedScaleTransform):
+        yield
+        return
+    old, t.spacing = t.spacing, spacing_pair(spacing)
+    try:
+        yield
+    finally:
+        t.spacing = old
 
 
 def fit_rows(height: int, width: int, limit_px: float, rng) -> tuple[int, int] | None:

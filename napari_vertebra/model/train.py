@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from napari_vertebra.annotation._atomic import atomic_write_text
+from napari_vertebra.annotation._atomic import atomic_write_text, interrupts_held
 from napari_vertebra.annotation.dataset import val_split_problem
 from napari_vertebra.core.progress import ProgressCallback
 
@@ -105,6 +105,23 @@ class _Training:
         #: the training prior of each class, for the level decoder (model/levels.py)
         self.class_counts = [int(c) for c in self.train_set.class_counts()]
         self.trainable = trainable_names(self.model)
+        #: Ctrl+C held while the weights, the optimizer and the step counts are updated
+        #: (from an optimizer step until the step is counted), so that it always finds
+        #: them in agreement (:meth:`save_interrupted`)
+        self._held: Any = None
+        self.optimizer.register_step_pre_hook(self._hold_interrupts)
+
+    def _hold_interrupts(self, *_args: Any) -> None:
+        if self._held is None:
+            self._held = interrupts_held()
+            self._held.__enter__()
+
+    def release_interrupts(self) -> None:
+        """End the hold of :meth:`_hold_interrupts` (a Ctrl+C that came meanwhile raises
+        KeyboardInterrupt now)."""
+        held, self._held = self._held, None
+        if held is not None:
+            held.__exit__(None, None, None)
 
     def restore(self, ckpt: dict[str, Any]) -> ResumeState:
         """Continue from ``ckpt`` (``last.pt``): optimizer, scheduler (at this config's
@@ -183,6 +200,7 @@ class _Training:
             state.step += 1
             state.step_in_epoch += 1
             logger.step(state, losses, self.current_lr())
+            self.release_interrupts()
 
         means = train_one_epoch(
             self.net, self.optimizer, self.scheduler, self.loader, self.dev, epoch,
@@ -190,16 +208,18 @@ class _Training:
             grad_clip=self.cfg.grad_clip, distributed=self.distributed, meter=state.losses,
         )  # fmt: skip
         logger.validating(state)
-        state.metrics = self.validate()
-        state.epoch, state.step_in_epoch = epoch + 1, 0
-        value = metric_value(state.metrics, self.cfg.best_metric)
-        # the first validated epoch always gives a best.pt, even with no value
-        first_best = state.best == -math.inf and not (self.run_dir / "best.pt").exists()
-        improved = value > state.best or first_best
-        if improved:
-            state.best = value
-        state.losses = LossMeter()
-        self.save(state, best_too=improved)
+        metrics = self.validate()
+        with interrupts_held():  # the epoch's end is recorded and saved whole
+            state.metrics = metrics
+            state.epoch, state.step_in_epoch = epoch + 1, 0
+            value = metric_value(state.metrics, self.cfg.best_metric)
+            # the first validated epoch always gives a best.pt, even with no value
+            first_best = state.best == -math.inf and not (self.run_dir / "best.pt").exists()
+            improved = value > state.best or first_best
+            if improved:
+                state.best = value
+            state.losses = LossMeter()
+            self.save(state, best_too=improved)
         logger.epoch(epoch + 1, state.step, means, self.current_lr(), state.metrics)
 
     def validate(self) -> dict[str, Any]:
@@ -213,6 +233,22 @@ class _Training:
             self.world, self.val_gt, self.class_counts,
         )  # fmt: skip
         return {f"val_{k}": v for k, v in val.items()}
+
+    def save_interrupted(self, state: ResumeState, logger: TrainLogger) -> None:
+        """After a Ctrl+C: save ``last.pt`` at the interrupted step (resumable there: the
+        step in progress is done again), unless the run has several processes (whose
+        collective save cannot be reached); then ``last.pt`` stays as it was. Says which
+        on stderr."""
+        self.release_interrupts()
+        last = self.run_dir / "last.pt"
+        if self.distributed:
+            if self.rank == 0:
+                kept = f"{last} is kept as last saved" if last.exists() else "nothing saved"
+                print(f"interrupted: {kept}", file=sys.stderr)
+            return
+        self.save(state)
+        logger.stopped(state)
+        print(f"interrupted: saved {last}; --resume continues from it", file=sys.stderr)
 
     def save(self, state: ResumeState, best_too: bool = False) -> None:
         """``last.pt`` (and ``best.pt``): every rank calls this (the random states are
@@ -236,18 +272,27 @@ class _Training:
             save_checkpoint(self.run_dir / "best.pt", **fields)
 
 
+def _datasets(cfg: TrainConfig, data_dir: Path, rank: int) -> tuple[VertebraDataset, ...]:
+    """The train and val datasets of ``data_dir`` (read and checked)."""
+    train_set = VertebraDataset(_split(data_dir, "train"), cfg, train=True)
+    val_dir = _val_split(data_dir, warn=rank == 0)
+    return train_set, VertebraDataset(val_dir, cfg, max_images=cfg.val_max_images)
+
+
 def _build(
-    cfg: TrainConfig, data_dir: Path, run_dir: Path, device: str | None, ckpt: dict | None
+    cfg: TrainConfig,
+    datasets: tuple[VertebraDataset, ...],
+    run_dir: Path,
+    device: str | None,
+    ckpt: dict | None,
 ) -> tuple[_Training, list[str]]:
-    """The process's training on ``data_dir`` (the model loaded from ``ckpt`` when
-    resuming) and the starting weights' skipped keys."""
+    """The process's training on the (train, val) ``datasets`` (the model loaded from
+    ``ckpt`` when resuming) and the starting weights' skipped keys."""
     dev, (distributed, rank, world, _) = setup_device(device)
     if cfg.sync_bn and distributed and dev.type != "cuda":
         raise ValueError("sync_bn needs CUDA (SyncBatchNorm runs on GPUs); set sync_bn: false")
     seed_all(cfg.seed + rank)
-    train_set = VertebraDataset(_split(data_dir, "train"), cfg, train=True)
-    val_dir = _val_split(data_dir, warn=rank == 0)
-    val_set = VertebraDataset(val_dir, cfg, max_images=cfg.val_max_images)
+    train_set, val_set = datasets
     # the architecture comes from the config alone: frozen stages and norm layers are
     # the same on resume; the weights file is read only when starting
     model = build_model(cfg, load_weights=ckpt is None).to(dev)
@@ -287,23 +332,24 @@ def train(
 ) -> dict[str, Any]:
     """Train Mask R-CNN on ``data_dir/train`` (validating on ``data_dir/val``) into ``run_dir``.
 
-    ``config``: a :class:`TrainConfig` or a mapping of keys (the rest default).
-    ``progress(fraction, message)`` follows the whole run; ``stop.is_set()`` is checked
-    before every step and stops with a resumable ``last.pt``. ``resume`` continues from
-    ``run_dir/last.pt`` exactly where it stopped (mid-epoch too): same model (frozen
-    stages, norm layers), optimizer, scheduler, GradScaler, random states, loss sums;
-    then ``config`` (None: the checkpoint's) may change only the keys of
-    :func:`~napari_vertebra.model.resume.resume_config`. Returns {"epoch", "stopped",
-    "best_metric", "best", "metrics", "run_dir", "changed"}.
+    ``config``: a :class:`TrainConfig` or a mapping of keys (the rest default); the data
+    are checked before ``run_dir`` is written to. ``progress(fraction, message)`` follows
+    the run; ``stop.is_set()`` (before every step) stops with a resumable ``last.pt``, as
+    does KeyboardInterrupt (at once, :meth:`_Training.save_interrupted`; it goes on).
+    ``resume`` continues from ``run_dir/last.pt`` exactly where it stopped (mid-epoch
+    too): same model, optimizer, scheduler, GradScaler, random states, loss sums;
+    ``config`` (None: the checkpoint's) may change only the keys of ``resume_config``
+    (:mod:`~napari_vertebra.model.resume`). Returns {"epoch", "stopped", ...}.
     """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     info = dist_info()
     ckpt, cfg, changed = None, as_config(config), {}
     if resume:
         ckpt, cfg, changed = resume_checkpoint(run_dir, config, info.world, info.rank == 0)
+    datasets = _datasets(cfg, data_dir, info.rank)  # before anything is written
     logger = TrainLogger(run_dir if info.rank == 0 else None, progress, verbose)
     logger.setup(resume)
-    t, skipped = _build(cfg, data_dir, run_dir, device, ckpt)
+    t, skipped = _build(cfg, datasets, run_dir, device, ckpt)
     state = t.restore(ckpt) if ckpt is not None else ResumeState()
     t.wrap()
     t.write_run_files(skipped)
@@ -316,9 +362,13 @@ def train(
         stopped = True
         t.save(state)
         logger.stopped(state)
+    except KeyboardInterrupt:  # Ctrl+C: the command line exits with 130
+        t.save_interrupted(state, logger)
+        raise
     else:
         logger.finished(state)
     finally:
+        t.release_interrupts()  # (after an error inside an optimizer step)
         logger.close()
         t.loader = None  # shuts persistent workers down
     return {

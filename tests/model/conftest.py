@@ -53,6 +53,17 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_column_data(tmp_path_factory) -> Path:
+    """DIR with train/val/test COCO splits of synthetic columns at 4 mm per pixel (about
+    150 x 35 px; their spacing recorded, as a model at a fixed scale needs it)."""
+    from napari_vertebra.synth import write_synth_columns
+
+    out = tmp_path_factory.mktemp("synth_columns")
+    write_synth_columns(out, 3, views_per_column=1, pixel_mm=4.0, seed=5)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_overrides() -> dict:
     """The tiny model's configuration keys (a copy)."""
     return dict(TINY)

@@ -311,3 +311,22 @@ def test_checkpoint_and_its_predictions_file_agree(tiny_data, tiny_config, tmp_p
     assert a["level_certain_share"] is not None
     for key in ("level_certain_share", "level_certain_id_rate", "level_uncertain_id_rate"):
         assert a[key] == pytest.approx(b[key]), key
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("score", 7.5), ("score", -0.2), ("level_confidence", 1.5)]
+)
+def test_a_probability_out_of_range_is_refused(tmp_path, split, capsys, field, value):
+    """A results entry with ``score: 7.5`` (issue 19: scored as given, exit 0) is refused
+    with the valid range, naming the file and the entry; nothing is written."""
+    gt = truth(split)
+    good = [result(i, c, m) for i, cls, ms in gt for c, m in zip(cls, ms, strict=True)]
+    good[1][field] = value
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(good), encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["evaluate", "--predictions", str(path), "--data", str(split), "-o", str(out)]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert f"entry 1: {field} {value}" in err and "0..1" in err and str(path) in err, err
+    assert not out.exists()

@@ -219,7 +219,9 @@ def test_train_writes_run_and_predictor(trained_run, tiny_data):
         pred.predict(np.zeros((4, 96, 48), np.float32))
 
 
-def test_validation_decodes_with_the_training_class_prior(tiny_data, tiny_config, monkeypatch):
+def test_validation_decodes_with_the_training_class_prior(
+    tiny_column_data, tiny_config, monkeypatch
+):
     """Training validates as Predictor predicts: the level decoder gets the training
     share of each class (and the spacing prior of a fixed-scale model)."""
     from napari_vertebra.model import predict
@@ -236,7 +238,7 @@ def test_validation_decodes_with_the_training_class_prior(tiny_data, tiny_config
     monkeypatch.setattr(predict, "postprocess", spy)
     torch.manual_seed(0)
     cfg = {**tiny_config.to_dict(), "pixels_per_mm": 1.0}
-    ds = VertebraDataset(tiny_data / "val", cfg)
+    ds = VertebraDataset(tiny_column_data / "val", cfg)  # a fixed scale needs a spacing
     counts = np.arange(1, 18)
     metrics = evaluate(build_model(cfg), ds, torch.device("cpu"), 0.0, class_counts=counts)
     assert len(seen) == len(ds) and "level_certain_share" in metrics

@@ -8,6 +8,7 @@ import pytest
 from napari_vertebra.annotation.coco import read_coco
 from napari_vertebra.annotation.polygons import polygon_centroid, rasterize
 from napari_vertebra.cli import main as cli_main
+from napari_vertebra.model.spine import BODY_HEIGHT_MM
 from napari_vertebra.synth import clip_polygon_rows, synth_spine
 
 
@@ -248,3 +249,41 @@ def test_column_errors():
         synth_column(np.random.default_rng(0), thoracic=10)
     with pytest.raises(ValueError, match="unknown class set"):
         synth_column(np.random.default_rng(0), "cervical")
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def test_synth_command_writes_columns_at_1_mm_with_whole_outlines(tmp_path, capsys):
+    """``napari-vertebra synth`` (the README's cluster example) writes whole columns at
+    1 mm per pixel with whole-vertebra outlines and the spacing recorded (issue 19: 256
+    x 128 px images, about 1.8 mm per pixel, no spacing)."""
+    from napari_vertebra.model.evaluate import image_spacing
+
+    assert cli_main(["synth", "-o", str(tmp_path), "--n", "3", "--views-per-image", "1"]) == 0
+    assert "1 mm per pixel" in capsys.readouterr().out
+    splits = [tmp_path / s / "annotations.json" for s in ("train", "val", "test")]
+    images = [im for p in splits for im in read_coco(p, load_images=True)]
+    assert len(images) == 6  # 3 columns, each with one partial view
+    for im in images:
+        assert image_spacing({"meta": im.meta}, default=None) == (1.0, 1.0)
+        assert im.meta["outline"] == "whole" and im.image.shape == (im.height, im.width)
+    full = [im for im in images if im.meta.get("view") == "full"]
+    assert len(full) == 3
+    for im in full:
+        assert 450 <= im.height <= 800 and im.width == 140  # C5..sacrum at 1 mm: ~600 mm
+        # each vertebra at its physical size: its outline's rows are its body height
+        # (typical adult, times the patient scale) in mm, or more: the posterior elements
+        # (a thoracic spinous process slopes down a body height)
+        for a in im.annotations:
+            rows = np.concatenate(a.polygons)[:, 0]
+            body = BODY_HEIGHT_MM[a.name] * im.meta["patient_scale"]
+            assert 0.8 * body <= rows.max() - rows.min() <= 2.5 * body, a.name
+
+
+def test_synth_command_scaled_images_record_no_spacing(tmp_path):
+    from napari_vertebra.model.evaluate import image_spacing
+
+    assert cli_main(["synth", "-o", str(tmp_path), "--n", "3", "--size", "128", "64"]) == 0
+    for im in read_coco(tmp_path / "train" / "annotations.json"):
+        assert image_spacing({"meta": im.meta}, default=None) is None
