@@ -32,7 +32,14 @@ from .project import AnnotationProject, safe_key
 from .types import AnnotatedImage, VertebraAnnotation
 from .validate import image_size_problem, keep_polygon
 
-__all__ = ["SPLITS", "CTLabelPair", "build_dataset", "read_pairs_csv", "split_scans"]
+__all__ = [
+    "SPLITS",
+    "CTLabelPair",
+    "assign_splits",
+    "build_dataset",
+    "read_pairs_csv",
+    "split_scans",
+]
 
 SPLITS = ("train", "val", "test")
 
@@ -115,6 +122,31 @@ def split_scans(
     for name, c in zip(SPLITS, counts, strict=True):
         out[name] = sorted(order[k : k + c])
         k += c
+    return out
+
+
+def assign_splits(
+    scans: Sequence[str],
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    fixed: Mapping[str, str] | None = None,
+) -> dict[str, list[str]]:
+    """{split: scans}: the scans of ``fixed`` ({scan: "train" | "val" | "test"}) where
+    it puts them, the others by :func:`split_scans` (``fractions``, ``seed``). Raises
+    ValueError naming a split name or a scan that is not one of ``scans``."""
+    fixed = dict(fixed or {})
+    bad = {s: n for s, n in fixed.items() if n not in SPLITS}
+    if bad:
+        raise ValueError(f"split by scan: {bad} (each scan goes to one of {', '.join(SPLITS)})")
+    unknown = sorted(set(fixed) - set(scans))
+    if unknown:
+        raise ValueError(
+            f"split by scan: {', '.join(unknown)} not among the scans "
+            f"({', '.join(sorted(set(scans)))})"
+        )
+    out = split_scans([s for s in scans if s not in fixed], fractions, seed)
+    for scan, name in fixed.items():
+        out[name] = sorted({*out[name], scan})
     return out
 
 
@@ -288,6 +320,7 @@ def build_dataset(
     tolerance_px: float = 1.0,
     params=None,
     class_set: str | None = None,
+    split_by_scan: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """Build ``out_dir/{train,val,test}/annotations.json`` (+ ``images/*.png``).
 
@@ -299,7 +332,8 @@ def build_dataset(
     ``params`` = PreprocessParams) or :class:`AnnotatedImage` with pixels. Per image,
     ``views_per_image`` partial views (:func:`~napari_vertebra.annotation.partial.
     partial_views`, seeded) plus the full image when ``include_full``. Split by scan
-    (:func:`split_scans`); each COCO image records its ``scan``. Every split file is
+    (:func:`split_scans`; ``split_by_scan`` {scan: split} puts those scans where it says,
+    :func:`assign_splits`); each COCO image records its ``scan``. Every split file is
     written (possibly with no images); ``out_dir/dataset.json`` summarises (with
     ``warnings``: what validating the inputs repaired, see ``docs/annotations.md``;
     refused inputs raise ValueError and nothing is written). Files of the
@@ -315,7 +349,7 @@ def build_dataset(
         images, views_per_image, seed, include_full, progress,
         min_vertebrae, max_vertebrae, min_visible, tolerance_px,
     )  # fmt: skip
-    split = split_scans(list(per_scan), fractions, seed)
+    split = assign_splits(list(per_scan), fractions, seed, split_by_scan)
     report(progress, 0.9, "writing splits")
     summary: dict = {
         "seed": seed,

@@ -19,7 +19,12 @@ joints, through the maximum over x), so a threshold alone merges them. Around th
    follows the disc and then runs between the posterior elements; towards posterior it
    moves down more easily than up (the arch of a vertebra lies lower than its body);
 4. keep the bone between the two boundaries that is connected to the click, fill holes,
-   and refuse it (None) when its area or extent is not that of a vertebra.
+   and refuse it (None) when it is not vertebra-like: an area or extent that is not a
+   vertebra's, a window of pixel noise (smoothing removes nearly all of its variance,
+   where a MIP keeps about 90 %), a region that does not stand out from the bone around
+   it, or a vertebra cut by the image edge of which less than ``min_cut_height_mm``
+   lies between its disc and the edge (the part on screen is too small to tell from the
+   neighbour it touches).
 
 About 15..100 ms per click on one core, whatever the MIP's size (a window around the
 click). See ``docs/outlines.md`` for the figures against
@@ -32,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from .mip_check import structure_fraction
 
 __all__ = ["OutlineParams", "outline_at", "outline_mask_at"]
 
@@ -51,7 +58,11 @@ class OutlineParams:
     ``disc_prominence`` times the bone level and ``disc_relative`` times the deepest dip
     on that side, on the mean of ``2 * band_mm + 1`` columns. Boundaries: a row change
     costs ``seam_step_cost`` (units: the bone level per pixel), a move up towards
-    posterior ``seam_up_cost``.
+    posterior ``seam_up_cost``. Vertebra-like: the Gaussian-smoothed window keeps at
+    least ``min_structure`` of the window's variance (white pixel noise keeps about 0.08,
+    a MIP about 0.9); at most ``max_ring_bone`` of the pixels just outside the region are
+    bone (a MIP's vertebra: up to about 0.7; a bright noise field: 1.0); with a disc on
+    one side only, at least ``min_cut_height_mm`` between that disc and the image edge.
     """
 
     smooth_mm: float = 1.0
@@ -70,6 +81,9 @@ class OutlineParams:
     band_mm: int = 5
     seam_step_cost: float = 0.05
     seam_up_cost: float = 0.3
+    min_structure: float = 0.5
+    max_ring_bone: float = 0.9
+    min_cut_height_mm: float = 15.0
 
 
 def _window(shape, rc, half) -> tuple[slice, slice]:
@@ -161,6 +175,8 @@ def outline_mask_at(
     if not (0 <= r0 < img.shape[0] and 0 <= c0 < img.shape[1]):
         return None
     sl = _window(img.shape, (r0, c0), p.window_mm)
+    if structure_fraction(img[sl], p.smooth_mm) < p.min_structure:
+        return None  # pixel noise (or a constant window): no shapes to outline
     sm = ndi.gaussian_filter(img[sl], p.smooth_mm)
     r, c = r0 - sl[0].start, c0 - sl[1].start
     level, thr = _bone_level(sm, r, c, p)
@@ -172,6 +188,8 @@ def outline_mask_at(
     # discs above and below along a band of columns through the click
     band = sm[:, max(0, c - p.band_mm) : c + p.band_mm + 1].mean(axis=1)
     up, down = _discs(band, r, level, p)
+    if _cut_too_short(up, down, sl, img.shape[0], p):
+        return None
     top, bottom = _boundaries(np.minimum(sm / max(level, 1e-6), 2.0), up, down, r, c, p)
     yy = np.arange(sm.shape[0])[:, None]
     region = fg & (yy > top[None, :]) & (yy < bottom[None, :])
@@ -188,7 +206,7 @@ def outline_mask_at(
             region=region,
         )
     region = _part_at(ndi.binary_opening(region, iterations=1), r, c)
-    if region is None or not _plausible(region, p):
+    if region is None or not _plausible(region, p) or not _stands_out(region, fg, p):
         return None
     out = np.zeros(img.shape, bool)
     out[sl] = region
@@ -203,6 +221,25 @@ def _bone_level(sm: np.ndarray, r: int, c: int, p: OutlineParams) -> tuple[float
     vals = sm[near]
     level = float(np.percentile(vals, 60)) if vals.size else 0.0
     return level, max(p.min_bone_hu, p.bone_fraction * level)
+
+
+def _cut_too_short(
+    up: int | None, down: int | None, sl: tuple[slice, slice], height: int, p: OutlineParams
+) -> bool:
+    """With a disc on one side only: whether less than ``p.min_cut_height_mm`` lies
+    between it and the image edge on the other side (a vertebra cut by the edge)."""
+    if (up is None) == (down is None):
+        return False
+    if up is None:  # the disc below the click, the top edge above it
+        return down + sl[0].start < p.min_cut_height_mm
+    return height - 1 - (up + sl[0].start) < p.min_cut_height_mm
+
+
+def _stands_out(region: np.ndarray, fg: np.ndarray, p: OutlineParams) -> bool:
+    """Whether at most ``p.max_ring_bone`` of the pixels just outside ``region`` (a
+    2-pixel ring, inside the window) are bone."""
+    ring = ndi.binary_dilation(region, iterations=2) & ~region
+    return bool(ring.any()) and float(fg[ring].mean()) <= p.max_ring_bone
 
 
 def _on_bone(sm: np.ndarray, r: int, c: int, thr: float) -> tuple[int, int] | None:

@@ -131,19 +131,47 @@ class AnnotationSession:
         return self.project is not None and key in self.project
 
     # -- naming MIPs ---------------------------------------------------------------------
-    def key_for(self, name: str, metadata: dict | None, shape: Sequence[int]) -> str:
+    def key_for(
+        self, name: str, metadata: dict | None, shape: Sequence[int], avoid: str = ""
+    ) -> str:
         """The project key of a MIP called ``name`` (a layer's metadata and 2D shape):
-        its ``project_key``, its name when the project holds it, else scan + size."""
+        its ``project_key``, its name when the project holds it, else scan + size (with
+        ``_2``, ``_3``... when the project holds that key for another grid). A key the
+        project holds for an image of another size or grid (``metadata["mip_grid"]``
+        against the stored one, see :func:`~.regrid.mip_grid`), or equal to ``avoid``,
+        is passed over: polygons are never loaded onto, nor saved against, another
+        image."""
         meta = metadata or {}
-        if meta.get("project_key"):
+        size = tuple(int(n) for n in tuple(shape)[-2:])
+        grid = meta.get("mip_grid")
+        fits = lambda k: k != avoid and self.fits(k, size, grid)  # noqa: E731
+        if meta.get("project_key") and fits(safe_key(meta["project_key"])):
             return safe_key(meta["project_key"])
         named = safe_key(name)
-        if named in self:
+        if named in self and fits(named):
             return named
         source = meta.get("source_path") or ""
         base = Path(source).name if source else (meta.get("mip_of") or name)
-        h, w = tuple(shape)[-2:]
-        return safe_key(f"{safe_key(base)}_{h}x{w}")
+        key = safe_key(f"{safe_key(base)}_{size[0]}x{size[1]}")
+        stem, n = key, 2
+        while not fits(key):
+            key, n = safe_key(f"{stem}_{n}"), n + 1
+        return key
+
+    def fits(self, key: str, shape: tuple[int, int], grid: dict | None = None) -> bool:
+        """Whether a MIP of ``shape`` (and ``grid``, when known) may be saved as ``key``:
+        the project does not hold it, or holds an image of that size whose recorded grid
+        is the same (or unknown)."""
+        if self.project is None or key not in self.project:
+            return True
+        try:
+            stored = self.project.image(key, load_pixels=False)
+        except (KeyError, ValueError, OSError):  # unreadable polygons: loading says so
+            return True
+        if (stored.height, stored.width) != tuple(shape):
+            return False
+        recorded = (stored.meta or {}).get("mip_grid")
+        return recorded is None or grid is None or recorded == grid
 
     @staticmethod
     def scan_for(name: str, metadata: dict | None) -> str:

@@ -5,6 +5,7 @@ its background thread (:class:`~napari_vertebra.annotation.session.AnnotationSes
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -43,11 +44,8 @@ class AnnotateSaving:
             self.notify_project_repairs()
         if saved:
             self.set_annotations(saved, save=False)
-            self.status.set(f"loaded {len(saved)} vertebrae of {key} from the project", "ok")
-            self.autosave_label.value = (
-                f"saved · {len(saved)} vertebrae in {self.project.folder.name} "
-                "(every change is autosaved)"
-            )
+            self.status.set(f"loaded {_vertebrae(len(saved))} of {key} from the project", "ok")
+            self._show_saved("saved", len(saved), " (every change is autosaved)")
         self._show_history()
 
     def _has_saved(self, key: str) -> bool:
@@ -64,6 +62,21 @@ class AnnotateSaving:
         """Show what reading the project repaired (one napari warning each)."""
         for note in self.session.annotation.take_warnings():
             notify(f"Project: {note}", "warning")
+
+    def _show_saved(self, what: str, n: int, note: str = "") -> None:
+        """The autosave line: ``what`` (e.g. "autosaved 12:01:02") and the ``n``
+        vertebrae that the project's file now holds for this MIP."""
+        folder = self.project.folder.name if self.project is not None else "-"
+        self.autosave_label.value = f"{what} · {_vertebrae(n)} in {folder}{note}"
+
+    def _image_meta(self) -> dict:
+        """What the project records with a new image: the MIP layer's name and, for a
+        MIP of 'Preprocess CT', its grid (so that a re-run's MIP gets its own key)."""
+        meta = {"layer": self._mip.name}
+        grid = (self._mip.metadata or {}).get("mip_grid")
+        if grid:
+            meta["mip_grid"] = grid
+        return meta
 
     def _after_change(self, save: bool = True, label: str = "edit") -> None:
         anns, msgs = shapes_to_annotations(self.shapes) if self.shapes is not None else ([], [])
@@ -104,7 +117,7 @@ class AnnotateSaving:
             anns = self.annotations()
             stamp = session.save(
                 key, anns, label, image=np.asarray(self._mip.data, np.float32),
-                scan=self.scan_for(self._mip), meta={"layer": self._mip.name},
+                scan=self.scan_for(self._mip), meta=self._image_meta(),
                 explicit=explicit,
             )  # fmt: skip
         except (ValueError, OSError) as e:
@@ -113,9 +126,7 @@ class AnnotateSaving:
         if new_image:
             self._refresh_project_images()
         self.n_saves += 1
-        self.autosave_label.value = (
-            f"autosaved {stamp} · {len(anns)} vertebrae in {self.project.folder.name}"
-        )
+        self._show_saved(f"autosaved {stamp}", len(anns))
         if explicit:
             self.status.set(f"saved {len(anns)} vertebrae to {self.project.folder}", "ok")
         else:
@@ -182,7 +193,9 @@ class AnnotateSaving:
             return False
         self.set_annotations(anns, save=False)
         self._show_history()
-        self.status.set(f"{'redid' if redo else 'undid'}: {what}", "ok")
+        done = "redid" if redo else "undid"
+        self._show_saved(f"{done} {what} {time.strftime('%H:%M:%S')}", len(anns))
+        self.status.set(f"{done}: {what}; {_vertebrae(len(anns))} now, saved", "ok")
         return True
 
     def shift_levels(self, step: int) -> bool:
@@ -209,3 +222,8 @@ class AnnotateSaving:
             "ok",
         )
         return True
+
+
+def _vertebrae(n: int) -> str:
+    """ "1 vertebra", "2 vertebrae"."""
+    return f"{n} vertebra" if n == 1 else f"{n} vertebrae"

@@ -22,7 +22,7 @@ from ._reader import prefer_this_reader
 from ._session import Session, session_for
 from ._status import StatusLine, notify
 from ._threading import TaskRunner
-from ._view import follow_visible_dims
+from ._view import follow_visible_dims, home_fits_visible
 
 if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
     import napari.viewer
@@ -61,6 +61,7 @@ class VertebraWidget(QWidget):
         self.session: Session = session_for(viewer)
         prefer_this_reader()
         follow_visible_dims(viewer)  # no slice slider under a 2D view of hidden volumes
+        home_fits_visible(viewer)  # Home fits the MIP, not the hidden volumes
         # the controls live in a scroll area: a short window scrolls instead of squashing
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_vertebra.annotation.regrid import mip_grid
 from napari_vertebra.core import PipelineResult
 from napari_vertebra.core.box_outline import box_edges_path, box_rectangles
 from napari_vertebra.core.pipeline import mip_labels
@@ -125,6 +126,7 @@ class PreprocessLayers:
             "params": r.params.to_dict(),
             "resampled_geometry": geometry_metadata(r.resampled)["volume_geometry"],
             "preprocess_result": True,
+            "mip_grid": mip_grid(r),
         }
         layer, _ = upsert_layer(
             self.viewer, name, r.mip, "Image", colormap="gray",

@@ -2,8 +2,12 @@
 
 Volumes come in the canonical LPS orientation of :func:`napari_vertebra.core.io.read_ct`
 with ``scale`` / ``translate`` in mm, so a CT and its label map overlay. Label maps
-(integer, non-negative, few distinct values; or an integer file named like a mask) open
-as Labels layers. Errors become a napari notification, never a traceback.
+(integer, non-negative, few distinct values or piecewise constant; or an integer file
+named like a mask) open as Labels layers; an 8-bit image with the texture of a CT is a
+CT, which :func:`~napari_vertebra.core.io.check_ct` refuses with its message. Every folder
+but a zarr store is this reader's: a DICOM series opens, any other folder gets a message
+that says what it holds and how to open it otherwise. Errors become a napari
+notification, never a traceback (nor another reader's).
 """
 
 from __future__ import annotations
@@ -30,6 +34,14 @@ PLUGIN_NAME = "napari-vertebra"
 
 #: At most this many distinct values (all >= 0, integer) make a volume a label map.
 MAX_LABEL_VALUES = 256
+#: With more distinct values than this, a label map must be piecewise constant: at least
+#: :data:`MIN_EQUAL_NEIGHBOURS` of its pairs of neighbouring non-zero voxels are equal
+#: (label maps: 0.98 and more; a CT stored as 8 bits: 0.3 at most).
+FEW_LABEL_VALUES = 32
+MIN_EQUAL_NEIGHBOURS = 0.6
+#: The reader preference pattern of every folder (napari matches it against the folder's
+#: path and a trailing separator).
+FOLDER_PATTERN = "*" + os.sep
 _MASK_NAME = re.compile(r"(^|[^a-z])(seg|segmentation|msk|mask|labels?)([^a-z]|$)", re.I)
 _CT_NAME = re.compile(r"(^|[^a-z])ct$", re.I)
 
@@ -59,13 +71,25 @@ def is_label_volume(array: np.ndarray, path: str | os.PathLike | None = None) ->
             return False
     lo, hi = int(array.min(initial=0)), int(array.max(initial=0))
     if lo >= 0 and hi < 65536:
-        sample = array[::2, ::2, ::2] if array.size > 4_000_000 else array
+        sample = array[::2, ::2, :] if array.size > 4_000_000 else array
         n = np.unique(sample).size
-        if n <= MAX_LABEL_VALUES and (hi <= 1024 or n <= 32):
-            return True
+        if n <= MAX_LABEL_VALUES and (hi <= 1024 or n <= FEW_LABEL_VALUES):
+            return n <= FEW_LABEL_VALUES or _piecewise_constant(sample)
     if path is not None and _MASK_NAME.search(_stem(Path(path))):
         return lo >= 0
     return False
+
+
+def _piecewise_constant(array: np.ndarray) -> bool:
+    """Whether at least :data:`MIN_EQUAL_NEIGHBOURS` of the pairs of non-zero voxels next
+    to each other (along the last axis) are equal, as in a label map."""
+    a = np.asarray(array)
+    if a.ndim == 0 or a.shape[-1] < 2:
+        return True
+    left, right = a[..., :-1], a[..., 1:]
+    both = (left != 0) & (right != 0)
+    n = int(np.count_nonzero(both))
+    return n == 0 or np.count_nonzero((left == right) & both) >= MIN_EQUAL_NEIGHBOURS * n
 
 
 def _read_volume(path: Path) -> tuple[Volume, str]:
@@ -90,6 +114,8 @@ def _read_volume(path: Path) -> tuple[Volume, str]:
 def read_layer_data(path: str | os.PathLike) -> list[tuple]:
     """Layer-data tuples for one CT / label-map path (raises CTReadError on bad input)."""
     p = Path(path)
+    if p.is_dir() and not _looks_like_dicom_folder(p):
+        raise CTReadError(_not_dicom_message(p))
     volume, note = _read_volume(p)
     if note:
         notify(note, "warning")
@@ -124,10 +150,21 @@ def _reader_function(paths: str | Sequence[str]) -> list[tuple]:
         try:
             out.extend(read_layer_data(path))
         except (CTReadError, ValueError, OSError, RuntimeError) as e:
-            notify(f"napari-vertebra could not open {path}: {error_message(e)}", "error")
+            notify(_could_not_open(path, error_message(e)), "error")
     # [(None,)] tells napari the reader handled the path but has nothing to add
     # (the error was shown as a notification).
     return out or [(None,)]
+
+
+def _could_not_open(path: str | os.PathLike, why: str) -> str:
+    """The message for a path this reader cannot open: its name and why first (a
+    notification shows the first words), the full path last."""
+    full = str(path)
+    for prefix in (full.rstrip(os.sep) + ":", full + ":"):
+        if why.startswith(prefix):
+            why = why[len(prefix) :].strip()
+            break
+    return f"napari-vertebra could not open {Path(full).name}: {why} ({full})"
 
 
 def get_reader(path: str | Sequence[str]) -> Callable[..., list[tuple]] | None:
@@ -136,11 +173,42 @@ def get_reader(path: str | Sequence[str]) -> Callable[..., list[tuple]] | None:
     if not paths:
         return None
     for p in paths:
-        if not is_supported_path(p):
-            return None
-        if Path(p).is_dir() and not _looks_like_dicom_folder(Path(p)):
+        if not is_supported_path(p) or _is_zarr(Path(p)):
             return None
     return _reader_function
+
+
+def _is_zarr(path: Path) -> bool:
+    """True for a zarr store (napari's own reader opens those)."""
+    if not path.is_dir():
+        return False
+    if path.name.lower().endswith(".zarr"):
+        return True
+    return any((path / n).is_file() for n in (".zgroup", ".zarray", "zarr.json"))
+
+
+def _not_dicom_message(folder: Path, shown: int = 4) -> str:
+    """Plain words for a folder that holds no DICOM file: what it holds, what to do."""
+    try:
+        names = sorted(f.name for f in folder.iterdir() if not f.name.startswith("."))
+    except OSError as e:
+        return f"{folder}: cannot list this folder ({e})"
+    if not names:
+        held = "it is empty"
+    else:
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        held = f"it holds {', '.join(names[:shown])}{more}"
+    volumes = [n for n in names if is_supported_path(folder / n) and (folder / n).is_file()]
+    todo = (
+        f"open the volume file itself (File > Open: {volumes[0]})"
+        if volumes
+        else "choose the folder of one DICOM series"
+    )
+    return (
+        f"{folder}: no DICOM file in this folder ({held}). napari-vertebra opens DICOM "
+        f"series folders and NIfTI / NRRD / MHA files: {todo}. To open this folder with "
+        "another reader: File > Open with Plugin > Open Folder..."
+    )
 
 
 def _reader_patterns() -> list[str]:
@@ -158,7 +226,10 @@ def prefer_this_reader() -> list[str]:
     napari's "napari" (builtins) reader also claims ``*.nii.gz`` and friends, so File >
     Open and drag and drop ask which reader to use, preselect the built-in one, and it
     fails ("Could not find a backend"). Setting ``settings.plugins.extension2reader``
-    (what the dialog's "remember" box does) removes the question. A pattern the user has
+    (what the dialog's "remember" box does) removes the question. Folders get the
+    pattern :data:`FOLDER_PATTERN` (the dialog can only remember one folder by its path,
+    so a DICOM folder would ask every time): DICOM series open at once, other folders
+    get this plugin's message, zarr stores go back to the dialog. A pattern the user has
     already given a reader is left alone. Called when any of the plugin's widgets, its
     sample or its launcher is first used.
     """
@@ -166,7 +237,7 @@ def prefer_this_reader() -> list[str]:
 
     prefs = get_settings().plugins
     current = dict(prefs.extension2reader)
-    added = [p for p in _reader_patterns() if p not in current]
+    added = [p for p in (*_reader_patterns(), FOLDER_PATTERN) if p not in current]
     if added:
         current.update(dict.fromkeys(added, PLUGIN_NAME))
         prefs.extension2reader = current

@@ -7,7 +7,9 @@ it and listens to its psygnal events for what the others produce:
 - ``annotation``: the :class:`~napari_vertebra.annotation.session.AnnotationSession`
   (the open project; 'Annotate vertebrae' opens it, Train / Review / Export use it);
 - preprocessing results by MIP layer (:meth:`Session.set_result` by 'Preprocess CT',
-  :meth:`Session.result_for`) and the last valid parameters (``preprocess_params``);
+  :meth:`Session.result_for`; event ``result_changed`` with the result the MIP showed
+  before, which 'Annotate vertebrae' follows to move the polygons of a re-run MIP) and
+  the last valid parameters (``preprocess_params``);
 - the prediction on screen (:meth:`Session.set_prediction` by 'Predict vertebrae',
   event ``prediction_changed``; 'Review predictions' follows it);
 - the checkpoint to predict with (:meth:`Session.use_checkpoint`, e.g. by 'Train
@@ -77,8 +79,9 @@ class Polygons:
 class Session:
     """The shared state of one viewer's widgets (see the module docstring)."""
 
-    #: (MIP layer, PipelineResult) after 'Preprocess CT' showed a result.
-    result_changed = Signal(object, object)
+    #: (MIP layer, PipelineResult, the result it showed before or None) after 'Preprocess
+    #: CT' showed a result.
+    result_changed = Signal(object, object, object)
     #: The new :class:`ShownPrediction` (or None).
     prediction_changed = Signal(object)
     #: The path of the checkpoint to predict with.
@@ -116,10 +119,11 @@ class Session:
     def set_result(self, mip_layer: Any, result: Any) -> None:
         """Remember that ``mip_layer`` shows the PipelineResult ``result``."""
         try:
+            previous = self._results.get(unwrap(mip_layer))
             self._results[unwrap(mip_layer)] = result
         except TypeError:  # not weak-referenceable: nothing to remember it by
             return
-        self.result_changed.emit(mip_layer, result)
+        self.result_changed.emit(mip_layer, result, previous)
 
     def result_for(self, layer: Any) -> Any:
         """The PipelineResult a MIP layer shows (its metadata's, else the one set by

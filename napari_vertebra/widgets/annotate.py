@@ -15,7 +15,10 @@ points is refused with a message.
 The widget publishes its polygons layer in the viewer's :class:`~._session.Session`
 and follows its requests (show a MIP's polygons, replace them: 'Review predictions').
 The class is split in mixins: drawing (:mod:`._annotate_drawing`), saving and history
-(:mod:`._annotate_saving`), conversions and files (:mod:`._annotate_files`).
+(:mod:`._annotate_saving`), conversions and files (:mod:`._annotate_files`), which MIP
+shows (:mod:`._annotate_view`: only the chosen one, with its polygons) and following a
+re-run of 'Preprocess CT' (:mod:`._annotate_rerun`: the polygons move with the anatomy
+onto the new MIP, saved under its own key).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from napari_vertebra.core.labels import CLASS_SETS, LABEL_CONVENTIONS, VERTEBRAE
 from ._annotate_drawing import BOUND_KEYS, DIRECTIONS, NUMBER_KEYS, AnnotateDrawing
 from ._annotate_files import AnnotateFiles
 from ._annotate_outline import AnnotateOutline
+from ._annotate_rerun import AnnotateRerun
 from ._annotate_saving import AnnotateSaving
+from ._annotate_view import AnnotateView
 from ._base import VertebraWidget, layer_combo
 from ._layers import find_layer, same_layer
 from ._session import Polygons
@@ -65,7 +70,13 @@ SHORTCUTS = (
 
 
 class AnnotateWidget(
-    AnnotateDrawing, AnnotateOutline, AnnotateSaving, AnnotateFiles, VertebraWidget
+    AnnotateDrawing,
+    AnnotateOutline,
+    AnnotateSaving,
+    AnnotateFiles,
+    AnnotateView,
+    AnnotateRerun,
+    VertebraWidget,
 ):
     """Annotate vertebrae on a MIP with class polygons; autosave; checks; import/export.
 
@@ -107,6 +118,7 @@ class AnnotateWidget(
         self.class_set.changed.connect(self._on_class_set_changed)
         self._listen(self.session.annotate_requested, self._on_annotate_requested)
         self._listen(self.session.annotations_replaced, self._on_annotations_replaced)
+        self._listen(self.session.result_changed, self._on_result_changed)
         self._viewer_keys_bound = False
         self._bind_viewer_keys()
         self._open_project(quiet=True)
@@ -166,6 +178,7 @@ class AnnotateWidget(
         self.history_list.setToolTip("Changes of this MIP, newest first (greyed: undone)")
         self.add(self.history_list)
         self.autosave_label = Label(value="not saved yet")
+        self.autosave_label.native.setWordWrap(True)  # undo / redo name the step
         self.add(self.autosave_label)
 
     def _add_conversion_rows(self) -> None:
@@ -246,10 +259,11 @@ class AnnotateWidget(
         self.status.set(f"project: {self.project.folder if self.project else '-'}", "info")
 
     # -- MIP selection -----------------------------------------------------------------
-    def key_for(self, layer: Any) -> str:
-        """The project key of a MIP layer (metadata, stored name, or scan + shape)."""
+    def key_for(self, layer: Any, avoid: str = "") -> str:
+        """The project key of a MIP layer (metadata, stored name, or scan + shape; never
+        one the project holds for another image, nor ``avoid``)."""
         shape = np.asarray(layer.data).shape[-2:]
-        return self.session.annotation.key_for(layer.name, layer.metadata, shape)
+        return self.session.annotation.key_for(layer.name, layer.metadata, shape, avoid)
 
     def scan_for(self, layer: Any) -> str:
         """The scan (patient) name of a MIP layer: its CT's file name or its name."""
@@ -268,18 +282,6 @@ class AnnotateWidget(
         if added is not None and not same_layer(added, self.shapes) and added.ndim == 2:
             QTimer.singleShot(0, self._keep_shapes_on_top)
 
-    def _keep_shapes_on_top(self) -> None:
-        """Keep the polygons above layers added later (e.g. "MIP labels")."""
-        try:
-            layers = self.viewer.layers
-            if self.shapes is None or self.shapes not in layers:
-                return
-            i = layers.index(self.shapes)
-            if i != len(layers) - 1:
-                layers.move(i, len(layers))
-        except (RuntimeError, ValueError, IndexError):  # the layer went meanwhile
-            return
-
     def _on_mip_changed(self, *_: Any) -> None:
         layer = self.mip_layer.value
         if (
@@ -288,6 +290,7 @@ class AnnotateWidget(
             and self.shapes in self.viewer.layers
         ):
             return
+        before, before_shapes = self._mip, self.shapes
         self._mip = layer
         if layer is None:
             if self.shapes is not None:
@@ -299,10 +302,12 @@ class AnnotateWidget(
         with self.image_key.changed.blocked():
             self.image_key.value = key
         self._attach_shapes(layer)
+        self._show_chosen(layer, before, before_shapes)
         self._publish()
         if len(self.shapes.data) == 0:
             self._load_saved(key)
         self._after_change(save=False)
+        self._check_mip(layer)
 
     def _on_key_edited(self, *_: Any) -> None:
         layer = self.mip_layer.value

@@ -2,6 +2,10 @@
 
 Inputs are the annotated MIPs of an annotation project folder and/or COCO files; the
 work is :func:`napari_vertebra.annotation.dataset.build_dataset` on a worker thread.
+"Split by scan" (:class:`~._export_scans.ScanSplits`) puts chosen scans in chosen splits;
+after a build the status line and a notification warn about an empty or tiny split, a
+train split smaller than another and the biggest scan outside train
+(:func:`~._export_scans.split_warnings`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from napari_vertebra.annotation.dataset import SPLITS, build_dataset
 from napari_vertebra.annotation.project import AnnotationProject
 
 from ._base import VertebraWidget
+from ._export_scans import ScanSplits, split_warnings
 from ._status import error_message, notify
 
 if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
@@ -119,6 +124,7 @@ class ExportDatasetWidget(VertebraWidget):
             self.test_fraction,
             self.seed,
         )
+        self._add_scan_splits()
         self.build_button = PushButton(text="Build dataset")
         self.build_button.changed.connect(lambda *_: self.build())
         self.add_buttons(self.build_button)
@@ -126,6 +132,37 @@ class ExportDatasetWidget(VertebraWidget):
         self.add(self.summary_label)
         self.add_status()
         self._listen(self.session.annotation.project_changed, self._on_project_changed)
+
+    def _add_scan_splits(self) -> None:
+        """The split-by-scan pickers (refreshed with the project, the fractions, the seed)."""
+        self.add(Label(value="<b>Split by scan</b> (auto: by the fractions above)"))
+        self.scan_splits = ScanSplits(on_change=self._show_auto)
+        self.add(self.scan_splits.container)
+        self.refresh_scans_button = self.button("Refresh scans", self.refresh_scans)
+        self.add_buttons(self.refresh_scans_button)
+        for w in (self.train_fraction, self.val_fraction, self.test_fraction, self.seed):
+            w.changed.connect(lambda *_: self._show_auto())
+        for w in (self.project_dir, self.use_project):
+            w.changed.connect(lambda *_: self.refresh_scans())
+        self.refresh_scans()
+
+    def _fraction_values(self) -> tuple[float, float, float]:
+        return (
+            float(self.train_fraction.value),
+            float(self.val_fraction.value),
+            float(self.test_fraction.value),
+        )
+
+    def _show_auto(self) -> None:
+        self.scan_splits.show_auto(self._fraction_values(), int(self.seed.value))
+
+    def refresh_scans(self) -> None:
+        """Read the project's annotated scans into the split-by-scan pickers."""
+        try:
+            images = self._project_images() if self.use_project.value else []
+        except (ValueError, OSError):
+            images = []
+        self.scan_splits.set_scans(images, self._fraction_values(), int(self.seed.value))
 
     def _on_project_changed(self, project: Any) -> None:
         """Follow the project opened in 'Annotate vertebrae' (through the session)."""
@@ -136,16 +173,7 @@ class ExportDatasetWidget(VertebraWidget):
         """The builder's inputs: the project's images (with pixels) and the COCO files."""
         items: list[Any] = []
         if self.use_project.value:
-            folder = Path(str(self.project_dir.value)).expanduser()
-            if not any((folder / n).exists() for n in ("project.json", "images", "annotations")):
-                raise ValueError(f"{folder}: not an annotation project (no project.json)")
-            project = AnnotationProject(folder)
-            for im in project.images(load_pixels=True):
-                im.annotations = [
-                    a for a in im.annotations if any(len(p) >= 3 for p in a.polygons)
-                ]
-                if im.annotations:
-                    items.append(im)
+            items.extend(self._project_images(load_pixels=True))
         files = self.coco_files.value or ()
         if isinstance(files, (str, os.PathLike)):
             files = (files,)
@@ -154,15 +182,24 @@ class ExportDatasetWidget(VertebraWidget):
             raise ValueError("nothing to export: annotate some MIPs or choose COCO files")
         return items
 
+    def _project_images(self, load_pixels: bool = False) -> list[Any]:
+        """The project's images with at least one polygon of 3 points or more."""
+        folder = Path(str(self.project_dir.value)).expanduser()
+        if not any((folder / n).exists() for n in ("project.json", "images", "annotations")):
+            raise ValueError(f"{folder}: not an annotation project (no project.json)")
+        out = []
+        for im in AnnotationProject(folder).images(load_pixels=load_pixels):
+            im.annotations = [a for a in im.annotations if any(len(p) >= 3 for p in a.polygons)]
+            if im.annotations:
+                out.append(im)
+        return out
+
     def build(self) -> bool:
         """Build the dataset on a worker thread; False if it cannot start."""
         try:
             items = self.inputs()
-            fractions = (
-                float(self.train_fraction.value),
-                float(self.val_fraction.value),
-                float(self.test_fraction.value),
-            )
+            self.refresh_scans()
+            fractions = self._fraction_values()
             if sum(fractions) <= 0:
                 raise ValueError("the split fractions are all 0")
             out = Path(str(self.output_dir.value)).expanduser()
@@ -179,6 +216,7 @@ class ExportDatasetWidget(VertebraWidget):
             fractions=fractions,
             min_visible=float(self.min_visible.value),
             include_full=bool(self.include_full.value),
+            split_by_scan=self.scan_splits.fixed(),
         )
         self.summary_label.value = ""
         return self.runner.start(
@@ -194,6 +232,13 @@ class ExportDatasetWidget(VertebraWidget):
         self.summary_label.value = summary_html(self.summary)
         n = sum(s.get("images", 0) for s in self.summary.get("splits", {}).values())
         warning = empty_split_warning(self.summary, self._fractions)
+        sizes = split_warnings(self.summary, self._fractions, self.scan_splits.sizes)
+        if sizes:
+            sizes_text = "; ".join(sizes)
+            advice = (
+                "Choose the split by scan above (e.g. the biggest scan to train) and build again"
+            )
+            warning = f"{warning} Also: {sizes_text}." if warning else f"{sizes_text}. {advice}."
         if warning:
             self.status.set(f"dataset written to {out} ({n} images); {warning}", "warning")
             notify(f"Export: {warning}", "warning")

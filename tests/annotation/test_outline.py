@@ -93,3 +93,32 @@ def test_outline_modules_import_no_qt_napari_or_torch():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("top", [255, 1500])
+def test_pixel_noise_gives_none(top):
+    """Issue 19: a noise picture got "outlines" (26 of 32 clicks); now none."""
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, top, (336, 136)).astype(np.float32)
+    clicks = [(r, c) for r in range(20, 320, 40) for c in range(20, 130, 30)]
+    assert [p for p in clicks if outline_at(noise, p) is not None] == []
+
+
+def test_a_vertebra_cut_by_the_top_edge_gives_none(lumbar_ct_path, lumbar_labels_path):
+    """Issue 19: T11 of the lumbar sample shows only at the MIP's top edge (10 rows); a
+    click in it gave an outline mostly over T12 (Dice 0.38). T12 still gets its own."""
+    from napari_vertebra.core import run_pipeline
+    from napari_vertebra.core.io import read_ct, read_volume
+    from napari_vertebra.core.labels import class_id, to_class_map
+    from napari_vertebra.core.pipeline import mip_labels
+
+    ct = read_ct(lumbar_ct_path)
+    labels = ct.with_array(to_class_map(read_volume(lumbar_labels_path).array, "totalsegmentator"))
+    result = run_pipeline(ct, labels=labels)
+    lab = mip_labels(result)
+    t11, t12 = lab == class_id("T11"), lab == class_id("T12")
+    assert t11[0].any() and not t11[10:].any()
+    r, c = _deepest(np.pad(t11, 1))  # the image edge counts as T11's border
+    assert outline_at(result.mip, (r - 1, c - 1)) is None
+    got = outline_mask_at(result.mip, _deepest(t12))
+    assert got is not None and (got & t12).sum() >= 0.7 * got.sum()  # mostly T12

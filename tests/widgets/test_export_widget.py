@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 
 from napari_vertebra.annotation.coco import read_coco
 from napari_vertebra.annotation.project import AnnotationProject
@@ -107,3 +108,99 @@ def export_warning(summary, fractions):
     from napari_vertebra.widgets.export import empty_split_warning
 
     return empty_split_warning(summary, fractions)
+
+
+# -- the three real samples: a split that shows the size of each scan (issue 19) ---------
+@pytest.fixture(scope="module")
+def three_samples():
+    """The three real samples' MIPs with their "Labels from 3D" polygons, scans named as
+    'Annotate vertebrae' names them (the CT's file name)."""
+    from widget_helpers import ROOT
+
+    from napari_vertebra.annotation.from3d import labels_to_annotations
+    from napari_vertebra.core.io import read_ct, read_volume
+
+    data, sample = ROOT / "tests" / "data", ROOT / "napari_vertebra" / "_sample_data"
+    pairs = [
+        (sample / "example_ct.nii.gz", sample / "example_seg_fast_force_split.nii.gz",
+         "totalsegmentator", "example_ct"),
+        (data / "tptbox-l3" / "sub-ct_label-22_ct.nii.gz",
+         data / "tptbox-l3" / "sub-ct_seg-vert_label-22_msk.nii.gz", "verse",
+         "sub-ct_label-22_ct"),
+        (data / "totalseg-dicom" / "example_ct_dicom",
+         data / "totalseg-dicom" / "example_seg_dicom.nii.gz", "totalsegmentator",
+         "example_ct_dicom"),
+    ]  # fmt: skip
+    out = []
+    for ct_path, lab_path, convention, scan in pairs:
+        ct = read_ct(ct_path)
+        labels = read_volume(lab_path)
+        out.append(labels_to_annotations(ct, labels, convention, scan=scan))
+    return out
+
+
+def _sample_project(folder, images):
+    project = AnnotationProject(folder)
+    for im in images:
+        key = f"{im.scan}_{im.height}x{im.width}"
+        project.add_image(key, im.image, scan=im.scan)
+        project.save(key, im.annotations)
+    return project
+
+
+def test_three_samples_warn_about_tiny_splits_and_let_the_user_split_by_scan(
+    make_napari_viewer, tmp_path, qtbot, monkeypatch, three_samples
+):
+    """With the defaults the lumbar scan (the biggest) went to val and train got the
+    3-vertebra crop only (1 image), and the status said "dataset written (7 images)". Now
+    the user is told, and puts the lumbar scan in train with its picker."""
+    from napari_vertebra.widgets import export
+
+    shown = []
+    monkeypatch.setattr(export, "notify", lambda msg, level="info": shown.append((level, msg)))
+    _sample_project(tmp_path / "proj", three_samples)
+    viewer = make_napari_viewer()
+    widget = ExportDatasetWidget(viewer, project_dir=tmp_path / "proj")
+    viewer.window.add_dock_widget(widget, name="Export dataset")
+    widget.output_dir.value = str(tmp_path / "dataset")
+    pickers = widget.scan_splits.pickers
+    assert sorted(pickers) == ["example_ct", "example_ct_dicom", "sub-ct_label-22_ct"]
+    assert "example_ct (1 MIP, 6 vertebrae) → val" in pickers["example_ct"].label
+
+    qtbot.mouseClick(widget.build_button.native, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
+    assert widget.runner.last_error is None, widget.status.value
+    splits = widget.summary["splits"]
+    assert splits["val"]["scans"] == ["example_ct"]
+    assert widget.status.level == "warning"
+    (warning,) = [m for level, m in shown if level == "warning"]
+    assert f"the train split holds only {splits['train']['images']} image" in warning
+    assert "the biggest scan, example_ct (6 vertebrae), went to val" in warning
+    assert "train holds fewer vertebrae" in warning and "split by scan" in warning
+
+    # the user puts the lumbar scan in train with its picker, and builds again
+    combo = pickers["example_ct"].native
+    combo.setCurrentIndex(combo.findText("train"))
+    assert pickers["example_ct"].label.endswith("vertebrae)")  # no "auto" arrow now
+    shown.clear()
+    qtbot.mouseClick(widget.build_button.native, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
+    assert widget.runner.last_error is None, widget.status.value
+    splits = widget.summary["splits"]
+    assert "example_ct" in splits["train"]["scans"]
+    assert splits["train"]["annotations"] > splits["val"]["annotations"]
+    train = read_coco(tmp_path / "dataset" / "train" / "annotations.json")
+    assert {im.scan for im in train} == set(splits["train"]["scans"])
+    assert not any("biggest scan" in m for _, m in shown)
+
+
+def test_split_by_scan_rules():
+    from napari_vertebra.annotation.dataset import assign_splits
+
+    scans = ["a", "b", "c", "d"]
+    split = assign_splits(scans, (0.5, 0.25, 0.25), 0, {"a": "test"})
+    assert "a" in split["test"] and sorted(s for v in split.values() for s in v) == scans
+    with pytest.raises(ValueError, match="one of train, val, test"):
+        assign_splits(scans, fixed={"a": "holdout"})
+    with pytest.raises(ValueError, match="zz not among the scans"):
+        assign_splits(scans, fixed={"zz": "train"})

@@ -127,10 +127,18 @@ def test_reader_bad_file_is_a_notification_not_a_traceback(tmp_path, make_napari
     assert any("broken.nii.gz" in m for m in seen), seen
 
 
-def test_reader_refuses_what_it_cannot_read(tmp_path):
+def test_reader_refuses_what_it_cannot_read(tmp_path, monkeypatch):
     (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
     assert get_reader(str(tmp_path / "notes.txt")) is None
-    assert get_reader(str(tmp_path)) is None  # a folder without DICOM files
+    # a folder without DICOM files: the plugin's reader takes it and says so, no layer
+    # (issue 19: napari's own reader gave a raw SimpleITK error there)
+    from napari_vertebra.widgets import _reader
+
+    said = []
+    monkeypatch.setattr(_reader, "notify", lambda msg, level="info": said.append((level, msg)))
+    assert get_reader(str(tmp_path))(str(tmp_path)) == [(None,)]
+    assert [level for level, _ in said] == ["error"]
+    assert "no DICOM file" in said[0][1] and "notes.txt" in said[0][1]
 
 
 def test_is_label_volume_rules():

@@ -19,3 +19,20 @@ TINY = {
     "warmup_iters": 0,
     "lr_schedule": "constant",
 }
+
+
+def sample_mip_viewer(make_napari_viewer, sample_result, project):
+    """(viewer, Preprocess, Annotate): the lumbar sample opened, its MIP shown as
+    "Preprocess CT" leaves it, and 'Annotate vertebrae' docked on it with ``project``."""
+    from napari_vertebra.widgets._sample import CT_NAME
+    from napari_vertebra.widgets.annotate import AnnotateWidget
+    from napari_vertebra.widgets.preprocess import PreprocessWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-vertebra", "lumbar_ct")
+    pre = PreprocessWidget(viewer)
+    pre.show_result(sample_result, ct_layer=viewer.layers[CT_NAME])
+    ann = AnnotateWidget(viewer, project_dir=str(project))
+    viewer.window.add_dock_widget(ann, name="Annotate vertebrae")
+    ann.mip_layer.value = pre.mip_layer()
+    return viewer, pre, ann
