@@ -89,7 +89,7 @@ def augmented_coco(out: Path, name: str, scan: tuple, n: int, seed: int) -> Path
     ct, labels, conv = scan
     t = time.time()
     images = [labels_to_annotations(ct, labels, conv, class_set="extended", scan=name)]
-    images += augmented_images(ct, labels, n, conv, seed=seed, scan=name)
+    images += augmented_images(ct, labels, n, conv, seed=seed, scan=name, class_set="extended")
     write_coco(images, folder, class_set="extended")
     print(f"  {name}: {n} augmented scans in {time.time() - t:.0f} s", flush=True)
     return folder / "annotations.json"

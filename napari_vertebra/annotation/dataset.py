@@ -152,10 +152,10 @@ def _load_inputs(
     tolerance_px: float,
     params=None,
     class_set: str | None = None,
+    augment_3d: int = 0,
+    seed: int = 0,
 ) -> list[AnnotatedImage]:
     """The annotated images of ``inputs`` (see :func:`build_dataset`), validated."""
-    from .from3d import labels_to_annotations
-
     kw = {"tolerance_px": tolerance_px}
     if params is not None:
         kw["params"] = params
@@ -170,22 +170,9 @@ def _load_inputs(
                 raise ValueError(f"{item.file_name}: the dataset builder needs the image pixels")
             images.append(_validated(item))
         elif isinstance(item, CTLabelPair):
-            from napari_vertebra.core.io import read_ct, read_labels
+            from .augmented import pair_images
 
-            report(sub, 0.0, f"reading {Path(item.ct).name}")
-            ct = read_ct(item.ct)
-            labels = read_labels(item.labels, like=ct)
-            images.append(
-                labels_to_annotations(
-                    ct,
-                    labels,
-                    item.convention,
-                    min_visible=min_visible,
-                    progress=sub,
-                    scan=item.scan_name,
-                    **kw,
-                )
-            )
+            images += pair_images(item, augment_3d, seed + k, sub, min_visible=min_visible, **kw)
         else:
             p = Path(item)
             report(sub, 0.0, f"reading {p.name}")
@@ -195,6 +182,18 @@ def _load_inputs(
                     im.scan = safe_key(PurePosixPath(im.file_name).stem)
                 images.append(im)
     return images
+
+
+def _expand_folders(inputs: Sequence[Input]) -> list[Input]:
+    """``inputs`` with every folder replaced by the CT / label pairs of its VerSe or
+    TotalSegmentator layout."""
+    from .layouts import find_pairs
+
+    out: list[Input] = []
+    for item in inputs:
+        is_folder = isinstance(item, (str, os.PathLike)) and Path(item).is_dir()
+        out += find_pairs(item) if is_folder else [item]
+    return out
 
 
 def _views_by_scan(
@@ -287,6 +286,7 @@ def build_dataset(
     tolerance_px: float = 1.0,
     params=None,
     class_set: str | None = None,
+    augment_3d: int = 0,
 ) -> dict[str, Path]:
     """Build ``out_dir/{train,val,test}/annotations.json`` (+ ``images/*.png``).
 
@@ -295,7 +295,11 @@ def build_dataset(
 
     ``inputs``: COCO files (with their images), :class:`CTLabelPair` (turned into
     annotations with :func:`~napari_vertebra.annotation.from3d.labels_to_annotations`,
-    ``params`` = PreprocessParams) or :class:`AnnotatedImage` with pixels. Per image,
+    ``params`` = PreprocessParams), folders in the VerSe or TotalSegmentator layout
+    (their CT / label pairs, :func:`~napari_vertebra.annotation.layouts.find_pairs`) or
+    :class:`AnnotatedImage` with pixels. ``augment_3d``: per CT / label pair, that many
+    MIPs of random 3D changes of the scan besides its own
+    (:func:`~napari_vertebra.annotation.augmented.augmented_images`). Per image,
     ``views_per_image`` partial views (:func:`~napari_vertebra.annotation.partial.
     partial_views`, seeded) plus the full image when ``include_full``. Split by scan
     (:func:`split_scans`); each COCO image records its ``scan``. Every split file is
@@ -306,8 +310,9 @@ def build_dataset(
     {split: path of its annotations.json}.
     """
     images = _load_inputs(
-        inputs, scaled(progress, 0.0, 0.6), min_visible, tolerance_px, params, class_set
-    )
+        _expand_folders(inputs), scaled(progress, 0.0, 0.6), min_visible, tolerance_px,
+        params, class_set, augment_3d, seed,
+    )  # fmt: skip
     if not images:
         raise ValueError("no input images for the dataset")
     per_scan = _views_by_scan(
@@ -321,6 +326,7 @@ def build_dataset(
         "fractions": list(fractions),
         "min_visible": min_visible,
         "views_per_image": views_per_image,
+        "augment_3d": augment_3d,
         "include_full": include_full,
         "warnings": [w for im in images for w in im.warnings],
         "splits": {},

@@ -104,3 +104,26 @@ def test_totalsegmentator_masks_become_one_label_map(totalseg_folder, lumbar_lab
 def test_a_folder_of_neither_layout_says_what_it_expected(tmp_path):
     with pytest.raises(ValueError, match="neither a VerSe folder"):
         find_pairs(tmp_path)
+
+
+def test_dataset_build_reads_both_layouts_with_3d_augmentation(
+    tmp_path, verse_folder, totalseg_folder
+):
+    from napari_vertebra.annotation.dataset import build_dataset
+
+    out = tmp_path / "data"
+    build_dataset(
+        [verse_folder, totalseg_folder], out, views_per_image=0, fractions=(1, 0, 0),
+        augment_3d=1, class_set="extended",
+    )  # fmt: skip
+    summary = json.loads((out / "dataset.json").read_text())
+    assert summary["augment_3d"] == 1
+    assert sorted(summary["splits"]["train"]["scans"]) == ["s0001", "sub-verse900_dir-ax"]
+    coco = json.loads((out / "train" / "annotations.json").read_text())
+    per_scan = {}
+    for im in coco["images"]:
+        per_scan[im["scan"]] = per_scan.get(im["scan"], 0) + 1
+    assert per_scan == {"s0001": 2, "sub-verse900_dir-ax": 2}  # its own MIP + 1 changed
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    used = {names[a["category_id"]] for a in coco["annotations"]}
+    assert {"L2", "L3", "L4", "L5", "S1"} <= used
