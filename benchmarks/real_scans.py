@@ -190,29 +190,34 @@ def _detection(im, pred) -> tuple[int, list[float]]:
 
 
 def _overlay(im, pred, path: Path) -> None:
-    """PNG: the MIP, the true outlines (white, named left) and the predictions (colour)."""
+    """PNG: the MIP with the true vertebrae (left) and the predicted ones (right), each
+    filled in its level's colour and named; the level summary above."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    from napari_vertebra.annotation.polygons import rasterize
     from napari_vertebra.core.labels import class_colour
 
     h, w = im.height, im.width
-    fig, ax = plt.subplots(figsize=(3 + w / 60, 1 + h / 60), dpi=80)
-    ax.imshow(im.image, cmap="gray", vmin=0, vmax=1500)
-    for a in im.annotations:
-        for p in a.polygons:
-            ax.plot(p[:, 1], p[:, 0], color="white", lw=0.6)
-        r = np.concatenate(a.polygons)[:, 0].mean()
-        ax.text(-2, r, a.name, color="white", fontsize=6, ha="right", va="center")
-    for m, c, name in zip(pred.masks, pred.classes, pred.names, strict=True):
-        ax.contour(m, levels=[0.5], colors=[class_colour(int(c))], linewidths=1.0)
-        r, _cc = np.nonzero(m)
-        ax.text(w + 2, r.mean(), name, color=class_colour(int(c)), fontsize=6, va="center")
-    ax.set_xlim(-12, w + 12)
-    ax.set_title(pred.level_summary or "nothing found", fontsize=6)
-    ax.axis("off")
+    truth = [(rasterize(a.polygons, (h, w)), a.class_id, a.name) for a in im.annotations]
+    shown = list(zip(pred.masks, pred.classes, pred.names, strict=True))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (1.2 + w / 50), 0.8 + h / 50), dpi=100)
+    for ax, items, title in ((axes[0], truth, "truth"), (axes[1], shown, "predicted")):
+        ax.imshow(im.image, cmap="gray", vmin=0, vmax=1500)
+        for m, c, name in items:
+            rgba = matplotlib.colors.to_rgba(class_colour(int(c)), 0.45)
+            layer = np.zeros((h, w, 4))
+            layer[m] = rgba
+            ax.imshow(layer)
+            r, cc = np.nonzero(m)
+            if len(r):
+                ax.text(cc.mean(), r.mean(), name, color="white", fontsize=7,
+                        ha="center", va="center", weight="bold")  # fmt: skip
+        ax.set_title(title, color="white", fontsize=8)
+        ax.axis("off")
+    fig.suptitle(pred.level_summary or "nothing found", color="white", fontsize=7, wrap=True)
     fig.savefig(path, bbox_inches="tight", facecolor="black")
     plt.close(fig)
 
