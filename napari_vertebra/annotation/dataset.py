@@ -26,13 +26,25 @@ from napari_vertebra.core.labels import LEVEL_IDS, class_set_for
 from napari_vertebra.core.progress import ProgressCallback, report, scaled
 
 from ._atomic import AtomicBatch
-from .coco import read_coco, stage_coco
+from .coco import read_coco, stage_coco, write_coco
 from .partial import partial_views
 from .project import AnnotationProject, safe_key
 from .types import AnnotatedImage, VertebraAnnotation
 from .validate import image_size_problem, keep_polygon
 
-__all__ = ["SPLITS", "CTLabelPair", "build_dataset", "read_pairs_csv", "split_scans"]
+__all__ = [
+    "SPLITS",
+    "CTLabelPair",
+    "build_dataset",
+    "check_dataset",
+    "dataset_class_set",
+    "export_project_dataset",
+    "fine_tune_dataset",
+    "read_pairs_csv",
+    "split_scans",
+    "val_split_problem",
+    "validation_note",
+]
 
 SPLITS = ("train", "val", "test")
 
@@ -366,6 +378,44 @@ def export_project_dataset(
             f"the project holds {len(scans)} scan(s), too few for a validation split: "
             "validating on the training images (optimistic mAP)"
         )
+    return notes
+
+
+def fine_tune_dataset(
+    project: AnnotationProject,
+    out_dir: str | os.PathLike,
+    replay: str | os.PathLike | None = None,
+    class_set: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> list[str]:
+    """Write the training data of a fine-tuning run: the project's annotated MIPs and
+    their partial views, plus the COCO images of ``replay`` (the starter model's real
+    data, so that fine-tuning on a few scans keeps what the model knew; their levels
+    outside ``class_set`` left out), all in ``out_dir/train``; ``val`` is the project's
+    images. Returns notes for the user."""
+    import shutil
+
+    from napari_vertebra.core.labels import get_class_set
+
+    images = [im for im in project.images(load_pixels=True) if im.annotations]
+    if not images:
+        raise ValueError(f"{project.folder}: the project has no annotated image to train on")
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    mixed: list[Input] = list(images)
+    notes = [f"fine-tuning on {len(images)} annotated MIP(s) of the project"]
+    if replay is not None:
+        keep = set(get_class_set(class_set).ids)
+        for im in read_coco(Path(replay) / "annotations.json", load_images=True):
+            im.annotations = [a for a in im.annotations if a.class_id in keep]
+            mixed.append(im)
+        notes.append(f"with {len(mixed) - len(images)} MIPs of the starter's real scans")
+    build_dataset(mixed, out, fractions=(1, 0, 0), progress=progress)
+    cset = json.loads((out / "dataset.json").read_text(encoding="utf-8"))["class_set"]
+    for name in ("val", "test"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    write_coco(images, out / "val", class_set=cset)  # validated on the project's MIPs
     return notes
 
 

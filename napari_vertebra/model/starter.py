@@ -17,7 +17,15 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STARTER_NAME", "export_starter", "starter_checkpoint"]
+__all__ = [
+    "FINE_TUNE",
+    "STARTER_NAME",
+    "export_starter",
+    "fine_tune_config",
+    "prepare_fine_tune",
+    "replay_folder",
+    "starter_checkpoint",
+]
 
 #: File name of the shipped starter checkpoint (in ``napari_vertebra/weights/``).
 STARTER_NAME = "starter.pt"
@@ -53,3 +61,41 @@ def export_starter(
         epoch=int(ckpt.get("epoch", 0)),
         starter_note=note,
     )
+
+
+#: Settings of a fine-tuning run over the starting model's own configuration: a short
+#: schedule at a lower learning rate (the model already knows vertebrae).
+FINE_TUNE = {"lr": 0.0003, "warmup_iters": 10, "lr_schedule": "cosine", "epochs": 8}
+
+
+def fine_tune_config(checkpoint: str | os.PathLike, **overrides: Any):
+    """The :class:`~napari_vertebra.model.config.TrainConfig` that fine-tunes
+    ``checkpoint``: its own configuration, starting from its weights, with
+    :data:`FINE_TUNE` and ``overrides`` applied (e.g. ``epochs``)."""
+    from .build import config_from_checkpoint, load_checkpoint
+
+    cfg = config_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
+    return cfg.replace(weights=str(Path(checkpoint).resolve()), **{**FINE_TUNE, **overrides})
+
+
+def replay_folder() -> Path | None:
+    """The shipped COCO folder of real MIPs the starter was trained on (mixed into a
+    fine-tuning run so that the model keeps what it knew), or None."""
+    path = Path(str(files("napari_vertebra") / "weights" / "starter_replay"))
+    return path if (path / "annotations.json").is_file() else None
+
+
+def prepare_fine_tune(
+    project: Any, out_dir: str | os.PathLike, checkpoint: str | os.PathLike, progress=None
+) -> tuple[Any, Path, list[str]]:
+    """(config, data folder, notes) of a run that fine-tunes ``checkpoint`` on an
+    annotation project: :func:`fine_tune_config` and
+    :func:`~napari_vertebra.annotation.dataset.fine_tune_dataset` with the starter's real
+    MIPs mixed in when the class sets agree. Slow (reads the checkpoint, writes the
+    dataset): a viewer calls it off its GUI thread."""
+    from napari_vertebra.annotation.dataset import fine_tune_dataset
+
+    cfg = fine_tune_config(checkpoint)
+    replay = replay_folder() if cfg.class_set == "extended" else None
+    notes = fine_tune_dataset(project, out_dir, replay, cfg.class_set, progress)
+    return cfg, Path(out_dir), notes
