@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from real_scans import ROWS, SCANS_CSV, _f, evaluate, load_scans, test_images  # noqa: E402
+from real_scans import ROWS, SCANS_CSV, _f, evaluate, load_scans, test_images
 
 
 def main() -> None:
