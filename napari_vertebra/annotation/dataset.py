@@ -26,7 +26,7 @@ from napari_vertebra.core.labels import LEVEL_IDS, class_set_for
 from napari_vertebra.core.progress import ProgressCallback, report, scaled
 
 from ._atomic import AtomicBatch
-from .coco import read_coco, stage_coco
+from .coco import read_coco, stage_coco, write_coco
 from .partial import partial_views
 from .project import AnnotationProject, safe_key
 from .types import AnnotatedImage, VertebraAnnotation
@@ -37,8 +37,14 @@ __all__ = [
     "CTLabelPair",
     "assign_splits",
     "build_dataset",
+    "check_dataset",
+    "dataset_class_set",
+    "export_project_dataset",
+    "fine_tune_dataset",
     "read_pairs_csv",
     "split_scans",
+    "val_split_problem",
+    "validation_note",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -184,10 +190,10 @@ def _load_inputs(
     tolerance_px: float,
     params=None,
     class_set: str | None = None,
+    augment_3d: int = 0,
+    seed: int = 0,
 ) -> list[AnnotatedImage]:
     """The annotated images of ``inputs`` (see :func:`build_dataset`), validated."""
-    from .from3d import labels_to_annotations
-
     kw = {"tolerance_px": tolerance_px}
     if params is not None:
         kw["params"] = params
@@ -202,23 +208,9 @@ def _load_inputs(
                 raise ValueError(f"{item.file_name}: the dataset builder needs the image pixels")
             images.append(_validated(item))
         elif isinstance(item, CTLabelPair):
-            from napari_vertebra.core.io import read_ct, read_labels
+            from .augmented import pair_images
 
-            report(sub, 0.0, f"reading {Path(item.ct).name}")
-            ct = read_ct(item.ct)
-            labels = read_labels(item.labels, like=ct)
-            images.append(
-                labels_to_annotations(
-                    ct,
-                    labels,
-                    item.convention,
-                    min_visible=min_visible,
-                    progress=sub,
-                    scan=item.scan_name,
-                    labels_name=str(item.labels),
-                    **kw,
-                )
-            )
+            images += pair_images(item, augment_3d, seed + k, sub, min_visible=min_visible, **kw)
         else:
             p = Path(item)
             report(sub, 0.0, f"reading {p.name}")
@@ -228,6 +220,18 @@ def _load_inputs(
                     im.scan = safe_key(PurePosixPath(im.file_name).stem)
                 images.append(im)
     return images
+
+
+def _expand_folders(inputs: Sequence[Input]) -> list[Input]:
+    """``inputs`` with every folder replaced by the CT / label pairs of its VerSe or
+    TotalSegmentator layout."""
+    from .layouts import find_pairs
+
+    out: list[Input] = []
+    for item in inputs:
+        is_folder = isinstance(item, (str, os.PathLike)) and Path(item).is_dir()
+        out += find_pairs(item) if is_folder else [item]
+    return out
 
 
 def _views_by_scan(
@@ -321,6 +325,7 @@ def build_dataset(
     params=None,
     class_set: str | None = None,
     split_by_scan: Mapping[str, str] | None = None,
+    augment_3d: int = 0,
 ) -> dict[str, Path]:
     """Build ``out_dir/{train,val,test}/annotations.json`` (+ ``images/*.png``).
 
@@ -329,7 +334,11 @@ def build_dataset(
 
     ``inputs``: COCO files (with their images), :class:`CTLabelPair` (turned into
     annotations with :func:`~napari_vertebra.annotation.from3d.labels_to_annotations`,
-    ``params`` = PreprocessParams) or :class:`AnnotatedImage` with pixels. Per image,
+    ``params`` = PreprocessParams), folders in the VerSe or TotalSegmentator layout
+    (their CT / label pairs, :func:`~napari_vertebra.annotation.layouts.find_pairs`) or
+    :class:`AnnotatedImage` with pixels. ``augment_3d``: per CT / label pair, that many
+    MIPs of random 3D changes of the scan besides its own
+    (:func:`~napari_vertebra.annotation.augmented.augmented_images`). Per image,
     ``views_per_image`` partial views (:func:`~napari_vertebra.annotation.partial.
     partial_views`, seeded) plus the full image when ``include_full``. Split by scan
     (:func:`split_scans`; ``split_by_scan`` {scan: split} puts those scans where it says,
@@ -341,8 +350,9 @@ def build_dataset(
     {split: path of its annotations.json}.
     """
     images = _load_inputs(
-        inputs, scaled(progress, 0.0, 0.6), min_visible, tolerance_px, params, class_set
-    )
+        _expand_folders(inputs), scaled(progress, 0.0, 0.6), min_visible, tolerance_px,
+        params, class_set, augment_3d, seed,
+    )  # fmt: skip
     if not images:
         raise ValueError("no input images for the dataset")
     per_scan = _views_by_scan(
@@ -356,6 +366,7 @@ def build_dataset(
         "fractions": list(fractions),
         "min_visible": min_visible,
         "views_per_image": views_per_image,
+        "augment_3d": augment_3d,
         "include_full": include_full,
         "warnings": [w for im in images for w in im.warnings],
         "splits": {},
@@ -395,6 +406,44 @@ def export_project_dataset(
             f"the project holds {len(scans)} scan(s), too few for a validation split: "
             "validating on the training images (optimistic mAP)"
         )
+    return notes
+
+
+def fine_tune_dataset(
+    project: AnnotationProject,
+    out_dir: str | os.PathLike,
+    replay: str | os.PathLike | None = None,
+    class_set: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> list[str]:
+    """Write the training data of a fine-tuning run: the project's annotated MIPs and
+    their partial views, plus the COCO images of ``replay`` (the starter model's real
+    data, so that fine-tuning on a few scans keeps what the model knew; their levels
+    outside ``class_set`` left out), all in ``out_dir/train``; ``val`` is the project's
+    images. Returns notes for the user."""
+    import shutil
+
+    from napari_vertebra.core.labels import get_class_set
+
+    images = [im for im in project.images(load_pixels=True) if im.annotations]
+    if not images:
+        raise ValueError(f"{project.folder}: the project has no annotated image to train on")
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    mixed: list[Input] = list(images)
+    notes = [f"fine-tuning on {len(images)} annotated MIP(s) of the project"]
+    if replay is not None:
+        keep = set(get_class_set(class_set).ids)
+        for im in read_coco(Path(replay) / "annotations.json", load_images=True):
+            im.annotations = [a for a in im.annotations if a.class_id in keep]
+            mixed.append(im)
+        notes.append(f"with {len(mixed) - len(images)} MIPs of the starter's real scans")
+    build_dataset(mixed, out, fractions=(1, 0, 0), progress=progress)
+    cset = json.loads((out / "dataset.json").read_text(encoding="utf-8"))["class_set"]
+    for name in ("val", "test"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    write_coco(images, out / "val", class_set=cset)  # validated on the project's MIPs
     return notes
 
 

@@ -82,6 +82,7 @@ def labels_to_annotations(
     min_area_px: float = 4.0,
     class_set: str | ClassSet | None = None,
     labels_name: str | None = None,
+    check_fit: bool = True,
 ) -> AnnotatedImage:
     """The MIP of ``ct`` with one polygon annotation per vertebra of ``labels``.
 
@@ -100,7 +101,8 @@ def labels_to_annotations(
 
     The label map must fit ``convention`` (:func:`~.label_fit.check_label_fit`), else
     a :class:`~.label_fit.LabelMapError` starting with ``labels_name`` (a file or layer
-    name); ``warnings`` name ids it does not define, or say that no vertebra was kept.
+    name; ``check_fit=False`` skips this for a map already checked, e.g. a 3D change of
+    one); ``warnings`` name ids it does not define, or say that no vertebra was kept.
     """
     if not 0.0 <= min_visible <= 1.0:
         raise ValueError(f"min_visible must be in 0..1, got {min_visible}")
@@ -111,7 +113,7 @@ def labels_to_annotations(
 
         params = PreprocessParams() if params is None else params
         result = run_pipeline(ct, params, labels=labels, progress=scaled(progress, 0.0, 0.8))
-    notes = check_label_fit(result, convention, class_set, labels_name)
+    notes = check_label_fit(result, convention, class_set, labels_name) if check_fit else []
     report(progress, 0.8, "projecting vertebrae")
     spacing = float(result.params.spacing_mm)
     if edge_margin is None:

@@ -169,6 +169,7 @@ def _run_dataset_build(args: argparse.Namespace) -> int:
             tolerance_px=args.tolerance,
             params=_params(args.params),
             class_set=args.class_set,
+            augment_3d=args.augment_3d,
         )
     import json
 
@@ -279,13 +280,26 @@ def _add_dataset(subparsers) -> None:
         description="Build DIR/{train,val,test}/annotations.json with images: each input "
         "image plus random partial views of 4..17 consecutive vertebrae (seeded), split "
         "by scan so that no scan is in two splits. Inputs are COCO files (with their "
-        f"images), --ct-labels CT LABELS (repeatable) or --pairs CSV ({PAIRS_HELP}). "
+        "images), folders in the VerSe layout (rawdata/ + derivatives/) or the "
+        "TotalSegmentator one (s*/ct.nii.gz + s*/segmentations/), "
+        f"--ct-labels CT LABELS (repeatable) or --pairs CSV ({PAIRS_HELP}). "
         "With fewer scans than splits, splits are filled train, val, test and the rest "
         "stay empty (a warning is printed). COCO inputs are validated like `convert`'s "
         "(docs/annotations.md).",
     )
-    b.add_argument("inputs", metavar="INPUT", nargs="*", help="COCO JSON files")
+    b.add_argument(
+        "inputs", metavar="INPUT", nargs="*",
+        help="COCO JSON files, or VerSe / TotalSegmentator folders",
+    )  # fmt: skip
     add_common_args(b, "output folder")
+    b.add_argument(
+        "--augment-3d",
+        type=int,
+        default=0,
+        metavar="N",
+        help="per CT and label map, N more MIPs of random 3D changes of the scan (position, "
+        "field of view, slice thickness, intensities; docs/starter_model.md), default 0",
+    )
     b.add_argument(
         "--ct-labels",
         nargs=2,

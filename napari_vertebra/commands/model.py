@@ -51,12 +51,21 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         description="Predict vertebrae. An input is a MIP (16-bit PNG written by the "
         "annotation tools, or .npy of windowed HU) or a CT (any format read_ct reads; the "
         "preprocessing pipeline runs first). Writes OUT/predictions.json (COCO results), "
-        "OUT/<name>_labels.png (class ids 0..17) and OUT/<name>_overlay.png. A "
+        "OUT/<name>_labels.png (class ids 0..21) and OUT/<name>_overlay.png. A "
         "prediction's score is the probability of its class (vertebra_score: 1 - "
-        "p(background), for review).",
+        "p(background), for review). Without a checkpoint, the starter model that ships "
+        "with the package predicts (docs/starter_model.md: trained on four real scans, "
+        "not for clinical use).",
     )
-    p.add_argument("checkpoint", help="a checkpoint from napari-vertebra train (best.pt)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="MIP (.png, .npy) or CT")
+    p.add_argument(
+        "inputs", nargs="+", metavar="[CHECKPOINT] INPUT",
+        help="MIP (.png, .npy) or CT; a first argument ending in .pt is the checkpoint",
+    )  # fmt: skip
+    p.add_argument(
+        "--checkpoint",
+        help="a checkpoint from napari-vertebra train (RUN/best.pt); default: the shipped "
+        "starter model",
+    )
     add_common_args(
         p, "output folder", device=True,
         min_score="minimum class probability of a detection (default: the config's, the "
@@ -235,11 +244,12 @@ def run_predict(args: argparse.Namespace) -> int:
     from napari_vertebra.model.render import overlay_rgb, prediction_results, save_png
 
     out = Path(args.output)
-    predictor = Predictor(args.checkpoint, device=args.device, min_score=args.min_score)
+    checkpoint, inputs = _checkpoint_and_inputs(args.checkpoint, args.inputs)
+    predictor = Predictor(checkpoint, device=args.device, min_score=args.min_score)
     predictor.order = not args.no_order
     results, images = [], []
     used: set[str] = set()
-    for k, inp in enumerate(args.inputs, start=1):
+    for k, inp in enumerate(inputs, start=1):
         path = Path(inp)
         mip, kind, found = _read_input(path, args.hu_scale)
         spacing = _mip_spacing(path, found, args.spacing, predictor)
@@ -269,6 +279,27 @@ def run_predict(args: argparse.Namespace) -> int:
     (out / "images.json").write_text(json.dumps(images, indent=1), encoding="utf-8")
     print(f"wrote {out / 'predictions.json'}")
     return 0
+
+
+def _checkpoint_and_inputs(given: str | None, paths: list[str]) -> tuple[Path, list[str]]:
+    """The checkpoint to predict with (``--checkpoint``, a first path ending in .pt/.pth,
+    else the shipped starter model) and the inputs."""
+    from napari_vertebra.model.starter import starter_checkpoint
+
+    if given is None and paths and Path(paths[0]).suffix in (".pt", ".pth"):
+        given, paths = paths[0], paths[1:]
+    if not paths:
+        raise ValueError("predict needs at least one INPUT (a MIP or a CT)")
+    if given is not None:
+        return Path(given), paths
+    starter = starter_checkpoint()
+    if starter is None:
+        raise ValueError(
+            "no checkpoint given and this installation has no starter model "
+            "(napari_vertebra/weights/starter.pt): give --checkpoint RUN/best.pt"
+        )
+    print(f"predicting with the starter model {starter} (docs/starter_model.md)")
+    return starter, paths
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ includes the +-1 and +-2 shifts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -45,6 +45,8 @@ SCALE_SD = 0.10
 SPACING_SD = 0.12
 HEIGHT_SD = 0.12
 _SCALE_GRID = np.exp(np.linspace(-3 * SCALE_SD, 3 * SCALE_SD, 13))
+#: Below this probability that the named detections are vertebrae, the summary says so.
+VERTEBRAE_SURE = 0.9
 _SHIFT_WORDS = {-2: "two levels up", -1: "one level up", 1: "one level down", 2: "two levels down"}
 
 
@@ -53,12 +55,14 @@ class LevelDecoding:
     """The decoded levels of one image's detections.
 
     ``levels`` and ``class_ids`` are per detection in the input order; ``confidence`` is
-    the posterior of this naming; ``shifts`` maps -2, -1, +1, +2 (negative = the whole
-    naming one or two levels up, i.e. more superior) to the posterior of that naming (0
-    where it does not fit the spine); ``variant`` is (thoracic, lumbar) counts of the
-    most probable spine variant behind the naming; ``alternatives`` the next namings
-    with their posteriors, best first; ``namings`` every naming considered (input
-    order) with its posterior.
+    the probability that this naming is right: ``naming`` (its posterior among the
+    namings of the detections as vertebrae) times ``vertebrae`` (the probability that
+    the named detections are vertebrae at all; 1 when not given). ``shifts`` maps -2,
+    -1, +1, +2 (negative = the whole naming one or two levels up, i.e. more superior) to
+    the probability of that naming likewise (0 where it does not fit the spine);
+    ``variant`` is (thoracic, lumbar) counts of the most probable spine variant behind
+    the naming; ``alternatives`` the next namings with their posteriors, best first;
+    ``namings`` every naming considered (input order) with its posterior.
     """
 
     levels: tuple[str, ...]
@@ -68,6 +72,8 @@ class LevelDecoding:
     variant: tuple[int, int] = (12, 5)
     alternatives: tuple[tuple[tuple[str, ...], float], ...] = ()
     namings: dict[tuple[str, ...], float] = field(default_factory=dict, repr=False)
+    naming: float | None = None
+    vertebrae: float = 1.0
 
     def probability_of(self, levels: tuple[str, ...] | list[str]) -> float:
         """Posterior of a naming (level names in the input order); 0 if never considered."""
@@ -78,6 +84,8 @@ class LevelDecoding:
         return {
             "levels": list(self.levels),
             "level_confidence": round(self.confidence, 4),
+            "naming_confidence": round(self.confidence if self.naming is None else self.naming, 4),
+            "vertebra_confidence": round(self.vertebrae, 4),
             "level_shifts": {f"{k:+d}": round(v, 4) for k, v in sorted(self.shifts.items())},
             "spine_variant": {"thoracic": self.variant[0], "lumbar": self.variant[1]},
             "level_summary": self.summary(),
@@ -92,6 +100,8 @@ class LevelDecoding:
         first, last = ranked[0], ranked[-1]
         span = first if first == last else f"{first}..{last}"
         text = f"{span}, level confidence {self.confidence:.2f}"
+        if self.vertebrae < VERTEBRAE_SURE:
+            text += f" (they look like vertebrae at only {self.vertebrae:.2f})"
         extra = sorted(self.shifts, key=lambda k: -self.shifts[k])
         extra = [k for k in extra if self.shifts[k] >= min_share][:2]
         for k in extra:
@@ -148,6 +158,7 @@ def decode_levels(
     eps: float = 1e-4,
     p_outside: float = 0.05,
     max_outside: tuple[int, int] = (2, 1),
+    vertebra_probs: np.ndarray | None = None,
 ) -> LevelDecoding:
     """Name N detections of one image jointly (see the module doc).
 
@@ -175,6 +186,14 @@ def decode_levels(
     (top, bottom) such detections may be left unnamed; their level is ``""`` and their
     class id 0, and the prediction drops them. Without it, a detector that sees C5 and C6
     as "C7-like" forces every vertebra below one or two levels down.
+
+    ``vertebra_probs``: (N,) probability that each detection is a vertebra at all (the
+    detector's 1 - p(background)). The class evidence says which level a detection is
+    *if* it is a vertebra; a naming of detections that are not (the aorta, the sternum,
+    noise at a low threshold) must not come out certain, so the confidence is the
+    naming's posterior times the product of the named detections' probabilities, each
+    raised to ``evidence_weight`` (one image's detections share one bias, as for the
+    class evidence): :attr:`LevelDecoding.vertebrae`.
     """
     cs = get_class_set(class_set)
     ev = _evidence(class_probs, cs, centroids_mm, heights_mm, rib_bearing, class_frequencies, eps)
@@ -191,7 +210,28 @@ def decode_levels(
             f"{len(ev.order)} detections cannot be named in order with the {cs.name} class "
             f"set ({len(cs.levels)} levels); suppress duplicates first"
         )
-    return _posterior(hyps, ev.order, cs)
+    return _with_vertebrae(_posterior(hyps, ev.order, cs), vertebra_probs, evidence_weight)
+
+
+def _with_vertebrae(
+    d: LevelDecoding, vertebra_probs: np.ndarray | None, weight: float
+) -> LevelDecoding:
+    """``d`` with its confidence and shifts times the probability that the named
+    detections are vertebrae (see :func:`decode_levels`)."""
+    if vertebra_probs is None:
+        return d
+    v = np.asarray(vertebra_probs, float).reshape(-1)
+    if v.shape != (len(d.levels),) or not np.all((v >= 0) & (v <= 1)):
+        raise ValueError(f"vertebra_probs must be {len(d.levels)} probabilities in 0..1")
+    named = np.array([bool(lv) for lv in d.levels])
+    q = float(np.prod(np.maximum(v[named], 1e-6) ** weight))
+    return replace(
+        d,
+        confidence=d.confidence * q,
+        shifts={k: p * q for k, p in d.shifts.items()},
+        naming=d.confidence,
+        vertebrae=q,
+    )
 
 
 @dataclass(frozen=True)

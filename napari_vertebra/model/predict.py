@@ -493,10 +493,12 @@ def _name_levels(
     if pixel_mm is not None:
         cols = np.array([np.nonzero(m)[1].mean() for m in masks])
         cen = np.stack([rows, cols], 1)[top_first] * float(pixel_mm)
+    v = inst["vscores"][top_first]
     try:
         d = decode_levels(
             probs[top_first], cs, cen, evidence_weight=evidence_weight,
             class_frequencies=class_frequencies,
+            vertebra_probs=None if np.isnan(v).any() else np.clip(v, 0.0, 1.0),
         )  # fmt: skip
     except ValueError as e:  # e.g. two instances at one centroid: no joint naming
         n_cls = probs.shape[1]

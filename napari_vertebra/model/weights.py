@@ -352,7 +352,8 @@ def load_starting_weights(
     else:
         state = _map_torchvision(state, own)
     imagenet = not any(k.startswith(("backbone.fpn.", "rpn.", "roi_heads.")) for k in state)
-    fit = _sort_tensors(state, own)
+    # our own checkpoints (fine-tuning) keep their class heads when the class set fits
+    fit = _sort_tensors(state, own, keep_class_heads=meta["format"] == "ours")
     fit.skipped[:0] = [f"{k} (not a Mask R-CNN tensor)" for k in unknown]
     if not fit.mapped:
         raise _checkpoint_error(
@@ -386,12 +387,16 @@ class _Fit:
     other_heads: list[str] = field(default_factory=list)
 
 
-def _sort_tensors(state: Mapping[str, torch.Tensor], own: Mapping[str, Any]) -> _Fit:
+def _sort_tensors(
+    state: Mapping[str, torch.Tensor], own: Mapping[str, Any], keep_class_heads: bool = False
+) -> _Fit:
     """Which tensors of ``state`` load into a model with state dict ``own`` (in its
-    dtype), and why the others are skipped."""
+    dtype), and why the others are skipped. Class-specific heads are skipped unless
+    ``keep_class_heads`` and their shape fits (the same classes)."""
     fit = _Fit()
     for key, v in state.items():
-        if key.startswith(CLASS_HEADS):
+        same = key in own and own[key].shape == v.shape
+        if key.startswith(CLASS_HEADS) and not (keep_class_heads and same):
             fit.class_heads.append(key)
             fit.skipped.append(f"{key} (class-specific head)")
         elif key not in own:

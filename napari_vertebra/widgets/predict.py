@@ -34,6 +34,7 @@ from napari_vertebra.model.predict_jobs import (
     boxes_to_rectangles,
     predict_job,
 )
+from napari_vertebra.model.starter import starter_checkpoint
 
 from ._base import VertebraWidget, layer_combo
 from ._layers import class_label_colormap, class_label_features, find_layer, layer_kwargs
@@ -80,7 +81,11 @@ class PredictWidget(VertebraWidget):
         self.checkpoint = FileEdit(
             label="checkpoint", mode="r", filter="*.pt *.pth", nullable=True
         )
-        self.checkpoint.tooltip = "A napari-vertebra checkpoint (RUN/best.pt or RUN/last.pt)"
+        self.checkpoint.tooltip = (
+            "A napari-vertebra checkpoint (RUN/best.pt or RUN/last.pt); preselected: the\n"
+            "starter model that ships with the plugin (trained on four real scans, not for\n"
+            "clinical use: docs/starter_model.md)"
+        )
         self.image_layer = layer_combo(viewer, "Image", "image")
         self.image_layer.tooltip = (
             "A 2D sagittal MIP (e.g. 'MIP <ct>' of Preprocess CT) or a 3D CT, which is\n"
@@ -113,7 +118,7 @@ class PredictWidget(VertebraWidget):
         self._listen(self.session.checkpoint_changed, self._on_session_checkpoint)
         self.refresh_choices()
         self._update_buttons()
-        checkpoint = checkpoint or self.session.checkpoint
+        checkpoint = checkpoint or self.session.checkpoint or starter_checkpoint()
         if checkpoint:
             self.set_checkpoint(checkpoint)
 
@@ -188,6 +193,9 @@ class PredictWidget(VertebraWidget):
 
     def _on_predicted(self, out: tuple[Any, RawPrediction]) -> None:
         predictor, raw = out
+        if self._pending_key != self._predictor_key:  # another model: its own threshold
+            with self.min_score.changed.blocked():
+                self.min_score.value = raw.default_min_score
         self._predictor, self._predictor_key = predictor, self._pending_key
         self.session.predictor = predictor  # Annotate's click outlines use it
         self.raw = raw

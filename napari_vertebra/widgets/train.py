@@ -44,6 +44,12 @@ if TYPE_CHECKING:  # napari passes the viewer to a parameter annotated like this
 
 __all__ = ["TrainWidget"]
 
+_FINE_TUNE_TIP = (
+    "Train the model Predict uses (the shipped starter model by default) further on the\n"
+    "polygons of the open project (accepted and fixed predictions, drawn ones, Labels\n"
+    "from 3D), mixed with the starter's real MIPs, in the run folder: a short run at a\n"
+    "lower learning rate. Then 'Use for prediction' and predict again."
+)
 _CLOSE_TIP = (
     "Training runs in its own detached process: closing napari does not stop it. It\n"
     "writes RUN/last.pt atomically after every epoch (and best.pt); reopen the run\n"
@@ -95,6 +101,10 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
             "and a Slurm script (RUN/job.sbatch); copy the run folder to a GPU machine.",
         )  # fmt: skip
         self.add_buttons(self.load_button, self.cluster_button)
+        self.fine_tune_button = self.button(
+            "Fine-tune on this project", self.fine_tune, _FINE_TUNE_TIP
+        )
+        self.add_buttons(self.fine_tune_button)
         self.gpu_label = Label(value="")
         self.gpu_label.native.setWordWrap(True)
         self.gpu_label.visible = False
@@ -217,9 +227,14 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
             description="Exporting the project",
         )
 
-    def _launch(self, run_dir: Path, cfg: TrainConfig, data: Path, resume: bool) -> bool:
-        """Start the trainer process on ``data``; False (said) when it was not started."""
-        need = None if resume else self.form.follow_data(data)
+    def _launch(
+        self, run_dir: Path, cfg: TrainConfig, data: Path, resume: bool,
+        follow_classes: bool = True,
+    ) -> bool:  # fmt: skip
+        """Start the trainer process on ``data``; False (said) when it was not started.
+        ``follow_classes``: the config came from the form, whose class set must fit
+        the data's levels."""
+        need = self.form.follow_data(data) if follow_classes and not resume else None
         if need is not None:  # the config was made with the field's old class set
             self._message(
                 f"Train: the dataset's labels hold levels outside the {cfg.class_set} class "
@@ -248,6 +263,44 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
     def resume(self) -> bool:
         """Continue the run folder's training from its last.pt (``--resume``)."""
         return self.start(resume=True)
+
+    def fine_tune(self, checkpoint: str | os.PathLike | None = None) -> bool:
+        """Fine-tune a model on the open annotation project in a new run folder: the
+        checkpoint Predict uses (else the shipped starter model), its own configuration
+        with a short schedule (model.starter.FINE_TUNE), the project's polygons with the
+        starter's real MIPs mixed in. False (said) when it cannot start."""
+        from napari_vertebra.model.starter import prepare_fine_tune, starter_checkpoint
+
+        ckpt = checkpoint or self.session.checkpoint or starter_checkpoint()
+        project = self.session.project
+        problem = (
+            "a training run is already going; stop it first" if self.running
+            else "no model to start from: predict with a checkpoint first" if ckpt is None
+            else "no annotation project is open: open one in 'Annotate vertebrae'"
+            if project is None else ""
+        )  # fmt: skip
+        if problem or self.runner.busy:
+            self._message(f"Train: cannot fine-tune: {problem or _BUSY.format(what='Train')}")
+            return False
+        try:
+            run_dir = TrainingRun.check_start(self.form.run_path(), False)
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except (ValueError, OSError) as e:
+            self._message(f"Train: cannot fine-tune: {e}")
+            return False
+
+        def done(out: tuple[TrainConfig, Path, list[str]]) -> None:
+            cfg, data, notes = out
+            self.status.set("Train: " + "; ".join(notes), "info")
+            self._launch(run_dir, cfg, data, False, follow_classes=False)
+
+        self.progress_bar.native.setFormat("%p% · preparing the fine-tuning data")
+        return self.runner.start(
+            partial(prepare_fine_tune, project, run_dir / "dataset", str(ckpt)),
+            on_done=done,
+            on_error=lambda e: self._message(f"Train: cannot fine-tune: {e}"),
+            description="Preparing the fine-tuning data",
+        )
 
     def stop(self) -> None:
         """Ask the run to stop: it saves a resumable last.pt and exits.
@@ -386,6 +439,7 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
         self.stop_button.enabled = running
         self.load_button.enabled = not running
         self.cluster_button.enabled = not running
+        self.fine_tune_button.enabled = not running
         self.use_button.enabled = bool(self.checkpoint.choices)
 
     def close_widget(self) -> None:

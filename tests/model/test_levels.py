@@ -286,3 +286,23 @@ def test_class_frequencies_smooth_and_cap_the_boost_of_rare_classes():
         class_frequencies([1, -1, 2])
     with pytest.raises(ValueError, match="max_boost"):
         class_frequencies([1, 2], max_boost=0.5)
+
+
+def test_a_naming_of_detections_that_are_not_vertebrae_is_not_certain():
+    names = ["T9", "T10", "T11", "T12", "L1", "L2"]
+    p, cen = probs(PAPER, names, peak=0.9), centroids(names)
+    sure = decode_levels(p, PAPER, centroids_mm=cen, evidence_weight=0.5,
+                         vertebra_probs=np.full(6, 0.995))  # fmt: skip
+    assert sure.confidence >= 0.9 and sure.vertebrae > 0.98
+    # the same class evidence on boxes the detector finds unlikely to be vertebrae at all
+    # (the aorta, the sternum, noise at a low threshold): named alike, never certain
+    junk = decode_levels(p, PAPER, centroids_mm=cen, evidence_weight=0.5,
+                         vertebra_probs=np.full(6, 0.4))  # fmt: skip
+    assert list(junk.levels) == names
+    assert junk.naming == pytest.approx(sure.naming)
+    assert junk.naming >= 0.9 > junk.confidence
+    assert junk.confidence == pytest.approx(junk.naming * 0.4 ** (0.5 * 6))
+    assert "look like vertebrae at only" in junk.summary()
+    assert sum(junk.shifts.values()) + junk.confidence <= 1 + 1e-9
+    with pytest.raises(ValueError, match="vertebra_probs"):
+        decode_levels(p, PAPER, vertebra_probs=np.full(6, 1.5))
