@@ -1,14 +1,17 @@
 """Open napari with the napari-vertebra widgets docked, on the bundled sample CT.
 
 ``python -m napari_vertebra.launch`` (what ``make run`` calls) loads the lumbar CT
-sample with its vertebra labels, runs "Preprocess CT" on it and fills the MIP's
-polygons from the 3D labels (unless the project already holds polygons for this MIP).
+sample with its vertebra labels, runs "Preprocess CT" on it, fills the MIP's polygons
+from the 3D labels (unless the project already holds polygons for this MIP) and predicts
+on the MIP with the Predict widget's checkpoint (the shipped starter model, or
+``--checkpoint``).
 It then shows the first screen ready to annotate: the Annotate tab, the polygons layer
 active and on top (names visible), the MIP alone (no slice slider of the hidden CT).
 
 Options: ``--checkpoint PATH`` (handed to the Predict widget when it exists),
 ``--project DIR`` (annotation project folder), ``--no-sample``, ``--screenshot PNG``
-(wait for the preprocessing and the labels, save a window screenshot, exit).
+(wait for the preprocessing, the labels and the prediction, save a window screenshot,
+exit).
 Without a display it prints how to run headless and exits with status 2.
 """
 
@@ -177,43 +180,74 @@ def show_first_screen(viewer: Any) -> None:
 
 
 def start_demo(viewer: Any, widgets: dict[str, Any], on_ready: Any = None) -> None:
-    """Load the sample, preprocess it, then fill the MIP polygons from its 3D labels."""
+    """Load the sample, preprocess it, fill the MIP polygons from its 3D labels and, when
+    Predict has a checkpoint (the shipped starter model by default), predict on the MIP;
+    ``on_ready`` once all of it has been shown."""
     from napari_vertebra.widgets._sample import CT_NAME, LABELS_NAME
-    from napari_vertebra.widgets._session import session_for
 
-    session = session_for(viewer)
     viewer.open_sample("napari-vertebra", "lumbar_ct")
-    pre, ann = widgets["Preprocess CT"], widgets["Annotate vertebrae"]
+    pre = widgets["Preprocess CT"]
     pre.refresh_choices()
     pre.ct_layer.value = viewer.layers[CT_NAME]
     pre.labels_layer.value = viewer.layers[LABELS_NAME]
+    pending = {"preprocess"}
+
+    def part_done(name: str) -> None:
+        if name in pending:
+            pending.discard(name)
+            if not pending:
+                show_first_screen(viewer)
+                _ready(on_ready)
 
     def after_preprocess(_result: Any) -> None:
-        ann.refresh_choices()
         mip = pre.mip_layer()
         if mip is not None:
-            ann.mip_layer.value = mip
-        predict = widgets.get("Predict vertebrae")  # --checkpoint: predict on the MIP
-        field = getattr(predict, "checkpoint", None)
-        if mip is not None and field is not None and field.value:
-            predict.set_image_layer(mip)
-            predict.run()
-        polygons = session.polygons
-        if polygons is not None and len(polygons.layer.data):
-            ready()  # polygons restored from the project
-            return
-        ann.runner.succeeded.connect(lambda _im: ready())
-        ann.runner.failed.connect(lambda _e: ready())
-        if not ann.labels_from_3d():
-            ready()
-
-    def ready() -> None:
-        show_first_screen(viewer)
-        _ready(on_ready)
+            pending.update(("labels", "predict"))
+            _predict_demo(widgets.get("Predict vertebrae"), mip, lambda: part_done("predict"))
+            _labels_demo(viewer, widgets["Annotate vertebrae"], mip, lambda: part_done("labels"))
+        part_done("preprocess")
 
     pre.runner.succeeded.connect(after_preprocess)
-    pre.runner.failed.connect(lambda _e: ready())
+    pre.runner.failed.connect(lambda _e: part_done("preprocess"))
     pre.run()
+
+
+def _labels_demo(viewer: Any, ann: Any, mip: Any, done: Any) -> None:
+    """Annotate on ``mip``: its polygons from the project, else from the 3D labels."""
+    from napari_vertebra.widgets._session import session_for
+
+    ann.refresh_choices()
+    ann.mip_layer.value = mip
+    polygons = session_for(viewer).polygons
+    if polygons is not None and len(polygons.layer.data):
+        done()  # polygons restored from the project
+        return
+    ann.runner.succeeded.connect(lambda _im: done())
+    ann.runner.failed.connect(lambda _e: done())
+    if not ann.labels_from_3d():
+        done()
+
+
+def _predict_demo(predict: Any, mip: Any, done: Any) -> None:
+    """Predict on ``mip`` when the Predict widget has a checkpoint; ``done`` once its
+    layers are shown (or it failed, or there was nothing to do)."""
+    from qtpy.QtCore import QTimer
+
+    if predict is None or not getattr(predict, "checkpoint", None) or not predict.checkpoint.value:
+        done()
+        return
+
+    def when_shown(_out: Any = None) -> None:
+        if predict.busy:  # the result layers are added one per event-loop turn
+            QTimer.singleShot(100, when_shown)
+        else:
+            done()
+
+    predict.runner.succeeded.connect(when_shown)
+    predict.runner.failed.connect(lambda _e: done())
+    predict.set_image_layer(mip)
+    if not predict.run():
+        done()
 
 
 def _ready(callback: Any) -> None:

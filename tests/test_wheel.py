@@ -56,8 +56,12 @@ def test_wheel_holds_manifest_samples_and_configs(wheel):
         "napari_vertebra/configs/smoke.yaml",
         "napari_vertebra/configs/synth-r50.yaml",
         "napari_vertebra/configs/levels.yaml",
+        "napari_vertebra/configs/starter.yaml",
+        "napari_vertebra/weights/starter.pt",
+        "napari_vertebra/weights/starter_replay/annotations.json",
     ):
         assert name in names, name
+    assert any(n.startswith("napari_vertebra/weights/starter_replay/images/") for n in names)
     meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
     text = zipfile.ZipFile(path).read(meta).decode()
     assert "License-Expression: BSD-3-Clause" in text
@@ -73,7 +77,7 @@ def test_packaging_metadata_raises_no_deprecation_warning(wheel):
     assert not flagged, flagged
 
 
-def test_config_by_name_from_an_install_without_source_tree(wheel, tmp_path):
+def test_configs_and_the_starter_model_from_an_install_without_source_tree(wheel, tmp_path):
     path, _ = wheel
     target = tmp_path / "site"
     p = subprocess.run(
@@ -97,6 +101,11 @@ assert str(config_path("paper")).startswith({str(target)!r})
 from napari_vertebra.model.train import get_args_parser, given_keys
 args = get_args_parser().parse_args(["--config", "paper", "--data", "D", "-o", "R"])
 keys = given_keys(args)
+from napari_vertebra.model.starter import replay_folder, starter_checkpoint
+assert str(starter_checkpoint()).startswith({str(target)!r}), starter_checkpoint()
+assert str(replay_folder()).startswith({str(target)!r}), replay_folder()
+from napari_vertebra.model.predict import Predictor
+assert Predictor(starter_checkpoint()).config.class_set == "extended"
 print(load_config("paper").backbone, keys["backbone"], keys["batch_size"])
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

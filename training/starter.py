@@ -2,25 +2,29 @@
 
     .venv/bin/python training/starter.py -o runs/starter            # the repo's 4 real scans, CPU
     .venv/bin/python training/starter.py VERSE_OR_TOTALSEG_FOLDER [more ...] \\
-        -o runs/starter --device cuda --aug 10 --steps 40000            # your scans, a GPU
+        -o runs/starter --device cuda --aug 10 --steps 20000            # your scans, a GPU
 
 Inputs: pairs CSVs (``scan,ct,labels,convention``; default ``data/ct/scans.csv``),
 folders in the VerSe or TotalSegmentator layout, or COCO files. Each CT with its label
 map gives its own MIP and ``--aug`` MIPs of random 3D changes of the scan
 (napari_vertebra.core.augment), each with ``--views`` partial views of 4..17 vertebrae;
 all go to the training split. The ``starter`` configuration (napari_vertebra/configs/
-starter.yaml) then trains for about ``--steps`` optimizer steps (on 2 CPU cores about
-1.25 s a step: the default 4000 steps take about 90 minutes). ``--ship`` writes
+starter.yaml) then trains for about ``--steps`` optimizer steps (on 2 CPU cores 1.3 to
+2.3 s a step: the default 2000 steps take 45 to 80 minutes; the shipped model is these
+defaults). ``--ship`` writes
 RUN/last.pt as the package's starter model (napari_vertebra/weights/starter.pt, weights
 in half precision), with the figures of ``--figures`` (a metrics JSON of
 benchmarks/real_scans.py, measured on scans left out) as the validation figures every
-naming is shown with. See docs/starter_model.md.
+naming is shown with, and its replay set (napari_vertebra/weights/starter_replay: each
+scan's own MIP and ``--replay`` of its 3D changes, whole, that a fine-tuning run mixes
+in). See docs/starter_model.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -60,6 +64,23 @@ def _bar(desc: str):
     return progress
 
 
+def write_replay(data: Path, out: Path, per_scan: int) -> int:
+    """Write the whole (not partial) MIPs of ``data/train``, each scan's own and its first
+    ``per_scan`` 3D changes, as a COCO folder ``out``; the number of images."""
+    import shutil
+
+    from napari_vertebra.annotation.coco import read_coco, write_coco
+
+    keep = []
+    for im in read_coco(data / "train" / "annotations.json", load_images=True):
+        aug = re.search(r"_aug(\d+)_full$", Path(im.file_name).stem)
+        if im.meta.get("view") == "full" and (aug is None or int(aug[1]) < per_scan):
+            keep.append(im)
+    shutil.rmtree(out, ignore_errors=True)
+    write_coco(keep, out, class_set="extended")
+    return len(keep)
+
+
 def train(data: Path, run: Path, steps: int, device: str, seed: int, config: str) -> dict:
     """Train the starter configuration for about ``steps`` steps; the trainer's result."""
     from napari_vertebra.model.config import load_config
@@ -80,14 +101,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="*", help="pairs CSVs, VerSe/TotalSegmentator folders, COCO")
     p.add_argument("-o", "--output", type=Path, default=ROOT / "runs" / "starter")
-    p.add_argument("--aug", type=int, default=60, help="3D augmentations per scan")
+    p.add_argument("--aug", type=int, default=40, help="3D augmentations per scan")
     p.add_argument("--views", type=int, default=4, help="partial views per MIP")
-    p.add_argument("--steps", type=int, default=4000, help="optimizer steps (about)")
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (about)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--config", default="starter", help="a shipped configuration or a YAML")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ship", action="store_true", help="write the package's starter.pt")
     p.add_argument("--figures", type=Path, help="benchmark metrics JSON to ship with it")
+    p.add_argument("--replay", type=int, default=2, help="3D changes per scan to ship")
     args = p.parse_args()
     inputs = args.inputs or [str(ROOT / "data" / "ct" / "scans.csv")]
     data = build(inputs, args.output / "dataset", args.aug, args.views, args.seed)
@@ -101,6 +123,8 @@ def main() -> int:
         out = ROOT / "napari_vertebra" / "weights" / STARTER_NAME
         export_starter(run / "last.pt", out, figures, note=f"trained by {' '.join(sys.argv)}")
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+        n = write_replay(data, out.parent / "starter_replay", args.replay)
+        print(f"wrote {n} replay MIPs to {out.parent / 'starter_replay'}")
     return 0
 
 

@@ -294,7 +294,7 @@ def _add_dataset(subparsers) -> None:
     add_common_args(b, "output folder")
     b.add_argument(
         "--augment-3d",
-        type=int,
+        type=at_least(0),
         default=0,
         metavar="N",
         help="per CT and label map, N more MIPs of random 3D changes of the scan (position, "

@@ -291,8 +291,8 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
 
         def done(out: tuple[TrainConfig, Path, list[str]]) -> None:
             cfg, data, notes = out
-            self.status.set("Train: " + "; ".join(notes), "info")
-            self._launch(run_dir, cfg, data, False, follow_classes=False)
+            if self._launch(run_dir, cfg, data, False, follow_classes=False):
+                self.status.set(f"fine-tuning in {run_dir}: " + "; ".join(notes), "busy")
 
         self.progress_bar.native.setFormat("%p% · preparing the fine-tuning data")
         return self.runner.start(
