@@ -19,3 +19,14 @@ TINY = {
     "warmup_iters": 0,
     "lr_schedule": "constant",
 }
+
+
+def write_checkpoint(path: Path) -> Path:
+    """A small checkpoint file that reads as one of ours (no weights: what Load run's
+    check needs, not a model to predict with)."""
+    from napari_vertebra.model.predict_jobs import avoid_triton
+
+    avoid_triton()  # as the widgets do: Triton after napari's OpenGL crashes (llvmpipe)
+    from napari_vertebra.model.build import save_checkpoint
+
+    return save_checkpoint(path, model={}, config={}, epoch=0)
