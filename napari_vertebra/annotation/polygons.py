@@ -30,6 +30,7 @@ __all__ = [
     "check_polygon",
     "dice",
     "label_image_to_annotations",
+    "mask_outline",
     "mask_to_polygons",
     "polygon_area",
     "polygon_centroid",
@@ -157,6 +158,40 @@ def mask_to_polygons(
         out.append((area, ring))
     out.sort(key=lambda t: -t[0])
     return [p for _, p in out]
+
+
+def mask_outline(
+    mask: np.ndarray, gap_px: float = 4.0, tolerance_px: float = 1.0
+) -> np.ndarray | None:
+    """One polygon ((N, 2) (row, col)) outlining a vertebra's mask, whatever its shape;
+    None for an empty mask.
+
+    A predicted mask may come in fragments (cracks through the body, islands at its
+    edge) and with holes: parts closer than ``gap_px`` are merged (a binary closing
+    with a disc), holes are filled, and of what stays apart the part holding most of the
+    mask's pixels is kept (a far fragment is dropped). That part is outlined as
+    :func:`mask_to_polygons` outlines one (``tolerance_px``).
+    """
+    m = np.asarray(mask, bool)
+    if m.ndim != 2:
+        raise ValueError(f"mask_outline expects a 2D mask, got shape {m.shape}")
+    if not m.any():
+        return None
+    r = max(0, int(np.ceil(gap_px / 2)))
+    merged = m
+    if r:
+        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+        disc = yy**2 + xx**2 <= r * r
+        padded = np.pad(m, 2 * r)  # the closing must not stick to the image's edge
+        closed = ndi.binary_closing(padded, structure=disc)[2 * r : -2 * r, 2 * r : -2 * r]
+        merged = closed | m
+    merged = ndi.binary_fill_holes(merged)
+    lab, n = ndi.label(merged)  # 4-connected, as mask_to_polygons' parts
+    if n > 1:
+        held = ndi.sum(m, lab, index=np.arange(1, n + 1))
+        merged = lab == 1 + int(np.argmax(held))
+    polys = mask_to_polygons(merged, tolerance_px=tolerance_px, min_area_px=1)
+    return polys[0] if polys else None
 
 
 def label_image_to_annotations(

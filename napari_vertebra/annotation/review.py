@@ -9,7 +9,12 @@ Nothing is lost: an accepted vertebra whose class already has a polygon (drawn b
 from 3D labels, or kept from an earlier review) never replaces it silently. The caller
 says what to do, ``"replace"`` (the old polygon is kept in the item, and rejecting the
 item puts it back exactly) or ``"keep"`` (both stay; the prediction is marked
-``source="model"`` with its score); without an answer the action is refused.
+``source="model"`` with its score); without an answer the action is refused. The
+questions' default answer (what Enter gives) is the one that takes nothing out: keep
+both, or accept only the vertebrae without a polygon.
+
+Each accepted vertebra is one polygon, whatever its mask: fragments and holes are merged
+and a far fragment dropped (:func:`~.polygons.mask_outline`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 
 from napari_vertebra.core.labels import level_name
 
-from .polygons import dice, mask_to_polygons
+from .polygons import dice, mask_outline
 from .types import VertebraAnnotation
 
 __all__ = [
@@ -47,11 +52,16 @@ CONFLICT_CHOICES = {"one": ("replace", "keep"), "all": ("replace", "skip")}
 @dataclass(frozen=True)
 class Question:
     """What to ask the user before an action: ``choices`` maps each answer to its
-    button text (Cancel is always there too)."""
+    button text (Cancel is always there too), the :attr:`default` first."""
 
     title: str
     text: str
     choices: dict[str, str]
+
+    @property
+    def default(self) -> str:
+        """The answer Enter gives: the first choice, the one that takes nothing out."""
+        return next(iter(self.choices))
 
 
 class ReviewError(ValueError):
@@ -62,9 +72,10 @@ class ReviewError(ValueError):
 class ReviewItem:
     """One predicted vertebra under review.
 
-    ``polygons`` outline the predicted mask ((N, 2) (row, col) px each); ``added`` is the
-    annotation this item put into the list (accepted or fixed), ``replaced`` what that
-    displaced (restored on reject).
+    ``polygons`` outline the predicted mask: one (N, 2) (row, col) px polygon
+    (:func:`~.polygons.mask_outline`: fragments and holes merged, a far fragment dropped),
+    none for an empty mask; ``added`` is the annotation this item put into the list
+    (accepted or fixed), ``replaced`` what that displaced (restored on reject).
     """
 
     class_id: int
@@ -110,7 +121,7 @@ class AcceptAllPlan:
             f"{n} of the {len(self.rows)} vertebrae to accept already have polygons "
             f"({', '.join(self.conflict_names())}). Replace them? Reject on a row brings "
             "its polygon back.",
-            {"replace": f"Replace {n}", "skip": f"Accept only the {len(self.rows) - n} others"},
+            {"skip": f"Accept only the {len(self.rows) - n} others", "replace": f"Replace {n}"},
         )
 
 
@@ -165,11 +176,12 @@ class ReviewController:
         scores: Sequence[float],
         before: Sequence[VertebraAnnotation] = (),
     ) -> ReviewController:
-        """Items from predicted (N, H, W) masks, classes 1..17 and scores, all pending."""
-        items = [
-            ReviewItem(int(c), float(s), mask_to_polygons(m))
-            for m, c, s in zip(masks, classes, scores, strict=True)
-        ]
+        """Items from predicted (N, H, W) masks, classes 1..17 and scores, all pending;
+        each mask becomes one polygon, whatever its fragments."""
+        items = []
+        for m, c, s in zip(masks, classes, scores, strict=True):
+            outline = mask_outline(m)
+            items.append(ReviewItem(int(c), float(s), [] if outline is None else [outline]))
         return cls(items, before)
 
     # -- state -----------------------------------------------------------------------
@@ -256,7 +268,32 @@ class ReviewController:
             f"{name} already has a polygon",
             f"{name} already has a polygon ({old[0].source}). Replace it with the "
             f"prediction (score {item.score:.2f})? Reject brings it back.",
-            {"replace": f"Replace {name}", "keep": "Keep both"},
+            {"keep": "Keep both", "replace": f"Replace {name}"},
+        )
+
+    def outcome(self, i: int, annotations: Sequence[VertebraAnnotation]) -> str:
+        """What the last action did to row ``i``, in one sentence for the status line:
+        the polygon it replaced and how to get it back, or the polygons now sharing its
+        class (``annotations``: the MIP's polygons after the action)."""
+        item = self._item(i)
+        name = item.name
+        if item.added is None:
+            return f"{name} {item.state}"
+        name = item.added.name
+        if item.replaced:
+            old = item.replaced[0].source
+            return (
+                f"{name} {item.state}, replacing the {old} polygon: Reject (R) or Ctrl+Z "
+                "brings it back"
+            )
+        same = [a for a in annotations if a.class_id == item.added.class_id]
+        if len(same) < 2:
+            return f"{name} {item.state}"
+        others = sorted({a.source for a in same if not same_annotation(a, item.added)})
+        return (
+            f"{name} {item.state}, kept beside the {' and '.join(others)} polygon: {name} "
+            f"now has {len(same)} polygons (the Checks say so); delete the one you do not "
+            "want, or Reject (R) takes the prediction out"
         )
 
     # -- actions ---------------------------------------------------------------------

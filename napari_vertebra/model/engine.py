@@ -1,8 +1,9 @@
 """The training engine in torchvision's references' shape: one epoch, validation, stop.
 
 :func:`train_one_epoch` runs the optimizer over a loader; :func:`evaluate` computes the
-validation metrics (sharded over the ranks of a torchrun job); the stop decision is
-collective (:func:`stop_requested`), so every rank stops after the same step.
+validation metrics (sharded over the ranks of a torchrun job). A stop request is seen
+before every step and before every validation image; the decision is collective
+(:func:`stop_requested`), so every rank stops at the same step or image.
 :mod:`napari_vertebra.model.train` builds everything and loops over epochs.
 """
 
@@ -175,6 +176,8 @@ def evaluate(
     world: int = 1,
     gt: dict | None = None,
     class_counts: Sequence[int] | None = None,
+    stop: StopFlag | None = None,
+    distributed: bool = False,
 ) -> dict[str, Any]:
     """Validation metrics of ``model`` on ``dataset`` (a VertebraDataset, no augmentation).
 
@@ -190,14 +193,28 @@ def evaluate(
     other ranks, so no rank waits on a long evaluation alone. ``gt``: the ground truth of
     ``dataset`` made once (:func:`~napari_vertebra.model.evaluate.ground_truth`). Returns
     the metrics with list/dict values left out (numbers and None only).
+
+    Before each round of images (one per rank) the stop decision is taken, collectively
+    when ``distributed`` (every rank takes part in every round, also one whose share is
+    one image shorter); :class:`Stopped` is raised when it says stop.
     """
     from .evaluate import detection_metrics, ground_truth, named_results
 
     idx = list(range(rank, len(dataset), world))
-    raw, kept = named_results(
-        model, [dataset.images[i].image for i in idx], dataset.cfg, min_score, box_iou,
-        ids=[i + 1 for i in idx], device=device, class_counts=class_counts,
-    )  # fmt: skip
+    raw: list[dict] = []
+    kept: list[dict] = []
+    for k in range(-(-len(dataset) // world)):  # rounds: ceil(len / world)
+        if stop_requested(stop, device, distributed):
+            raise Stopped
+        if k >= len(idx):
+            continue
+        i = idx[k]
+        r, p = named_results(
+            model, [dataset.images[i].image], dataset.cfg, min_score, box_iou, ids=[i + 1],
+            device=device, class_counts=class_counts,
+        )  # fmt: skip
+        raw += r
+        kept += p
     if world > 1:
         gathered = gather((raw, kept), world)
         raw = [r for g in gathered for r in g[0]]

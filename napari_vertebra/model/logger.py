@@ -124,6 +124,7 @@ class TrainLogger:
 
     def validating(self, state: ResumeState) -> None:
         """Validation of the epoch in progress begins."""
+        self._report(f"epoch {state.epoch + 1}/{self.epochs} validating")
         self._emit("validate", epoch=state.epoch + 1, epochs=self.epochs, step=state.step)
 
     def epoch(

@@ -65,12 +65,11 @@ class ResumeState:
     rng: list[dict[str, Any]] | None = None
 
     @classmethod
-    def from_checkpoint(
-        cls, ckpt: Mapping[str, Any], best_metric: str, steps_per_epoch: int
-    ) -> ResumeState:
+    def from_checkpoint(cls, ckpt: Mapping[str, Any], best_metric: str) -> ResumeState:
         """The state saved in ``ckpt``; a checkpoint saved after an epoch's last step
-        continues with the next epoch. ``best`` is recomputed from the saved metrics when
-        the run's ``best_metric`` changed."""
+        but before its validation ended (stopped while validating) continues with that
+        epoch's validation. ``best`` is recomputed from the saved metrics when the run's
+        ``best_metric`` changed."""
         metrics = dict(ckpt.get("metrics") or {})
         best = float(ckpt.get("best_value", -math.inf))
         if ckpt.get("best_metric") not in (None, best_metric):
@@ -85,8 +84,6 @@ class ResumeState:
             losses=LossMeter(sums["sums"], sums["n"]) if sums else LossMeter(),
             rng=ckpt.get("rng"),
         )
-        if state.step_in_epoch >= steps_per_epoch:  # stopped after the epoch's last step
-            state.epoch, state.step_in_epoch = state.epoch + 1, 0
         return state
 
     def checkpoint_fields(self, best_metric: str) -> dict[str, Any]:

@@ -43,6 +43,7 @@ __all__ = [
     "Outcome",
     "RunError",
     "TrainingRun",
+    "checkpoint_problem",
     "checkpoints",
     "default_run_dir",
     "is_run_folder",
@@ -91,6 +92,35 @@ def checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """The run folder's checkpoints, ``best.pt`` first, then ``last.pt``, then the rest."""
     order = {"best.pt": 0, "last.pt": 1}
     return sorted(Path(run_dir).glob("*.pt"), key=lambda p: (order.get(p.name, 2), p.name))
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str:
+    """Why the checkpoint at ``path`` cannot be predicted with, in plain words ("" when
+    it reads as one of our checkpoints with a valid configuration). Loads the file
+    (torch, imported here without Triton, as the Predict widget does: see
+    :func:`~.predict_jobs.avoid_triton`): call it off a viewer's GUI thread."""
+    from .predict_jobs import avoid_triton
+
+    avoid_triton()
+    try:
+        from .build import CheckpointError, config_from_checkpoint, load_checkpoint
+    except ImportError:  # no torch here: the prediction will say so itself
+        return ""
+    p = Path(path)
+    try:
+        config_from_checkpoint(load_checkpoint(p), p)
+    except CheckpointError as e:
+        return str(e).removeprefix(f"{p}: ")
+    return ""
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(modification time in ns, size) of a file, None when it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def train_command(
@@ -190,6 +220,10 @@ class TrainingRun:
         self._reader = ProgressReader(self.run_dir / PROGRESS_NAME)
         #: How many progress events the last :meth:`refresh` found.
         self.new_events = 0
+        #: Checkpoints found unreadable by :meth:`check_checkpoints`: file name ->
+        #: (its modification stamp then, why); left out of :meth:`checkpoints` until
+        #: the file is written again.
+        self.unreadable: dict[str, tuple[tuple[int, int] | None, str]] = {}
         self._followed = False
         self._finished = False
 
@@ -364,8 +398,45 @@ class TrainingRun:
         return last_meaningful_line(_tail(self.run_dir / STDOUT_NAME, 4096))
 
     def checkpoints(self) -> list[Path]:
-        """:func:`checkpoints` of this run folder."""
-        return checkpoints(self.run_dir)
+        """:func:`checkpoints` of this run folder, without those found unreadable (a
+        file written again since is offered again)."""
+        return [p for p in checkpoints(self.run_dir) if not self.is_unreadable(p)]
+
+    def is_unreadable(self, path: Path) -> bool:
+        """Whether ``path`` is a checkpoint :meth:`check_checkpoints` could not read and
+        that has not been written since."""
+        bad = self.unreadable.get(path.name)
+        return bad is not None and bad[0] == _stamp(path)
+
+    def check_checkpoints(self) -> dict[str, str]:
+        """Load every checkpoint of the folder (slow: off a GUI thread); remembers and
+        returns the unreadable ones (file name -> why)."""
+        self.unreadable = {}
+        for p in checkpoints(self.run_dir):
+            stamp = _stamp(p)
+            why = checkpoint_problem(p)
+            if why:
+                self.unreadable[p.name] = (stamp, why)
+        return {name: why for name, (_, why) in self.unreadable.items()}
+
+    def unreadable_note(self) -> str:
+        """One sentence naming the unreadable checkpoints and what follows ("" when
+        none): they are not offered for prediction; without a readable last.pt the run
+        cannot resume."""
+        # the reason without its advice ("; choose the best.pt ..."): said here instead
+        bad = {name: why.split("; ")[0] for name, (_, why) in self.unreadable.items()}
+        if not bad:
+            return ""
+        names = [p.name for p in checkpoints(self.run_dir) if p.name in bad]
+        names += sorted(set(bad) - set(names))  # gone from the folder since
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        reasons = set(bad.values())
+        why = bad[names[0]] if len(reasons) == 1 else "; ".join(f"{n}: {bad[n]}" for n in names)
+        what = "it is" if len(names) == 1 else "they are"
+        text = f"{listed} in {self.run_dir}: {why}, so {what} not offered for prediction"
+        if "last.pt" in bad:
+            text += " and Resume needs a readable last.pt"
+        return text
 
     def saved_config(self) -> dict[str, Any]:
         """The run's ``config.yaml`` as a dict ({} when missing); RunError when unreadable."""
@@ -391,10 +462,12 @@ class TrainingRun:
 
 def open_run(run_dir: str | os.PathLike) -> tuple[TrainingRun, dict[str, Any], str]:
     """(run, its saved config, why the config could not be read or "") of an existing
-    run folder, its progress read: the slow part of showing a long run (a
+    run folder, its progress read and its checkpoints loaded once
+    (:meth:`TrainingRun.check_checkpoints`): the slow part of showing a long run (a
     progress.jsonl of 40 000 steps takes seconds), so a viewer calls it off its GUI
     thread. RunError when the folder is missing or not a run."""
     run = TrainingRun.open(run_dir)
+    run.check_checkpoints()
     try:
         return run, run.saved_config(), ""
     except RunError as e:

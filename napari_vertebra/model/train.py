@@ -143,7 +143,7 @@ class _Training:
             g["lr"] = self.lr * self.lr_lambda(self.scheduler.last_epoch)
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        state = ResumeState.from_checkpoint(ckpt, self.cfg.best_metric, self.steps_per_epoch)
+        state = ResumeState.from_checkpoint(ckpt, self.cfg.best_metric)
         state.restore_rng(self.dev, self.rank, self.world)
         return state
 
@@ -189,7 +189,9 @@ class _Training:
         self, epoch: int, state: ResumeState, logger: TrainLogger, stop: StopFlag | None
     ) -> None:
         """Train ``epoch`` from ``state``'s step on, validate, save ``last.pt`` (and
-        ``best.pt`` when it improved), log; :class:`Stopped` on a stop request."""
+        ``best.pt`` when it improved), log; :class:`Stopped` on a stop request, before a
+        step or a validation image (``state`` then says where: a resumed run validates
+        an epoch whose steps are all done)."""
         first = state.step_in_epoch
         if first == 0:
             state.losses = LossMeter()
@@ -208,7 +210,7 @@ class _Training:
             grad_clip=self.cfg.grad_clip, distributed=self.distributed, meter=state.losses,
         )  # fmt: skip
         logger.validating(state)
-        metrics = self.validate()
+        metrics = self.validate(stop)
         with interrupts_held():  # the epoch's end is recorded and saved whole
             state.metrics = metrics
             state.epoch, state.step_in_epoch = epoch + 1, 0
@@ -222,15 +224,17 @@ class _Training:
             self.save(state, best_too=improved)
         logger.epoch(epoch + 1, state.step, means, self.current_lr(), state.metrics)
 
-    def validate(self) -> dict[str, Any]:
-        """The ``val_*`` metrics of the model on the val split (every rank takes part)."""
+    def validate(self, stop: StopFlag | None = None) -> dict[str, Any]:
+        """The ``val_*`` metrics of the model on the val split (every rank takes part);
+        :class:`Stopped` when ``stop`` is seen before an image (collectively)."""
         if self.distributed:  # every rank validates with rank 0's BatchNorm statistics
             for b in self.model.buffers():
                 torch.distributed.broadcast(b, 0)
         cfg = self.cfg
         val = evaluate(
             self.model, self.val_set, self.dev, cfg.min_score, cfg.dedup_box_iou, self.rank,
-            self.world, self.val_gt, self.class_counts,
+            self.world, self.val_gt, self.class_counts, stop=stop,
+            distributed=self.distributed,
         )  # fmt: skip
         return {f"val_{k}": v for k, v in val.items()}
 
@@ -334,12 +338,14 @@ def train(
 
     ``config``: a :class:`TrainConfig` or a mapping of keys (the rest default); the data
     are checked before ``run_dir`` is written to. ``progress(fraction, message)`` follows
-    the run; ``stop.is_set()`` (before every step) stops with a resumable ``last.pt``, as
-    does KeyboardInterrupt (at once, :meth:`_Training.save_interrupted`; it goes on).
-    ``resume`` continues from ``run_dir/last.pt`` exactly where it stopped (mid-epoch
-    too): same model, optimizer, scheduler, GradScaler, random states, loss sums;
-    ``config`` (None: the checkpoint's) may change only the keys of ``resume_config``
-    (:mod:`~napari_vertebra.model.resume`). Returns {"epoch", "stopped", ...}.
+    the run; ``stop.is_set()`` (before every step and every validation image) stops with a
+    resumable ``last.pt``, as does KeyboardInterrupt (at once,
+    :meth:`_Training.save_interrupted`; it goes on). ``resume`` continues from
+    ``run_dir/last.pt`` exactly where it stopped (mid-epoch or mid-validation too): same
+    model, optimizer, scheduler, GradScaler, random states, loss sums; ``config`` (None:
+    the checkpoint's) may change only the keys of ``resume_config``
+    (:mod:`~napari_vertebra.model.resume`). Returns {"epoch", "stopped", "best_metric",
+    "best", "metrics", "run_dir", "changed"}.
     """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     info = dist_info()

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from ._reader import prefer_this_reader
@@ -81,7 +81,8 @@ class VertebraWidget(QWidget):
         self.progress_bar.visible = False
         self.status_label = Label(value="")
         self.status = StatusLine(self.status_label)
-        self.runner = TaskRunner(progress_bar=self.progress_bar, status=self.status)
+        self.runner = TaskRunner(progress_bar=self.progress_bar, status=self.status, owner=self)
+        self._closed = False
         events = viewer.layers.events
         for name in ("inserted", "removed", "reordered", "renamed"):
             emitter = getattr(events, name, None)
@@ -166,6 +167,25 @@ class VertebraWidget(QWidget):
         """The viewer's layers whose class name is one of ``types``."""
         return [layer for layer in self.viewer.layers if type(layer).__name__ in types]
 
+    # -- later -------------------------------------------------------------------------
+    def later(self, fn: Callable[[], Any], ms: int = 0) -> None:
+        """Call ``fn()`` in a later event-loop turn (after ``ms``), unless the widget is
+        closed or deleted by then (its timer goes with it: closing the viewer while a
+        result is being shown leaves nothing to run on deleted widgets)."""
+        try:
+            timer = QTimer(self)
+        except RuntimeError:  # the widget is being deleted: nothing is left to do
+            return
+        timer.setSingleShot(True)
+
+        def fire() -> None:
+            timer.deleteLater()
+            if not self._closed:
+                fn()
+
+        timer.timeout.connect(fire)
+        timer.start(int(ms))
+
     # -- messages ----------------------------------------------------------------------
     def fail(self, message: str) -> None:
         """Show an error in the status line and as a napari notification."""
@@ -173,7 +193,9 @@ class VertebraWidget(QWidget):
         notify(message, "error")
 
     def close_widget(self) -> None:
-        """Disconnect from the viewer (called by tests and on close)."""
+        """Disconnect from the viewer and drop what was left to do later (called by
+        tests and on close)."""
+        self._closed = True
         _disconnector(self._connections)()
 
     def closeEvent(self, event: Any) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QDockWidget, QMessageBox
 
 from napari_vertebra.annotation.review import Question
@@ -19,9 +18,10 @@ __all__ = ["TOOLTIPS", "ReviewInteraction"]
 
 #: Tooltips of Accept, Reject, Fix and Accept all pending.
 TOOLTIPS = (
-    "The vertebra becomes a polygon of the project (source 'model', with its score).\n"
-    "If its vertebra already has a polygon (drawn by hand, from 3D labels) you are\n"
-    "asked: replace it (Reject brings it back exactly) or keep both.",
+    "The vertebra becomes one polygon of the project (source 'model', with its score;\n"
+    "a fragmented mask is merged into one outline). If its vertebra already has a\n"
+    "polygon (drawn by hand, from 3D labels) you are asked: keep both (Enter) or\n"
+    "replace it (Reject brings it back exactly).",
     "Drop it; if it was accepted, its polygon goes and the one it replaced comes back",
     "Add it as a polygon of the 'fix as' class and edit its vertices (D: direct select)",
     "Accept every pending vertebra (the best-scored one per class). If some already\n"
@@ -41,11 +41,18 @@ class ReviewInteraction:
     # ----------------------------------------------------------------- questions
     def ask(self, title: str, text: str, choices: dict[str, str]) -> str | None:
         """Ask the user; returns the key of the chosen button of ``choices`` (key ->
-        button text), None for Cancel. Tests replace this method."""
+        button text), None for Cancel or Escape. The first choice is the default button
+        (Enter, and the keyboard focus): the controller puts the answer that takes
+        nothing out first. Tests replace this method."""
         box = QMessageBox(QMessageBox.Icon.Question, title, text, parent=self)
         role = QMessageBox.ButtonRole.AcceptRole
         buttons = {box.addButton(t, role): k for k, t in choices.items()}
-        box.addButton(QMessageBox.StandardButton.Cancel)
+        cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setEscapeButton(cancel)
+        if buttons:
+            first = next(iter(buttons))
+            box.setDefaultButton(first)
+            first.setFocus()
         box.exec()
         return buttons.get(box.clickedButton())
 
@@ -83,7 +90,7 @@ class ReviewInteraction:
     def showEvent(self, event: Any) -> None:
         super().showEvent(event)
         self._watch_dock()
-        QTimer.singleShot(0, self._sync_keys)
+        self.later(self._sync_keys)
         if self.prediction is None and self.session.prediction is not None:
             self.refresh()
 
@@ -99,7 +106,7 @@ class ReviewInteraction:
             dock = dock.parentWidget()
         if dock is not None and dock is not self._dock:
             self._dock = dock
-            dock.visibilityChanged.connect(lambda *_: QTimer.singleShot(0, self._sync_keys))
+            dock.visibilityChanged.connect(lambda *_: self.later(self._sync_keys))
 
     def _sync_keys(self) -> None:
         """Keys bound exactly while the widget is on screen."""

@@ -88,6 +88,9 @@ class TaskRunner(QObject):
         A :class:`~._status.StatusLine` or None.
     inline:
         True to run on the calling thread (tests); None follows :data:`RUN_INLINE`.
+    owner:
+        The widget the callbacks belong to: once it is deleted (its viewer closed while
+        the job ran), the job's end is dropped silently, never a traceback.
 
     Attributes: ``busy`` (a job is running), ``last_error`` (exception of the last job
     or None), ``last_message`` (last progress message), ``progress_log`` (list of
@@ -105,8 +108,10 @@ class TaskRunner(QObject):
         progress_bar: Any = None,
         status: StatusLine | None = None,
         inline: bool | None = None,
+        owner: QObject | None = None,
     ):
         super().__init__()
+        self._owner = owner
         self.progress_bar = progress_bar
         self.status = status
         self.inline = inline
@@ -209,6 +214,9 @@ class TaskRunner(QObject):
         on_done: Callable[[Any], None] | None,
         on_error: Callable[[BaseException], None] | None,
     ) -> None:
+        if not self._owner_alive():
+            self.busy, self.worker = False, None
+            return
         if outcome.error is not None:
             self._finish_error(outcome.error, on_error)
             return
@@ -225,9 +233,22 @@ class TaskRunner(QObject):
             return
         self._emit(self.succeeded, outcome.result)
 
+    def _owner_alive(self) -> bool:
+        """False once the owner widget's Qt object is deleted."""
+        if self._owner is None:
+            return True
+        try:
+            self._owner.objectName()
+        except RuntimeError:  # "wrapped C/C++ object ... has been deleted"
+            return False
+        return True
+
     def _finish_error(
         self, exc: BaseException, on_error: Callable[[BaseException], None] | None
     ) -> None:
+        if not self._owner_alive():
+            self.busy, self.worker = False, None
+            return
         self.last_error = exc
         self._end_progress()
         if not isinstance(exc, (ValueError, OSError)):

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, FloatSlider, Label, PushButton
-from qtpy.QtCore import QTimer
 
 from napari_vertebra.core.labels import class_colour, class_name
 from napari_vertebra.model.predict_jobs import (
@@ -204,7 +203,7 @@ class PredictWidget(VertebraWidget):
             # one new layer per event-loop turn: the viewer stays responsive
             self._displaying = True
             self._show_mip(raw)
-            QTimer.singleShot(0, lambda: self.apply_score(defer=True))
+            self.later(lambda: self.apply_score(defer=True))
         else:
             self.apply_score(defer=True)
 
@@ -251,7 +250,7 @@ class PredictWidget(VertebraWidget):
             return
         self._displaying = True
 
-        def later() -> None:
+        def show_rest() -> None:
             try:
                 if self.prediction is pred:
                     self._show_boxes(pred)
@@ -259,7 +258,7 @@ class PredictWidget(VertebraWidget):
             finally:
                 self._displaying = False
 
-        QTimer.singleShot(0, later)
+        self.later(show_rest)
 
     def _finish(self, pred: Any) -> None:
         n_raw = self.raw.n_raw

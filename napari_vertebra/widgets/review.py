@@ -290,11 +290,16 @@ class ReviewWidget(ReviewInteraction, VertebraWidget):
             ok = self._apply(lambda: ctrl.accept(i, anns, answer), [i])
         else:
             ok = self._apply(lambda: ctrl.fix(i, anns, fix_as, answer), [i])
-        if ok and fix_as is None:
+        if not ok:
+            return False
+        said = self.status.value, self.status.level  # what the action did (see _after)
+        if fix_as is None:
             self.next()
-        elif ok:
+        else:
             self._edit(item.added)
-        return ok
+            said = f"{said[0]}; drag its vertices (autosaved)", said[1]
+        self.status.set(*said)
+        return True
 
     def reject(self, row: int | None = None) -> bool:
         """Reject vertebra ``row``; a polygon accepted from it goes, and the polygon it
@@ -334,6 +339,9 @@ class ReviewWidget(ReviewInteraction, VertebraWidget):
         if not plan.rows or not self._apply(act, list(plan.rows)):
             return 0
         msg = f"accepted {len(done)} vertebra(e) into the project"
+        n_old = sum(len(self.controller.items[i].replaced) for i in done)
+        if n_old:
+            msg += f", replacing {n_old} polygon(s) (Reject on a row or Ctrl+Z brings them back)"
         left = self.states.count("pending")
         if left:
             msg += f"; {left} left pending (class already reviewed or kept, or an empty mask)"
@@ -373,8 +381,10 @@ class ReviewWidget(ReviewInteraction, VertebraWidget):
         self._fill_table(annotations)  # accepting may reject another row too
         if len(rows) == 1:
             i = rows[0]
-            item = self.controller.items[i]
-            self.status.set(f"{item.name} {item.state}", "ok")
+            added = self.controller.items[i].added
+            same = [a for a in annotations or [] if added and a.class_id == added.class_id]
+            text = self.controller.outcome(i, annotations or [])
+            self.status.set(text, "warning" if len(same) > 1 else "ok")  # the class twice
         for i in rows:
             self.reviewed.emit(i, self.states[i])
 
@@ -392,7 +402,6 @@ class ReviewWidget(ReviewInteraction, VertebraWidget):
         self.viewer.layers.selection.active = shapes
         shapes.selected_data = picked
         shapes.mode = "direct"
-        self.status.set(f"fix {class_name(added.class_id)}: drag its vertices (autosaved)", "info")
 
 
 def _same_outline(a: np.ndarray, b: np.ndarray) -> bool:

@@ -86,7 +86,9 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
         self.add_form(*self.form.fields)
         self.start_button = self.button("Start", self.start, _CLOSE_TIP)
         self.stop_button = self.button(
-            "Stop", self.stop, "Stop after the current step, saving a resumable RUN/last.pt"
+            "Stop",
+            self.stop,
+            "Stop after the current step or validation image, saving\na resumable RUN/last.pt",
         )
         self.resume_button = self.button(
             "Resume", self.resume, "Continue the run folder's training from RUN/last.pt"
@@ -186,6 +188,10 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
             return False
         try:
             run_dir = TrainingRun.check_start(self.form.run_path(), resume)
+            shown = self.run
+            if resume and shown is not None and shown.run_dir == run_dir:
+                if shown.is_unreadable(run_dir / "last.pt"):
+                    raise RunError(shown.unreadable_note())
             cfg = self.config()
             data, project = self._data_source()
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -309,7 +315,10 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
         """
         answer = self.run.stop() if self.run is not None else "not running"
         if answer == "requested":
-            self.status.set("stopping after the current step (saving last.pt)…", "busy")
+            self.status.set(
+                "stopping after the current step or validation image (saving last.pt)…",
+                "busy",
+            )
         elif answer == "interrupted":
             self.status.set("interrupting the training process…", "warning")
         else:
@@ -364,13 +373,17 @@ class TrainWidget(CheckpointsMixin, ClusterJobMixin, VertebraWidget):
         else:
             n, ckpts = run.progress.completed_epochs, len(self.checkpoint.choices)
             note, warning = level_check(run.progress)
+            damaged = run.unreadable_note()
             self.status.set(
-                f"loaded {run.run_dir.name}: {n} epoch(s), {ckpts} checkpoint(s)"
+                f"loaded {run.run_dir.name}: {n} epoch(s), {ckpts} usable checkpoint(s)"
+                + (f"; {damaged}" if damaged else "")
                 + (f"; {note}" if note else ""),
-                "warning" if warning else "ok",  # the facts stay in view, in orange
+                "warning" if warning or damaged else "ok",  # the facts stay in view
             )
             if warning:
                 notify(f"Load run: {warning}", "warning")
+        if run.unreadable:
+            notify(f"Load run: {run.unreadable_note()}", "warning")
         self._update_buttons()
 
     # ----------------------------------------------------------------- following

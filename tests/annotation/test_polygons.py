@@ -17,6 +17,7 @@ from napari_vertebra.annotation.polygons import (
     check_polygon,
     dice,
     label_image_to_annotations,
+    mask_outline,
     mask_to_polygons,
     polygon_area,
     rasterize,
@@ -94,6 +95,25 @@ def test_mask_to_polygons_parts_holes_and_small_bits():
     assert mask_to_polygons(np.zeros((5, 5), bool)) == []
     with pytest.raises(ValueError, match="2D"):
         mask_to_polygons(np.zeros((2, 2, 2), bool))
+
+
+def test_mask_outline_is_one_polygon_whatever_the_fragments():
+    """A cracked, holed mask with a far island: one outline of the vertebra, the crack
+    and the hole closed, the island dropped (mask_to_polygons gives 3 parts)."""
+    mask = np.zeros((80, 80), bool)
+    mask[10:40, 10:40] = True
+    mask[24:26, :] = False  # a crack through the body: two fragments 2 px apart
+    mask[15:20, 15:20] = False  # a hole
+    mask[70:73, 70:73] = True  # a far island
+    assert len(mask_to_polygons(mask, min_area_px=1)) == 3
+    poly = mask_outline(mask)
+    assert poly.ndim == 2 and poly.shape[1] == 2
+    body = np.zeros_like(mask)
+    body[10:40, 10:40] = True
+    assert dice(rasterize([poly], mask.shape), body) > 0.98
+    assert mask_outline(np.zeros((5, 5), bool)) is None
+    with pytest.raises(ValueError, match="2D"):
+        mask_outline(np.zeros((2, 2, 2), bool))
 
 
 def test_mask_edge_touching_outline_stays_in_image():

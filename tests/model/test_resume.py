@@ -76,6 +76,69 @@ def test_stop_mid_epoch_then_resume_takes_the_same_steps(tiny_data, tiny_config,
     )
 
 
+class _StopAfterFirstValImage:
+    """A stop flag that is set once the first validation image of epoch 1 is done: the
+    trainer checks it before each step and before each validation image."""
+
+    def __init__(self) -> None:
+        self.validating = False
+        self.checks = 0
+
+    def progress(self, fraction, message):
+        if message.startswith("epoch 1/2 validating"):
+            self.validating = True
+
+    def is_set(self) -> bool:
+        if not self.validating:
+            return False
+        self.checks += 1
+        return self.checks > 1  # the check before the second image
+
+
+@pytest.mark.slow
+def test_stop_while_validating_then_resume_validates_and_goes_on(
+    tiny_data, tiny_config, tmp_path, monkeypatch
+):
+    """Stop during the validation of epoch 1 (it used to finish the validation and save
+    the epoch first): stopped before the next image with a resumable last.pt (all the
+    epoch's steps, no epoch row); the resumed run validates epoch 1 and ends with the
+    weights, steps and log of the uninterrupted run."""
+    from napari_vertebra.model import evaluate as evaluate_module
+
+    ref = tmp_path / "ref"
+    train(tiny_config, tiny_data, ref)
+    ref_ckpt = load_checkpoint(ref / "last.pt")
+    predicted = []
+    named = evaluate_module.named_results
+
+    def spy(model, images, *args, **kwargs):
+        predicted.append(len(images))
+        return named(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "named_results", spy)
+    run = tmp_path / "run"
+    flag = _StopAfterFirstValImage()
+    out = train(tiny_config, tiny_data, run, progress=flag.progress, stop=flag)
+    assert out["stopped"] and sum(predicted) == 1  # one of the 2 val images, then stop
+    ckpt = load_checkpoint(run / "last.pt")
+    assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]) == (0, 2, 2)
+    assert _adam_steps(ckpt) == 2
+    assert not (run / "log.csv").exists() and not (run / "best.pt").exists()
+    out2 = train(tiny_config, tiny_data, run, resume=True)
+    assert out2["epoch"] == 2 and not out2["stopped"]
+    ckpt = load_checkpoint(run / "last.pt")
+    assert _adam_steps(ckpt) == _adam_steps(ref_ckpt) == 4
+    assert ckpt["step"] == ref_ckpt["step"] == 4
+    for k, v in ref_ckpt["model"].items():
+        assert torch.allclose(ckpt["model"][k].float(), v.float(), atol=1e-6), k
+    rows = (run / "log.csv").read_text().splitlines()
+    ref_rows = (ref / "log.csv").read_text().splitlines()
+    assert len(rows) == len(ref_rows) == 3  # header, epoch 1 (validated on resume), epoch 2
+    for a, b in zip(rows[1:], ref_rows[1:], strict=True):
+        assert a.split(",")[:8] == b.split(",")[:8]
+    assert (run / "best.pt").is_file()
+
+
 @pytest.fixture(scope="module")
 def one_epoch_run(tiny_data, tiny_overrides, tmp_path_factory):
     """A 1-epoch tiny run (its folder is copied by the tests that resume it)."""

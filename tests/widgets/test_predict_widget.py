@@ -182,3 +182,49 @@ def test_launch_with_a_checkpoint_predicts_on_the_mip(
     assert predict.raw.image_name == mip.name
     assert predict.labels_layer.data.shape == mip.data.shape
     qtbot.waitUntil(lambda: bool(ready), timeout=120_000)
+
+
+def _docked_predict(make_napari_viewer, sample_result, checkpoint):
+    """A shown viewer with Predict and Review docked (as `make run` has them) on the MIP."""
+    from napari_vertebra.widgets.review import ReviewWidget
+
+    viewer = make_napari_viewer(show=True)
+    mip = add_mip(viewer, sample_result)
+    w = PredictWidget(viewer, checkpoint=str(checkpoint))
+    viewer.window.add_dock_widget(w, name="Predict vertebrae")
+    viewer.window.add_dock_widget(ReviewWidget(viewer), name="Review predictions", tabify=True)
+    w.set_image_layer(mip)
+    w.min_score.value = 0.0
+    return viewer, w
+
+
+def test_closing_the_viewer_as_the_prediction_arrives_raises_nothing(
+    make_napari_viewer, sample_result, random_checkpoint, qtbot, capfd
+):
+    """Closed while the result is being shown (the boxes come a turn later): the deferred
+    step went to a deleted QSlider ("wrapped C/C++ object ... has been deleted")."""
+    from qtpy.QtCore import Qt
+
+    viewer, w = _docked_predict(make_napari_viewer, sample_result, random_checkpoint)
+    runner = w.runner
+    runner.succeeded.connect(lambda *_: viewer.close())  # the user closes right then
+    qtbot.mouseClick(w.predict_button.native, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not runner.busy, timeout=120_000)
+    qtbot.wait(300)  # the deferred steps' turn (pytest-qt fails on their exceptions)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_closing_the_viewer_while_predicting_raises_nothing(
+    make_napari_viewer, sample_result, random_checkpoint, qtbot, capfd
+):
+    """The model's answer reaches a widget whose viewer is gone: dropped, no traceback."""
+    from qtpy.QtCore import Qt
+
+    viewer, w = _docked_predict(make_napari_viewer, sample_result, random_checkpoint)
+    runner = w.runner
+    qtbot.mouseClick(w.predict_button.native, Qt.MouseButton.LeftButton)
+    assert runner.busy
+    viewer.close()
+    qtbot.waitUntil(lambda: not runner.busy, timeout=120_000)
+    qtbot.wait(300)
+    assert "Traceback" not in capfd.readouterr().err

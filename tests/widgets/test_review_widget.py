@@ -204,6 +204,96 @@ def test_accept_all_asks_with_a_count_and_no_changes_nothing(reviewing):
     assert review.states[ia] == "pending" and review.states[ib] == "pending"
 
 
+def answer_next_dialog(qtbot, text):
+    """Answer the next question box as a user: click its button ``text`` with the mouse,
+    or (``text`` "Enter") press Enter on the widget that has the keyboard focus."""
+    from qtpy.QtCore import Qt, QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    def answer():
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):  # not shown yet
+            QTimer.singleShot(20, answer)
+            return
+        if text == "Enter":
+            qtbot.keyClick(QApplication.focusWidget() or box, Qt.Key.Key_Return)
+        else:
+            button = next(b for b in box.buttons() if b.text() == text)
+            qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+        if box.isVisible():  # the answer did not close it: do not hang the test
+            box.reject()
+
+    QTimer.singleShot(0, answer)
+
+
+@pytest.mark.parametrize(
+    ("key", "answer"), [("A", "Keep both"), ("F", "Keep both"), ("A", "Enter")]
+)
+def test_keep_both_over_a_polygon_from_3d_labels_keeps_both(
+    reviewing, inline_workers, qtbot, key, answer
+):
+    """A (or F) on a vertebra that has a polygon from "Labels from 3D", on the polygon
+    layer, then "Keep both" clicked or Enter (it used to be "Replace"): the 3D polygon
+    stays beside the prediction and the Checks flag the class used twice."""
+    from qtpy.QtCore import Qt
+
+    viewer, annotate, predict, review = reviewing
+    assert annotate.labels_from_3d()
+    from_3d = annotate.annotations()
+    pred = predict.prediction
+    row = next(i for i, c in enumerate(pred.classes) if int(c) in {a.class_id for a in from_3d})
+    cid = int(pred.classes[row])
+    before = [p for a in from_3d if a.class_id == cid for p in a.polygons]
+    review.refresh()
+    review.select(row)
+    review.fix_class.value = class_name(cid)
+    review.bind_shortcuts(True)  # as when the widget is shown
+    viewer.layers.selection.active = annotate.shapes  # where Labels from 3D leaves you
+    answer_next_dialog(qtbot, answer)
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, getattr(Qt.Key, f"Key_{key}"))
+    assert review.states[row] == ("accepted" if key == "A" else "fixed")
+    after = saved(annotate)
+    kept = [a for a in after if a.class_id == cid]
+    assert sorted(a.source for a in kept) == sorted([from_3d[0].source, "model"])
+    old = [p for a in kept if a.source != "model" for p in a.polygons]
+    assert len(old) == len(before)
+    for p, q in zip(old, before, strict=True):
+        np.testing.assert_allclose(p, q, atol=1e-3)  # the 3D polygon as it was
+    assert f"{class_name(cid)} is used 2 times" in annotate.warnings
+    assert "kept beside" in review.status.value and review.status.level == "warning"
+
+
+def crack(mask):
+    """``mask`` in fragments: a 2 px crack across it, a hole and a far 3x3 island."""
+    m = mask.copy()
+    rows, cols = np.nonzero(m)
+    mid = int(np.median(rows))
+    m[mid : mid + 2, :] = False
+    m[rows.min() + 1, cols.min() + 1 : cols.max() - 1] = False
+    far = (0, 0) if rows.min() > m.shape[0] // 2 else (m.shape[0] - 3, m.shape[1] - 3)
+    m[far[0] : far[0] + 3, far[1] : far[1] + 3] = True
+    return m
+
+
+def test_accept_all_gives_one_polygon_per_vertebra_whatever_its_masks(reviewing, qtbot):
+    """Fragmented masks (a crack, an island far off): "Accept all pending" gave one
+    polygon per fragment (13 vertebrae became 72 polygons); now one per vertebra."""
+    from qtpy.QtCore import Qt
+
+    _viewer, annotate, predict, review = reviewing
+    review.ask = no_question
+    pred = predict.prediction
+    pred.masks = np.stack([crack(m) for m in pred.masks])
+    assert sum(len(mask_to_polygons(m)) for m in pred.masks) > 2 * len(pred)
+    review.refresh()
+    qtbot.mouseClick(review.accept_all_button.native, Qt.MouseButton.LeftButton)
+    accepted = [i for i, s in enumerate(review.states) if s == "accepted"]
+    assert accepted
+    anns = saved(annotate)
+    assert sorted(a.class_id for a in anns) == sorted(int(pred.classes[i]) for i in accepted)
+    assert [len(a.polygons) for a in anns] == [1] * len(anns)
+
+
 def test_dice_against_ground_truth(reviewing):
     viewer, _annotate, predict, review = reviewing
     gt_layer = viewer.layers["MIP labels lumbar CT"]

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from widget_helpers import SMOKE, TINY
+from widget_helpers import SMOKE, TINY, write_checkpoint
 
 from napari_vertebra.model import run as run_module
 from napari_vertebra.model.cluster import write_cluster_job
@@ -423,8 +423,8 @@ def test_load_run_shows_curves_and_checkpoints(train_widget, tmp_path, qtbot, th
     lines = "".join(json.dumps(e) + "\n" for e in events)
     (run / PROGRESS_NAME).write_text(lines, encoding="utf-8")
     (run / "config.yaml").write_text("epochs: 6\nbackbone: resnet50\n", encoding="utf-8")
-    (run / "last.pt").write_bytes(b"x")
-    (run / "best.pt").write_bytes(b"x")
+    write_checkpoint(run / "last.pt")
+    write_checkpoint(run / "best.pt")
     w = train_widget
     load(w, run, qtbot)
     assert thread_spy.ran_off_gui_thread("open_run")
@@ -443,7 +443,7 @@ def test_load_run_says_how_honest_the_level_confidence_was(train_widget, tmp_pat
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("epochs: 1\n", encoding="utf-8")
-    (run / "last.pt").write_bytes(b"x")
+    write_checkpoint(run / "last.pt")
     epoch = {"phase": "epoch", "epoch": 1, "step": 5, "val_id_rate": 0.9}
     events = [epoch | {"val_level_certain_share": 0.7, "val_level_certain_id_rate": 0.97}]
     events.append({"phase": "done", "epoch": 1, "epochs": 1, "step": 5})
@@ -474,11 +474,69 @@ def test_load_run_on_a_folder_that_is_not_a_run_says_so(train_widget, tmp_path, 
     assert w.status.level == "error" and "no such folder" in w.status.value
 
 
+def test_load_run_checks_that_its_checkpoints_load(
+    train_widget, tmp_path, notes, qtbot, thread_spy
+):
+    """best.pt / last.pt of random bytes: it said "loaded garbage_run: 0 epoch(s), 2
+    checkpoint(s)" and 'Use for prediction' took one; the damage showed only at Predict."""
+    from qtpy.QtCore import Qt
+
+    thread_spy(run_module, "checkpoint_problem")
+    run = tmp_path / "garbage_run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(os.urandom(4096))
+    (run / "last.pt").write_bytes(os.urandom(4096))
+    write_checkpoint(run / "epoch3.pt")
+    w = train_widget
+    handed = []
+    w.session.checkpoint_changed.connect(handed.append)
+    load(w, run, qtbot)
+    assert thread_spy.ran_off_gui_thread("checkpoint_problem")  # torch.load, off the GUI
+    sentence = (
+        f"best.pt and last.pt in {run}: cannot be read as a checkpoint (damaged, cut short, "
+        "or not a PyTorch file), so they are not offered for prediction and Resume needs a "
+        "readable last.pt"
+    )
+    assert notes[-1] == ("warning", f"Load run: {sentence}")
+    assert w.status.level == "warning" and sentence in w.status.value
+    assert "1 usable checkpoint(s)" in w.status.value
+    assert [Path(v).name for v in w.checkpoint.choices] == ["epoch3.pt"]  # the good one only
+    (run / "epoch3.pt").unlink()
+    w._refresh_checkpoints()
+    assert w.checkpoint.choices == () or list(w.checkpoint.choices) == []
+    assert not w.use_button.enabled
+    qtbot.mouseClick(w.use_button.native, Qt.MouseButton.LeftButton)
+    assert handed == [] and w.session.checkpoint is None
+    assert not w.resume()  # from a damaged last.pt: refused with the same sentence
+    assert notes[-1] == ("error", f"Train: cannot resume: {sentence}")
+    write_checkpoint(run / "last.pt")  # written again (e.g. the run resumed elsewhere)
+    w._refresh_checkpoints()
+    assert [Path(v).name for v in w.checkpoint.choices] == ["last.pt"]
+
+
+def test_closing_the_viewer_while_loading_a_run_raises_nothing(
+    make_napari_viewer, tmp_path, qtbot, capfd
+):
+    """The folder's reading ends after the viewer is gone: dropped, no traceback."""
+    viewer = make_napari_viewer(show=True)
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train model")
+    run = tmp_path / "run"
+    run.mkdir()
+    write_checkpoint(run / "last.pt")
+    runner = w.runner
+    assert w.load_run(run)
+    viewer.close()
+    qtbot.waitUntil(lambda: not runner.busy, timeout=60_000)
+    qtbot.wait(300)
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_use_checkpoint_hands_it_to_the_session(train_widget, tmp_path, qtbot):
     """'Use for prediction' talks to the viewer's session, not to another widget."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "best.pt").write_bytes(b"x")
+    write_checkpoint(run / "best.pt")
     w = train_widget
     load(w, run, qtbot)
     seen = []
@@ -492,7 +550,7 @@ def test_best_pt_written_after_last_pt_becomes_the_choice(train_widget, tmp_path
     combo on last.pt for good (CI saw it). A checkpoint the user picked stays picked."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "last.pt").write_bytes(b"x")
+    write_checkpoint(run / "last.pt")
     w = train_widget
     load(w, run, qtbot)
     assert w.selected_checkpoint() == run / "last.pt"

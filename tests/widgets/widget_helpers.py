@@ -36,3 +36,14 @@ def sample_mip_viewer(make_napari_viewer, sample_result, project):
     viewer.window.add_dock_widget(ann, name="Annotate vertebrae")
     ann.mip_layer.value = pre.mip_layer()
     return viewer, pre, ann
+
+
+def write_checkpoint(path: Path) -> Path:
+    """A small checkpoint file that reads as one of ours (no weights: what Load run's
+    check needs, not a model to predict with)."""
+    from napari_vertebra.model.predict_jobs import avoid_triton
+
+    avoid_triton()  # as the widgets do: Triton after napari's OpenGL crashes (llvmpipe)
+    from napari_vertebra.model.build import save_checkpoint
+
+    return save_checkpoint(path, model={}, config={}, epoch=0)
