@@ -113,7 +113,11 @@ class PredictWidget(VertebraWidget):
 
         self.predict_button.changed.connect(lambda *_: self.run())
         self.show3d_button.changed.connect(lambda *_: self.show_in_3d())
-        self.min_score.changed.connect(lambda *_: self.apply_score())
+        #: whether the user set the slider since the checkpoint was chosen (a new
+        #: model's first prediction then keeps it, else the slider takes the model's own)
+        self._score_set = False
+        self.min_score.changed.connect(lambda *_: self._on_score_changed())
+        self.checkpoint.changed.connect(lambda *_: setattr(self, "_score_set", False))
         self._listen(self.session.checkpoint_changed, self._on_session_checkpoint)
         self.refresh_choices()
         self._update_buttons()
@@ -192,8 +196,8 @@ class PredictWidget(VertebraWidget):
 
     def _on_predicted(self, out: tuple[Any, RawPrediction]) -> None:
         predictor, raw = out
-        if self._pending_key != self._predictor_key:  # another model: its own threshold
-            with self.min_score.changed.blocked():
+        if self._pending_key != self._predictor_key and not self._score_set:
+            with self.min_score.changed.blocked():  # another model: its own threshold
                 self.min_score.value = raw.default_min_score
         self._predictor, self._predictor_key = predictor, self._pending_key
         self.session.predictor = predictor  # Annotate's click outlines use it
@@ -232,6 +236,10 @@ class PredictWidget(VertebraWidget):
     def busy(self) -> bool:
         """True while predicting, carrying back to 3D or adding the result layers."""
         return self.runner.busy or self._displaying
+
+    def _on_score_changed(self) -> None:
+        self._score_set = True
+        self.apply_score()
 
     def apply_score(self, defer: bool = False) -> None:
         """Show the kept detections at the slider's score (no new prediction).

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from napari_vertebra.core.labels import class_colours_rgba
+from napari_vertebra.model.starter import starter_checkpoint
 from napari_vertebra.widgets.predict import PredictWidget
 
 pytestmark = [pytest.mark.gui, pytest.mark.torch]
@@ -58,7 +60,11 @@ def test_predict_slider_and_back_to_3d(
     viewer = make_napari_viewer()
     mip_layer = add_mip(viewer, sample_result)
     w = PredictWidget(viewer)
-    assert not w.run()  # no checkpoint yet
+    starter = starter_checkpoint()
+    if starter is not None:  # the shipped starter model is preselected
+        assert Path(str(w.checkpoint.value)) == starter.resolve()
+    w.checkpoint.value = None
+    assert not w.run()  # no checkpoint
     assert "checkpoint" in w.status.value
     w.set_checkpoint(random_checkpoint)
     w.set_image_layer(mip_layer)
