@@ -109,6 +109,10 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ship", action="store_true", help="write the package's starter.pt")
     p.add_argument("--figures", type=Path, help="benchmark metrics JSON to ship with it")
+    p.add_argument(
+        "--figures-on", default="a scan left out of training",
+        help="what those figures were measured on (shown with every certain naming)",
+    )  # fmt: skip
     p.add_argument("--replay", type=int, default=2, help="3D changes per scan to ship")
     args = p.parse_args()
     inputs = args.inputs or [str(ROOT / "data" / "ct" / "scans.csv")]
@@ -119,9 +123,13 @@ def main() -> int:
     if args.ship:
         from napari_vertebra.model.starter import STARTER_NAME, export_starter
 
-        figures = json.loads(args.figures.read_text()) if args.figures else None
+        figures = None
+        if args.figures:  # a metrics.json of benchmarks/real_scans.py: val_* figures
+            items = json.loads(args.figures.read_text()).items()
+            figures = {f"val_{k}": v for k, v in items if isinstance(v, (int, float))}
         out = ROOT / "napari_vertebra" / "weights" / STARTER_NAME
-        export_starter(run / "last.pt", out, figures, note=f"trained by {' '.join(sys.argv)}")
+        note = f"trained by {' '.join(sys.argv[1:])}"
+        export_starter(run / "last.pt", out, figures, note, args.figures_on if figures else "")
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         n = write_replay(data, out.parent / "starter_replay", args.replay)
         print(f"wrote {n} replay MIPs to {out.parent / 'starter_replay'}")

@@ -109,14 +109,16 @@ class Prediction:
         if self.levels is None:
             return ""
         text = self.levels.summary()
+        if self.levels.confidence < CERTAIN:
+            return text
         # how far a "certain" naming of this model is to be trusted: its validation
-        sure = self.meta.get("validation_certain_id_rate")
-        if sure is not None and self.levels.confidence >= CERTAIN:
+        where = self.meta.get("validation_on") or "this model's validation images"
+        sure, ids = self.meta.get("validation_certain_id_rate"), self.meta.get("validation_id")
+        if sure is not None:
             only = "only " if sure < CERTAIN else ""
-            text += (
-                f" (on this model's validation images, namings called certain were "
-                f"identified at {only}{sure:.2f})"
-            )
+            text += f" (on {where}, namings called certain were identified at {only}{sure:.2f})"
+        elif ids is not None:
+            text += f" (on {where}, no naming was called certain; identification {ids:.2f})"
         return text
 
     def centroids(self) -> np.ndarray:
@@ -213,6 +215,9 @@ class Predictor:
         #: the checkpoint's validation figures (``val_*`` numbers; {} for a bare model):
         #: ``val_level_certain_id_rate`` tells how far a "certain" naming can be trusted
         self.validation: dict[str, float] = {}
+        #: what those figures were measured on ("" for the val split; the starter model:
+        #: a scan it never saw)
+        self.validation_on = ""
         if isinstance(checkpoint, torch.nn.Module):
             self.model = checkpoint
             self.config = as_config(config)
@@ -230,6 +235,7 @@ class Predictor:
                     and not isinstance(v, bool)
                     and np.isfinite(v)
                 }
+                self.validation_on = str(ckpt.get("validation_on") or "")
         if settings:
             apply_test_settings(self.model, settings)
             self.config = self.config.replace(**settings)
@@ -360,9 +366,13 @@ class Predictor:
         ms = self.min_score if min_score is None else float(min_score)
         settings = self.decoder_settings(spacing)
         pred = postprocess(det, shape, ms, self.order, self.box_iou, **settings)
-        sure = self.validation.get("val_level_certain_id_rate")
-        if pred.levels is not None and sure is not None:
-            pred.meta["validation_certain_id_rate"] = sure
+        if pred.levels is not None:
+            for key, name in (("val_level_certain_id_rate", "validation_certain_id_rate"),
+                              ("val_id_rate", "validation_id")):  # fmt: skip
+                if key in self.validation:
+                    pred.meta[name] = self.validation[key]
+            if self.validation_on:
+                pred.meta["validation_on"] = self.validation_on
         return pred
 
     __call__ = predict

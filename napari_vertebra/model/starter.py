@@ -42,10 +42,12 @@ def export_starter(
     out: str | os.PathLike,
     metrics: dict[str, Any] | None = None,
     note: str = "",
+    validation_on: str = "",
 ) -> Path:
     """Write ``checkpoint``'s model as a starter file: weights in float16, its config,
     class counts and ``metrics`` (``val_*`` keys: the figures a naming is shown with; the
-    checkpoint's own validation when None); no optimizer state, no random states."""
+    checkpoint's own validation when None) with ``validation_on``, what they were
+    measured on; no optimizer state, no random states."""
     import torch
 
     from .build import load_checkpoint, save_checkpoint
@@ -60,6 +62,7 @@ def export_starter(
         metrics=dict(ckpt.get("metrics") or {}) if metrics is None else dict(metrics),
         epoch=int(ckpt.get("epoch", 0)),
         starter_note=note,
+        validation_on=validation_on,
     )
 
 
