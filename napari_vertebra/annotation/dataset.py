@@ -16,6 +16,7 @@ import csv
 import functools
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -377,6 +378,18 @@ def build_dataset(
 
 
 # ------------------------------------------------------------------ training data checks
+def _project_images_and_fresh_folder(project, out_dir) -> tuple[list, Path]:
+    """(the project's annotated images with pixels, ``out_dir`` emptied); ValueError when
+    the project has no annotated image."""
+    images = [im for im in project.images(load_pixels=True) if im.annotations]
+    if not images:
+        raise ValueError(f"{project.folder}: the project has no annotated image to train on")
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    return images, out
+
+
 def export_project_dataset(
     project: AnnotationProject,
     out_dir: str | os.PathLike,
@@ -388,14 +401,7 @@ def export_project_dataset(
     scan gets no validation images: then the training split is copied as ``val`` (its
     mAP is then measured on training images) and a note says so. Returns such notes.
     """
-    import shutil
-
-    images = [im for im in project.images(load_pixels=True) if im.annotations]
-    if not images:
-        raise ValueError(f"{project.folder}: the project has no annotated image to train on")
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
+    images, out = _project_images_and_fresh_folder(project, out_dir)
     build_dataset(images, out, progress=progress)
     notes = []
     if val_split_problem(out):
@@ -421,16 +427,9 @@ def fine_tune_dataset(
     data, so that fine-tuning on a few scans keeps what the model knew; their levels
     outside ``class_set`` left out), all in ``out_dir/train``; ``val`` is the project's
     images. Returns notes for the user."""
-    import shutil
-
     from napari_vertebra.core.labels import get_class_set
 
-    images = [im for im in project.images(load_pixels=True) if im.annotations]
-    if not images:
-        raise ValueError(f"{project.folder}: the project has no annotated image to train on")
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
+    images, out = _project_images_and_fresh_folder(project, out_dir)
     mixed: list[Input] = list(images)
     notes = [f"fine-tuning on {len(images)} annotated MIP(s) of the project"]
     if replay is not None:
