@@ -62,11 +62,13 @@ class RunningCommand:
         import threading
 
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-        env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
+        # the child writes UTF-8 and is read as UTF-8 whatever this machine's locale says
+        env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "napari_vertebra.cli", *argv],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            text=True, env=env, preexec_fn=_ignore_sigint if background else None,
+            encoding="utf-8", errors="replace", env=env,
+            preexec_fn=_ignore_sigint if background else None,
         )  # fmt: skip
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
