@@ -52,7 +52,8 @@ def main() -> None:
     out = args.out / args.scan
     before = evaluate(ckpt, views, out / "before", None)
     project = AnnotationProject(out / "project")
-    project.add_image("labelled", full.image, scan=args.scan)
+    spacing = {"spacing_mm": full.meta["spacing_mm"]}  # as Annotate records a MIP of Preprocess CT
+    project.add_image("labelled", full.image, scan=args.scan, meta=spacing)
     project.save("labelled", full.annotations, "labels from 3D")
     project.close()
     replay = [

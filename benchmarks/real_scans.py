@@ -265,7 +265,7 @@ def pool(results: dict[str, dict]) -> dict:
     out["id_rate"] = wmean("id_rate", "n_images")
     for k in ("detection_recall", "mean_dice", "segmentation_dice", "localisation_mm"):
         out[k] = wmean(k, "n_vertebrae")
-    certain = [(m["level_certain_share"] or 0) * m["n_images"] for m in ms]
+    certain = [(m.get("level_certain_share") or 0) * m["n_images"] for m in ms]
     out["level_certain_share"] = sum(certain) / n_img if n_img else None
     pairs = [
         (m["level_certain_id_rate"], c)

@@ -62,6 +62,7 @@ from .project_files import (
     remove_stale_temporaries,
     small_polygons,
 )
+from .regrid import mip_pixel_spacing
 from .types import AnnotatedImage, VertebraAnnotation
 
 __all__ = ["AnnotationProject", "safe_key"]
@@ -368,14 +369,11 @@ class AnnotationProject:
         pixels = None
         if load_pixels:
             pixels = read_image(self.folder / e["file_name"], hu_scale=e["hu_scale"])
+        meta = dict(e.get("meta") or {}, hu_scale=e["hu_scale"])
+        if "spacing_mm" not in meta and mip_pixel_spacing(meta.get("mip_grid")) is not None:
+            meta["spacing_mm"] = mip_pixel_spacing(meta["mip_grid"])  # a MIP of Preprocess CT
         return AnnotatedImage(
-            e["file_name"],
-            e["height"],
-            e["width"],
-            self.load(key),
-            pixels,
-            e.get("scan"),
-            dict(e.get("meta") or {}, hu_scale=e["hu_scale"]),
+            e["file_name"], e["height"], e["width"], self.load(key), pixels, e.get("scan"), meta
         )
 
     def images(self, keys: Iterable[str] | None = None, load_pixels: bool = False):

@@ -23,7 +23,7 @@ import numpy as np
 from .polygons import polygon_area
 from .types import VertebraAnnotation
 
-__all__ = ["Carried", "carry_annotations", "map_mip_points", "mip_grid"]
+__all__ = ["Carried", "carry_annotations", "map_mip_points", "mip_grid", "mip_pixel_spacing"]
 
 #: A polygon of which less than this fraction of its area lies on the new MIP is dropped.
 MIN_KEPT_FRACTION = 0.1
@@ -44,6 +44,17 @@ def mip_grid(result: Any) -> dict:
         "origin": [round(float(o), 4) for o in vol.origin],
         "direction": [round(float(d), 6) for d in np.asarray(vol.direction).ravel()],
     }
+
+
+def mip_pixel_spacing(grid: Any) -> list[float] | None:
+    """[row mm, col mm] of the MIP that :func:`mip_grid` describes (its rows are the
+    resampled grid's z, its columns y), or None when ``grid`` holds no valid spacing."""
+    try:
+        z, y, _ = (float(s) for s in grid["spacing"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    ok = all(np.isfinite(v) and v > 0 for v in (z, y))
+    return [z, y] if ok else None
 
 
 def map_mip_points(points_rc: np.ndarray, old: Any, new: Any) -> np.ndarray:

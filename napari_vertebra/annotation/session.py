@@ -261,7 +261,8 @@ class AnnotationSession:
                 continue
             k = safe_key(Path(im.file_name).stem)
             try:
-                self.project.add_image(k, im.image, scan=im.scan)
+                meta = {m: v for m, v in (im.meta or {}).items() if m != "hu_scale"}
+                self.project.add_image(k, im.image, scan=im.scan, meta=meta)  # spacing_mm too
                 self.project.save(k, im.annotations, label=f"import {name}")
                 out.stored += 1
             except (ValueError, OSError) as e:

@@ -99,6 +99,26 @@ def prepare_fine_tune(
     from napari_vertebra.annotation.dataset import fine_tune_dataset
 
     cfg = fine_tune_config(checkpoint)
+    if cfg.pixels_per_mm is not None:
+        _check_pixel_spacing(project)
     replay = replay_folder() if cfg.class_set == "extended" else None
     notes = fine_tune_dataset(project, out_dir, replay, cfg.class_set, progress)
     return cfg, Path(out_dir), notes
+
+
+def _check_pixel_spacing(project: Any) -> None:
+    """ValueError naming the project's annotated MIPs that do not record their pixel
+    spacing, which a model at a fixed scale (config ``pixels_per_mm``) needs."""
+    from napari_vertebra.model.evaluate import image_spacing
+
+    missing = [
+        Path(im.file_name).stem
+        for im in project.images()
+        if im.annotations and image_spacing(im.meta, default=None) is None
+    ]
+    if missing:
+        raise ValueError(
+            f"the project's MIP(s) {', '.join(missing)} do not record their pixel spacing, "
+            "which the model needs (it reads images at a fixed scale in mm): annotate MIPs "
+            "made by Preprocess CT, or open the COCO file that records spacing_mm"
+        )

@@ -59,8 +59,11 @@ def test_import_fills_the_matching_mip_and_stores_the_others(tmp_path):
 
     images = [
         AnnotatedImage("cur.png", 60, 40, [VertebraAnnotation(13, [SQUARE])], MIP, "a"),
-        AnnotatedImage("other.png", 60, 40, [VertebraAnnotation(15, [SQUARE])], MIP, "b"),
-    ]
+        AnnotatedImage(
+            "other.png", 60, 40, [VertebraAnnotation(15, [SQUARE])], MIP, "b",
+            meta={"spacing_mm": 0.8},
+        ),
+    ]  # fmt: skip
     path = write_coco(images, tmp_path / "coco")
     session = AnnotationSession()
     session.open(tmp_path / "p")
@@ -68,6 +71,7 @@ def test_import_fills_the_matching_mip_and_stores_the_others(tmp_path):
     assert got.match is not None and got.match.annotations[0].name == "L1"
     assert got.stored == 1 and got.errors == []
     assert [a.name for a in session.load("other")] == ["L3"]
+    assert session.project.image("other", False).meta["spacing_mm"] == 0.8  # kept for training
     assert "cur" not in session  # the caller shows the match (and saves it)
 
 

@@ -24,14 +24,26 @@ needs_starter = pytest.mark.skipif(STARTER is None, reason="this checkout ships 
 
 
 @pytest.fixture(scope="module")
-def sample_mip(lumbar_ct_path, lumbar_labels_path):
+def sample_result(lumbar_ct_path, lumbar_labels_path):
+    """The pipeline result of the bundled sample with its labels."""
+    from napari_vertebra.core import run_pipeline
+    from napari_vertebra.core.io import read_ct, read_labels
+
+    ct = read_ct(lumbar_ct_path)
+    return run_pipeline(ct, labels=read_labels(lumbar_labels_path, like=ct))
+
+
+@pytest.fixture(scope="module")
+def sample_mip(lumbar_ct_path, lumbar_labels_path, sample_result):
     """The bundled sample's MIP with its vertebra polygons from the 3D labels."""
     from napari_vertebra.annotation.from3d import labels_to_annotations
     from napari_vertebra.core.io import read_ct, read_labels
 
     ct = read_ct(lumbar_ct_path)
     labels = read_labels(lumbar_labels_path, like=ct)
-    return labels_to_annotations(ct, labels, "totalsegmentator", class_set="extended")
+    return labels_to_annotations(
+        ct, labels, "totalsegmentator", class_set="extended", result=sample_result
+    )
 
 
 def _found_and_dice(image, pred) -> tuple[float, float]:
@@ -100,16 +112,22 @@ def test_a_naming_of_what_is_not_a_vertebra_is_never_called_certain(
 
 
 @needs_starter
-def test_fine_tuning_starts_from_the_starter_with_its_real_mips(tmp_path, sample_mip):
+def test_fine_tuning_starts_from_the_starter_with_its_real_mips(
+    tmp_path, sample_mip, sample_result
+):
     from napari_vertebra.annotation.coco import read_coco
     from napari_vertebra.annotation.project import AnnotationProject
+    from napari_vertebra.annotation.regrid import mip_grid
+    from napari_vertebra.model.data import VertebraDataset
     from napari_vertebra.model.starter import FINE_TUNE, prepare_fine_tune
 
     replay = replay_folder()
     assert replay is not None
     n_replay = len(read_coco(replay / "annotations.json"))
     project = AnnotationProject(tmp_path / "project")
-    project.add_image("sample", sample_mip.image, scan="sample")
+    # stored as Annotate stores a MIP of Preprocess CT: its grid, no spacing_mm
+    meta = {"layer": "example_ct MIP", "mip_grid": mip_grid(sample_result)}
+    project.add_image("sample", sample_mip.image, scan="sample", meta=meta)
     project.save("sample", sample_mip.annotations)
     cfg, data, notes = prepare_fine_tune(project, tmp_path / "data", STARTER)
     assert cfg.weights == str(STARTER.resolve()) and cfg.lr == FINE_TUNE["lr"]
@@ -117,3 +135,21 @@ def test_fine_tuning_starts_from_the_starter_with_its_real_mips(tmp_path, sample
     assert {im.scan for im in train} >= {"sample"} and len(train) > n_replay
     assert len(read_coco(data / "val" / "annotations.json")) == 1
     assert any("starter" in n for n in notes)
+    # the trainer reads both splits at the starter's fixed scale (each image's spacing)
+    for split in ("train", "val"):
+        assert len(VertebraDataset(data / split, cfg)) == len(
+            read_coco(data / split / "annotations.json")
+        )
+
+
+@needs_starter
+def test_fine_tuning_a_project_without_pixel_spacing_says_which_mip(tmp_path, sample_mip):
+    from napari_vertebra.annotation.project import AnnotationProject
+    from napari_vertebra.model.starter import prepare_fine_tune
+
+    project = AnnotationProject(tmp_path / "project")
+    project.add_image("from_a_png", sample_mip.image, scan="sample")  # no spacing recorded
+    project.save("from_a_png", sample_mip.annotations)
+    with pytest.raises(ValueError, match=r"from_a_png.*pixel spacing"):
+        prepare_fine_tune(project, tmp_path / "data", STARTER)
+    assert not (tmp_path / "data").exists()  # nothing written before the check
