@@ -95,9 +95,13 @@ def prepare_fine_tune(
     annotation project: :func:`fine_tune_config` and
     :func:`~napari_vertebra.annotation.dataset.fine_tune_dataset` with the starter's real
     MIPs mixed in when the class sets agree. Slow (reads the checkpoint, writes the
-    dataset): a viewer calls it off its GUI thread."""
+    dataset): a viewer calls it off its GUI thread. torch is imported without Triton
+    (:func:`~.predict_jobs.avoid_triton`, as Predict does: a viewer on Mesa's OpenGL)."""
     from napari_vertebra.annotation.dataset import fine_tune_dataset
 
+    from .predict_jobs import avoid_triton
+
+    avoid_triton()
     cfg = fine_tune_config(checkpoint)
     if cfg.pixels_per_mm is not None:
         _check_pixel_spacing(project)

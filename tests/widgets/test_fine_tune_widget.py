@@ -24,20 +24,39 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def project_with_polygons(tmp_path, lumbar_ct_path, lumbar_labels_path) -> Path:
-    """An annotation project holding the bundled sample's MIP and its polygons."""
+@pytest.fixture(scope="module")
+def sample(lumbar_ct_path, lumbar_labels_path):
+    """(the bundled sample's pipeline result, its MIP with the polygons from 3D)."""
     from napari_vertebra.annotation.from3d import labels_to_annotations
-    from napari_vertebra.annotation.project import AnnotationProject
+    from napari_vertebra.core import run_pipeline
     from napari_vertebra.core.io import read_ct, read_labels
 
     ct = read_ct(lumbar_ct_path)
-    image = labels_to_annotations(ct, read_labels(lumbar_labels_path, like=ct), "totalsegmentator")
-    project = AnnotationProject(tmp_path / "project")
-    project.add_image("sample", image.image, scan="sample")
+    labels = read_labels(lumbar_labels_path, like=ct)
+    result = run_pipeline(ct, labels=labels)
+    return result, labels_to_annotations(ct, labels, "totalsegmentator", result=result)
+
+
+def _project(folder: Path, sample, as_annotate_stores: bool = True) -> Path:
+    """An annotation project holding the sample's MIP and its polygons, stored as
+    Annotate stores a MIP of Preprocess CT (with its grid), or as a bare image."""
+    from napari_vertebra.annotation.project import AnnotationProject
+    from napari_vertebra.annotation.regrid import mip_grid
+
+    result, image = sample
+    meta = {"layer": "example_ct MIP", "mip_grid": mip_grid(result)}
+    project = AnnotationProject(folder)
+    project.add_image(
+        "sample", image.image, scan="sample", meta=meta if as_annotate_stores else None
+    )
     project.save("sample", image.annotations)
     project.close()
-    return tmp_path / "project"
+    return folder
+
+
+@pytest.fixture
+def project_with_polygons(tmp_path, sample) -> Path:
+    return _project(tmp_path / "project", sample)
 
 
 def test_fine_tune_starts_from_the_starter_on_the_project(
@@ -73,4 +92,20 @@ def test_fine_tune_starts_from_the_starter_on_the_project(
     finally:
         if widget.run is not None:
             widget.run.kill()
+        widget.close_widget()
+
+
+def test_fine_tune_names_a_mip_without_pixel_spacing(make_napari_viewer, tmp_path, sample, qtbot):
+    from qtpy.QtCore import Qt
+
+    project = _project(tmp_path / "project", sample, as_annotate_stores=False)
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    try:
+        session_for(viewer).annotation.open(project)
+        widget.run_folder.value = str(tmp_path / "fine-tuned")
+        qtbot.mouseClick(widget.fine_tune_button.native, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: "pixel spacing" in widget.status.value, timeout=180_000)
+        assert "sample" in widget.status.value and not widget.running
+    finally:
         widget.close_widget()
