@@ -16,8 +16,8 @@ class is already the right one going down the spine; picking the first class of 
 polygon: the click plus P, about 10 vertices and Enter (12; the issue's 10..14).
 
 With ``--model-epochs N`` (N > 0) it also trains the shipped smoke configuration on 40
-synthetic MIPs (napari-vertebra synth --size 256 128, whole-vertebra outlines as from 3D;
-no model trained on real CT exists) and measures the model's outline under the click
+synthetic MIPs (napari-vertebra synth --size 256 128, whole-vertebra outlines as from 3D)
+and measures the model's outline under the click
 (``model/outline.py``: the highest-scoring detection under it, whatever its score) on the
 10 synthetic test MIPs the same way, with image analysis on the same images for contrast
 (those images are about 0.4 px per mm, not the 1 mm/px image analysis is set for). An

@@ -304,13 +304,12 @@ def main() -> None:
             raise SystemExit(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
         results, seconds = {}, {}
         for scan in folds:
-            train_scans = [s for s in scans if s != scan]
-            data = fold_data(args.out, arm, train_scans, scans, args)
             run = args.out / arm / "runs" / ("all" if arm == "synth" else scan)
-            if not args.reuse or not (run / "last.pt").is_file():
-                seconds[scan] = train(args.config, data, run, args.steps, args)
-            else:
+            if args.reuse and (run / "last.pt").is_file():
                 seconds[scan] = json.loads((run / "time.json").read_text())["seconds"]
+            else:
+                data = fold_data(args.out, arm, [s for s in scans if s != scan], scans, args)
+                seconds[scan] = train(args.config, data, run, args.steps, args)
             results[scan] = evaluate(
                 run / "last.pt", tests[scan], args.out / arm / scan, args.min_score
             )
