@@ -59,11 +59,24 @@ def project_with_polygons(tmp_path, sample) -> Path:
     return _project(tmp_path / "project", sample)
 
 
+def _widget_on(project: Path, make_napari_viewer, run_dir: Path) -> TrainWidget:
+    """A Train widget in a new viewer with ``project`` open and ``run_dir`` as its run."""
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    session_for(viewer).annotation.open(project)
+    widget.run_folder.value = str(run_dir)
+    return widget
+
+
+def _click_fine_tune(widget: TrainWidget, qtbot) -> None:
+    from qtpy.QtCore import Qt
+
+    qtbot.mouseClick(widget.fine_tune_button.native, Qt.MouseButton.LeftButton)
+
+
 def test_fine_tune_starts_from_the_starter_on_the_project(
     make_napari_viewer, project_with_polygons, tmp_path, qtbot, monkeypatch
 ):
-    from qtpy.QtCore import Qt
-
     launched: list[tuple[Path, Path]] = []
 
     def fake_command(config, data, run_dir, resume=False, device=None):
@@ -71,12 +84,9 @@ def test_fine_tune_starts_from_the_starter_on_the_project(
         return [sys.executable, "-c", FAKE, str(run_dir)]
 
     monkeypatch.setattr(run_module, "train_command", fake_command)
-    viewer = make_napari_viewer()
-    widget = TrainWidget(viewer)
+    widget = _widget_on(project_with_polygons, make_napari_viewer, tmp_path / "fine-tuned")
     try:
-        session_for(viewer).annotation.open(project_with_polygons)
-        widget.run_folder.value = str(tmp_path / "fine-tuned")
-        qtbot.mouseClick(widget.fine_tune_button.native, Qt.MouseButton.LeftButton)
+        _click_fine_tune(widget, qtbot)
         qtbot.waitUntil(lambda: widget.running, timeout=180_000)
         config, data = launched[0]
         cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
@@ -96,15 +106,10 @@ def test_fine_tune_starts_from_the_starter_on_the_project(
 
 
 def test_fine_tune_names_a_mip_without_pixel_spacing(make_napari_viewer, tmp_path, sample, qtbot):
-    from qtpy.QtCore import Qt
-
     project = _project(tmp_path / "project", sample, as_annotate_stores=False)
-    viewer = make_napari_viewer()
-    widget = TrainWidget(viewer)
+    widget = _widget_on(project, make_napari_viewer, tmp_path / "fine-tuned")
     try:
-        session_for(viewer).annotation.open(project)
-        widget.run_folder.value = str(tmp_path / "fine-tuned")
-        qtbot.mouseClick(widget.fine_tune_button.native, Qt.MouseButton.LeftButton)
+        _click_fine_tune(widget, qtbot)
         qtbot.waitUntil(lambda: "pixel spacing" in widget.status.value, timeout=180_000)
         assert "sample" in widget.status.value and not widget.running
     finally:
