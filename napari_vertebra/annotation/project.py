@@ -370,8 +370,9 @@ class AnnotationProject:
         if load_pixels:
             pixels = read_image(self.folder / e["file_name"], hu_scale=e["hu_scale"])
         meta = dict(e.get("meta") or {}, hu_scale=e["hu_scale"])
-        if "spacing_mm" not in meta and mip_pixel_spacing(meta.get("mip_grid")) is not None:
-            meta["spacing_mm"] = mip_pixel_spacing(meta["mip_grid"])  # a MIP of Preprocess CT
+        grid_spacing = mip_pixel_spacing(meta.get("mip_grid"))  # a MIP of Preprocess CT
+        if "spacing_mm" not in meta and grid_spacing is not None:
+            meta["spacing_mm"] = grid_spacing
         return AnnotatedImage(
             e["file_name"], e["height"], e["width"], self.load(key), pixels, e.get("scan"), meta
         )
