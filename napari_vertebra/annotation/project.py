@@ -218,6 +218,16 @@ class AnnotationProject:
             dict(self._index[key]["meta"], hu_scale=float(hu_scale)),
         )
 
+    def fill_meta(self, key: str, meta: dict) -> bool:
+        """Record the entries of ``meta`` that image ``key`` does not record yet (never
+        overwriting one); True when something was added."""
+        stored = self._index[_check_key(key)]["meta"]
+        new = {k: v for k, v in meta.items() if k not in stored}
+        if new:
+            stored.update(new)
+            self._write_index()
+        return bool(new)
+
     # -- annotations and their history
     def history(self, key: str) -> History:
         """The undo history of image ``key`` (shared by the project objects of a folder),

@@ -195,7 +195,8 @@ class AnnotationSession:
         returns the time stamp "HH:MM:SS".
 
         The MIP ``image`` is stored first when the project does not hold ``key`` yet (a
-        PNG written once, on the calling thread); the annotations are written on the
+        PNG written once, on the calling thread), else ``meta`` fills what the stored
+        image does not record; the annotations are written on the
         project's background thread, and with ``explicit`` waited for. Raises
         ValueError / OSError (no project, a bad key, a failed earlier write).
         """
@@ -205,6 +206,8 @@ class AnnotationSession:
             if image is None:
                 raise ValueError(f"the project does not hold the image {key!r}")
             self.project.add_image(key, np.asarray(image, np.float32), scan=scan, meta=meta)
+        elif meta:
+            self.project.fill_meta(key, meta)  # e.g. the pixel spacing of an imported COCO
         self.project.save(key, list(annotations), label=label)
         if explicit:
             self.project.flush()

@@ -124,5 +124,6 @@ def _check_pixel_spacing(project: Any) -> None:
         raise ValueError(
             f"the project's MIP(s) {', '.join(missing)} do not record their pixel spacing, "
             "which the model needs (it reads images at a fixed scale in mm): annotate MIPs "
-            "made by Preprocess CT, or open the COCO file that records spacing_mm"
+            "made by Preprocess CT, or import a COCO file that records spacing_mm onto the "
+            "MIP (Annotate: Import COCO/VIA)"
         )

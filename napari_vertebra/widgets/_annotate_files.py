@@ -186,6 +186,7 @@ class AnnotateFiles:
         images, match, stored = got.images, got.match, got.stored
         self._refresh_project_images()
         if match is not None and self.shapes is not None:
+            self._take_pixel_spacing(match)
             self.set_annotations(match.annotations, label=f"import {Path(path).name}")
         msg = f"imported {Path(path).name}: {len(images)} image(s)"
         msg += "; current MIP filled" if match is not None else "; none matches the current MIP"
@@ -193,6 +194,14 @@ class AnnotateFiles:
             msg += f"; {stored} added to the project"
         self.status.set(msg, "ok")
         return len(images)
+
+    def _take_pixel_spacing(self, match: AnnotatedImage) -> None:
+        """Give the current MIP layer the pixel spacing the imported image records, unless
+        the layer knows its own (a MIP of 'Preprocess CT' has its grid)."""
+        spacing = (match.meta or {}).get("spacing_mm")
+        layer_meta = self._mip.metadata
+        if spacing and not (layer_meta.get("mip_grid") or layer_meta.get("spacing_mm")):
+            layer_meta["spacing_mm"] = spacing
 
     def export_coco(self, out_dir: str | os.PathLike | None = None) -> Path | None:
         """Write the whole project as COCO into ``out_dir``; returns the JSON path."""

@@ -70,12 +70,14 @@ class AnnotateSaving:
         self.autosave_label.value = f"{what} · {_vertebrae(n)} in {folder}{note}"
 
     def _image_meta(self) -> dict:
-        """What the project records with a new image: the MIP layer's name and, for a
-        MIP of 'Preprocess CT', its grid (so that a re-run's MIP gets its own key)."""
+        """What the project records with an image: the MIP layer's name; for a MIP of
+        'Preprocess CT' its grid (so that a re-run's MIP gets its own key, and its pixel
+        spacing); else the pixel spacing an imported COCO file gave the layer."""
         meta = {"layer": self._mip.name}
-        grid = (self._mip.metadata or {}).get("mip_grid")
-        if grid:
-            meta["mip_grid"] = grid
+        for key in ("mip_grid", "spacing_mm"):
+            value = (self._mip.metadata or {}).get(key)
+            if value:
+                meta[key] = value
         return meta
 
     def _after_change(self, save: bool = True, label: str = "edit") -> None:

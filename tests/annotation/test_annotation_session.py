@@ -75,6 +75,16 @@ def test_import_fills_the_matching_mip_and_stores_the_others(tmp_path):
     assert "cur" not in session  # the caller shows the match (and saves it)
 
 
+def test_a_later_save_fills_the_meta_an_image_lacks_and_never_overwrites(tmp_path):
+    session = AnnotationSession()
+    session.open(tmp_path / "p")
+    session.save("k", [], image=MIP, meta={"layer": "MIP k"})
+    session.save("k", [], meta={"layer": "renamed", "spacing_mm": 0.8})
+    session.open(tmp_path / "p")  # from disk
+    assert session.project.image("k", False).meta["spacing_mm"] == 0.8
+    assert session.project.image("k", False).meta["layer"] == "MIP k"
+
+
 def test_export_leaves_out_polygons_of_fewer_than_3_points(tmp_path):
     session = AnnotationSession()
     session.open(tmp_path / "p")

@@ -87,3 +87,24 @@ def test_clipped_import_is_a_warning_notification(widget, notes, tmp_path):
     assert "clipped" in notes[0][1] and "L1" in notes[0][1]
     (poly,) = widget.shapes.data
     assert poly[:, 0].max() <= H - 0.5 and poly[:, 1].max() <= W - 0.5
+
+
+def test_import_gives_a_bare_mip_the_pixel_spacing_fine_tune_needs(widget, tmp_path):
+    """A MIP opened as a plain image records no spacing; the COCO file imported onto it
+    does, and the project takes it, also for an image saved before the import."""
+    from napari_vertebra.annotation.types import VertebraAnnotation
+    from napari_vertebra.model.starter import _check_pixel_spacing
+
+    square = np.array([[10.0, 10.0], [10.0, 30.0], [30.0, 30.0], [30.0, 10.0]])
+    widget.set_annotations([VertebraAnnotation(14, [square])])  # saved, no spacing yet
+    widget.project.flush()
+    with pytest.raises(ValueError, match="pixel spacing"):
+        _check_pixel_spacing(widget.project)
+    data = _coco([10, 20, 30, 20, 30, 40, 10, 40])
+    data["images"][0]["meta"] = {"spacing_mm": 0.8}
+    assert widget.import_annotations(_write(tmp_path, data)) == 1
+    widget.project.flush()
+    key = widget.image_key.value
+    assert widget.project.image(key, load_pixels=False).meta["spacing_mm"] == 0.8
+    _check_pixel_spacing(widget.project)  # Fine-tune can start
+    assert [a.name for a in widget.project.load(key)] == ["L1"]
