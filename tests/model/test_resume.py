@@ -16,6 +16,21 @@ def _adam_steps(ckpt: dict) -> int:
     return max(int(s["step"]) for s in ckpt["optimizer"]["state"].values())
 
 
+def _assert_same_as_uninterrupted(run, ref) -> None:
+    """The resumed ``run`` took the uninterrupted ``ref``'s 4 steps with the same samples,
+    random numbers and losses: the same weights, and the same epoch rows in log.csv."""
+    ckpt, ref_ckpt = load_checkpoint(run / "last.pt"), load_checkpoint(ref / "last.pt")
+    assert _adam_steps(ckpt) == _adam_steps(ref_ckpt) == 4
+    assert ckpt["step"] == ref_ckpt["step"] == 4
+    for k, v in ref_ckpt["model"].items():
+        assert torch.allclose(ckpt["model"][k].float(), v.float(), atol=1e-6), k
+    rows = (run / "log.csv").read_text().splitlines()
+    ref_rows = (ref / "log.csv").read_text().splitlines()
+    assert len(rows) == len(ref_rows) == 3  # header, epoch 1, epoch 2
+    for a, b in zip(rows[1:], ref_rows[1:], strict=True):
+        assert a.split(",")[:8] == b.split(",")[:8]
+
+
 @pytest.fixture()
 def imagenet_file(tmp_path):
     """An "ImageNet" ResNet-18 state dict (random values, the right keys)."""
@@ -52,7 +67,6 @@ def test_stop_mid_epoch_then_resume_takes_the_same_steps(tiny_data, tiny_config,
     as the uninterrupted run (2 epochs x 2 steps), and the same weights."""
     ref = tmp_path / "ref"
     train(tiny_config, tiny_data, ref)
-    ref_ckpt = load_checkpoint(ref / "last.pt")
     run = tmp_path / "run"
     stop = threading.Event()
 
@@ -65,15 +79,7 @@ def test_stop_mid_epoch_then_resume_takes_the_same_steps(tiny_data, tiny_config,
     assert _adam_steps(load_checkpoint(run / "last.pt")) == 1
     out2 = train(tiny_config, tiny_data, run, resume=True)
     assert out2["epoch"] == 2 and not out2["stopped"]
-    ckpt = load_checkpoint(run / "last.pt")
-    assert _adam_steps(ckpt) == _adam_steps(ref_ckpt) == 4
-    assert ckpt["step"] == ref_ckpt["step"] == 4
-    # the same samples, random numbers and losses: the same weights and log
-    for k, v in ref_ckpt["model"].items():
-        assert torch.allclose(ckpt["model"][k].float(), v.float(), atol=1e-6), k
-    assert (run / "log.csv").read_text().splitlines()[1].split(",")[:8] == (
-        (ref / "log.csv").read_text().splitlines()[1].split(",")[:8]
-    )
+    _assert_same_as_uninterrupted(run, ref)
 
 
 class _StopAfterFirstValImage:
@@ -107,7 +113,6 @@ def test_stop_while_validating_then_resume_validates_and_goes_on(
 
     ref = tmp_path / "ref"
     train(tiny_config, tiny_data, ref)
-    ref_ckpt = load_checkpoint(ref / "last.pt")
     predicted = []
     named = evaluate_module.named_results
 
@@ -126,16 +131,7 @@ def test_stop_while_validating_then_resume_validates_and_goes_on(
     assert not (run / "log.csv").exists() and not (run / "best.pt").exists()
     out2 = train(tiny_config, tiny_data, run, resume=True)
     assert out2["epoch"] == 2 and not out2["stopped"]
-    ckpt = load_checkpoint(run / "last.pt")
-    assert _adam_steps(ckpt) == _adam_steps(ref_ckpt) == 4
-    assert ckpt["step"] == ref_ckpt["step"] == 4
-    for k, v in ref_ckpt["model"].items():
-        assert torch.allclose(ckpt["model"][k].float(), v.float(), atol=1e-6), k
-    rows = (run / "log.csv").read_text().splitlines()
-    ref_rows = (ref / "log.csv").read_text().splitlines()
-    assert len(rows) == len(ref_rows) == 3  # header, epoch 1 (validated on resume), epoch 2
-    for a, b in zip(rows[1:], ref_rows[1:], strict=True):
-        assert a.split(",")[:8] == b.split(",")[:8]
+    _assert_same_as_uninterrupted(run, ref)  # epoch 1 validated on resume
     assert (run / "best.pt").is_file()
 
 
