@@ -29,6 +29,7 @@ partial views; ``real3d`` plus ``--aug`` 3D augmentations of each training scan
 (napari_vertebra.core.augment: position, field of view, slices, intensities) with their
 partial views; ``real3d+synth`` plus synthetic columns. Prediction overlays are saved
 as ``OUT/<arm>/<scan>/overlays/*.png``. ``--reuse`` evaluates the trained runs again.
+The augmented scans are cached in ``OUT/cache`` under a tag of the code that made them.
 """
 
 from __future__ import annotations
@@ -47,6 +48,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SCANS_CSV = ROOT / "data" / "ct" / "scans.csv"
 ARMS = ("synth", "real", "real3d", "real3d+synth")
 MAX_DIST_MM = 20.0
+DATA_CODE = ("core/augment.py", "annotation/augmented.py", "annotation/from3d.py", "synth.py")
+
+
+def code_tag() -> str:
+    """8 hex digits of the code that makes the training images: a cache made by other
+    code is not reused."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name in DATA_CODE:
+        h.update((ROOT / "napari_vertebra" / name).read_bytes())
+    return h.hexdigest()[:8]
 
 
 # ------------------------------------------------------------------------------- data
@@ -83,7 +96,7 @@ def augmented_coco(out: Path, name: str, scan: tuple, n: int, seed: int) -> Path
     from napari_vertebra.annotation.coco import write_coco
     from napari_vertebra.annotation.from3d import labels_to_annotations
 
-    folder = out / "cache" / f"{name}_aug{n}_seed{seed}"
+    folder = out / "cache" / f"{name}_aug{n}_seed{seed}_{code_tag()}"
     if (folder / "annotations.json").is_file():
         return folder / "annotations.json"
     ct, labels, conv = scan
@@ -100,7 +113,7 @@ def synth_coco(out: Path, columns: int, views: int, seed: int) -> Path:
     from napari_vertebra.annotation.coco import write_coco
     from napari_vertebra.synth import synth_column_dataset
 
-    folder = out / "cache" / f"synth{columns}_v{views}_seed{seed}"
+    folder = out / "cache" / f"synth{columns}_v{views}_seed{seed}_{code_tag()}"
     if not (folder / "annotations.json").is_file():
         write_coco(synth_column_dataset(columns, views, "extended", seed=seed), folder)
     return folder / "annotations.json"
