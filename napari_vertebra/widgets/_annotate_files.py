@@ -197,11 +197,21 @@ class AnnotateFiles:
 
     def _take_pixel_spacing(self, match: AnnotatedImage) -> None:
         """Give the current MIP layer the pixel spacing the imported image records, unless
-        the layer knows its own (a MIP of 'Preprocess CT' has its grid)."""
-        spacing = (match.meta or {}).get("spacing_mm")
+        the layer knows its own (a MIP of 'Preprocess CT' has its grid); a spacing that
+        cannot be one is said and not taken."""
+        from napari_vertebra.model.evaluate import image_spacing  # no torch
+
         layer_meta = self._mip.metadata
-        if spacing and not (layer_meta.get("mip_grid") or layer_meta.get("spacing_mm")):
-            layer_meta["spacing_mm"] = spacing
+        if layer_meta.get("mip_grid") or layer_meta.get("spacing_mm"):
+            return
+        try:
+            spacing = image_spacing(match.meta, default=None)
+        except ValueError as e:
+            notify(f"Import: {error_message(e)}; the MIP keeps no pixel spacing", "warning")
+            return
+        if spacing is not None:
+            row, col = spacing
+            layer_meta["spacing_mm"] = row if row == col else [row, col]
 
     def export_coco(self, out_dir: str | os.PathLike | None = None) -> Path | None:
         """Write the whole project as COCO into ``out_dir``; returns the JSON path."""

@@ -108,3 +108,12 @@ def test_import_gives_a_bare_mip_the_pixel_spacing_fine_tune_needs(widget, tmp_p
     assert widget.project.image(key, load_pixels=False).meta["spacing_mm"] == 0.8
     _check_pixel_spacing(widget.project)  # Fine-tune can start
     assert [a.name for a in widget.project.load(key)] == ["L1"]
+
+
+def test_import_refuses_a_pixel_spacing_that_cannot_be_one(widget, notes, tmp_path):
+    data = _coco([10, 20, 30, 20, 30, 40, 10, 40])
+    data["images"][0]["spacing"] = -1
+    assert widget.import_annotations(_write(tmp_path, data)) == 1
+    assert [lvl for lvl, _ in notes] == ["warning"] and "-1" in notes[0][1]
+    assert "spacing_mm" not in widget.mip_layer.value.metadata
+    assert len(widget.shapes.data) == 1  # the polygons still come in
