@@ -79,25 +79,31 @@ def detection_under(cand: dict[str, np.ndarray], point_rc) -> int | None:
     return int(hit[int(np.argmax(cand["scores"][hit]))])
 
 
-def _detections(predictor, mip: np.ndarray) -> dict[str, Any]:
-    """:func:`candidates` of ``predictor`` on one MIP: every detection with its mask
-    (:func:`full_detections`, about 1 s on a CPU for the smoke model), or, for a MIP
-    taller than the predictor's fixed-scale tile, :meth:`Predictor.detect` at min_score 0
-    (masks of the duplicate-free detections only)."""
+def _detections(predictor, mip: np.ndarray, spacing: Any = None) -> dict[str, Any]:
+    """:func:`candidates` of ``predictor`` on one MIP of ``spacing`` mm per pixel (None:
+    1 mm): every detection with its mask (:func:`full_detections`, about 1 s on a CPU for
+    the smoke model), or, for a MIP taller than the predictor's fixed-scale tile,
+    :meth:`Predictor.detect` at min_score 0 (masks of the duplicate-free detections
+    only)."""
     a = np.asarray(mip)
-    tile = getattr(predictor, "tile_rows", None)
+    tile_at = getattr(predictor, "tile_rows_at", None)
+    tile = tile_at(spacing) if tile_at is not None else None
     if tile is not None and a.shape[0] > tile and hasattr(predictor, "detect"):
-        det = predictor.detect(a, 0.0)
+        det = predictor.detect(a, 0.0, spacing)
     else:
         from .data import image_to_tensor
         from .detect import full_detections
+        from .scale import input_spacing
 
         t = image_to_tensor(a, predictor.hu_max).to(predictor.device)
-        det = full_detections(predictor.model, [t])[0]
-    return {**candidates(det), **_ordered(predictor, det, a.shape)}
+        with input_spacing(predictor.model, spacing):
+            det = full_detections(predictor.model, [t])[0]
+    return {**candidates(det), **_ordered(predictor, det, a.shape, spacing)}
 
 
-def _ordered(predictor, det: dict[str, Any], shape: tuple[int, int]) -> dict[str, Any]:
+def _ordered(
+    predictor, det: dict[str, Any], shape: tuple[int, int], spacing: Any = None
+) -> dict[str, Any]:
     """``ordered_masks`` (N, H, W) and ``ordered_classes`` (N,) of Predict's result on the
     same detections at min_score 0 (:meth:`Predictor.finish`: duplicates suppressed,
     classes in anatomical order); empty without :meth:`Predictor.finish`, and only
@@ -106,7 +112,7 @@ def _ordered(predictor, det: dict[str, Any], shape: tuple[int, int]) -> dict[str
     if finish is None:
         return {}
     try:
-        pred = finish(det, shape, 0.0)
+        pred = finish(det, shape, 0.0, spacing)
     except (ValueError, RuntimeError, KeyError) as e:
         return {"ordered_error": str(e)}
     return {
@@ -133,16 +139,18 @@ def model_outline_at(
     point_rc,
     detections: dict[str, Any] | None = None,
     tolerance_px: float = 1.0,
+    spacing: Any = None,
 ) -> ModelOutline | None:
     """The outline of the model's highest-scoring detection under a click, or None.
 
     ``predictor``: a loaded :class:`~napari_vertebra.model.predict.Predictor`; ``mip``:
     2D windowed HU (rows, cols); ``point_rc``: the click (row, col) px; ``detections``:
-    this MIP's :func:`candidates` when already computed (else computed here).
+    this MIP's :func:`candidates` when already computed (else computed here, with the
+    MIP's ``spacing`` in mm per pixel, None: 1 mm).
     """
     from napari_vertebra.annotation.polygons import mask_to_polygons, rasterize
 
-    cand = _detections(predictor, mip) if detections is None else detections
+    cand = _detections(predictor, mip, spacing) if detections is None else detections
     i = detection_under(cand, point_rc)
     if i is None:
         return None
@@ -176,23 +184,25 @@ class ModelOutliner:
         self._det: dict[str, Any] | None = None
 
     @staticmethod
-    def _key_of(mip: np.ndarray) -> tuple:
+    def _key_of(mip: np.ndarray, spacing: Any = None) -> tuple:
         a = np.asarray(mip)
         step = max(1, a.size // 4096)
-        return (a.shape, str(a.dtype), float(np.asarray(a.ravel()[::step], float).sum()))
+        sp = None if spacing is None else tuple(np.asarray(spacing, float).reshape(-1))
+        return (a.shape, str(a.dtype), float(np.asarray(a.ravel()[::step], float).sum()), sp)
 
     def clear(self) -> None:
         """Forget the cached detections (e.g. after the model changed)."""
         self._key, self._det = None, None
 
-    def detections(self, mip: np.ndarray) -> dict[str, Any]:
-        """:func:`candidates` of ``mip``, every score (cached for the last image)."""
-        key = self._key_of(mip)
+    def detections(self, mip: np.ndarray, spacing: Any = None) -> dict[str, Any]:
+        """:func:`candidates` of ``mip`` (of ``spacing`` mm per pixel), every score
+        (cached for the last image)."""
+        key = self._key_of(mip, spacing)
         if self._det is None or key != self._key:
-            self._det = _detections(self.predictor, mip)
+            self._det = _detections(self.predictor, mip, spacing)
             self._key = key
         return self._det
 
-    def outline_at(self, mip: np.ndarray, point_rc) -> ModelOutline | None:
+    def outline_at(self, mip: np.ndarray, point_rc, spacing: Any = None) -> ModelOutline | None:
         """:func:`model_outline_at` on ``mip`` with the cached detections."""
-        return model_outline_at(self.predictor, mip, point_rc, self.detections(mip))
+        return model_outline_at(self.predictor, mip, point_rc, self.detections(mip, spacing))

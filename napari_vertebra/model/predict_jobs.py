@@ -27,6 +27,7 @@ __all__ = [
     "back_to_3d_job",
     "boxes_to_rectangles",
     "load_predictor",
+    "mip_spacing",
     "predict_job",
 ]
 
@@ -57,7 +58,9 @@ class RawPrediction:
     duplicate suppression, which covers every slider value), ``mip`` the 2D image
     (windowed HU), ``result`` the :class:`PipelineResult` behind the MIP when known
     (needed for "Show in 3D"), ``image_name`` the layer predicted on, ``finish`` the
-    predictor's ``finish`` (its post-processing: class set, order, duplicates).
+    predictor's ``finish`` (its post-processing: class set, order, duplicates),
+    ``spacing`` the MIP's [row, col] mm per pixel it was predicted at (None: 1 mm,
+    assumed).
     """
 
     detections: dict
@@ -67,6 +70,7 @@ class RawPrediction:
     result: Any = None
     default_min_score: float = 0.9
     finish: Callable[..., Any] | None = None
+    spacing: list[float] | None = None
 
     def __post_init__(self) -> None:
         self._at: dict[float, Any] = {}
@@ -81,12 +85,30 @@ class RawPrediction:
         key = round(float(min_score), 6)
         if key not in self._at:
             if self.finish is not None:
-                self._at[key] = self.finish(self.detections, self.mip.shape, key)
+                self._at[key] = self.finish(self.detections, self.mip.shape, key, self.spacing)
             else:  # detections from elsewhere: the model's default post-processing
                 from napari_vertebra.model.predict import postprocess
 
                 self._at[key] = postprocess(self.detections, self.mip.shape, key)
         return self._at[key]
+
+
+def mip_spacing(result: Any = None, metadata: dict | None = None) -> list[float] | None:
+    """[row mm, col mm] of a MIP: the grid of its PipelineResult ``result``, else what a
+    layer's ``metadata`` records (a Preprocess CT grid ``mip_grid``, or ``spacing_mm`` /
+    ``spacing`` from an imported COCO file); None when unknown. ValueError for a recorded
+    spacing that cannot be one."""
+    from napari_vertebra.annotation.regrid import mip_grid, mip_pixel_spacing
+
+    if result is not None:
+        return mip_pixel_spacing(mip_grid(result))
+    meta = metadata or {}
+    if meta.get("mip_grid") is not None:
+        return mip_pixel_spacing(meta["mip_grid"])
+    from napari_vertebra.model.evaluate import image_spacing
+
+    found = image_spacing(meta, default=None)
+    return None if found is None else list(found)
 
 
 def load_predictor(checkpoint: str, device: str) -> Any:
@@ -107,15 +129,19 @@ def predict_job(
     params: Any = None,
     min_score: float | None = None,
     progress: ProgressCallback | None = None,
+    spacing: list[float] | None = None,
 ) -> tuple[Any, RawPrediction]:
     """Worker-thread body: (pre-process a CT,) load the model (unless ``predictor`` is
-    given) and run it on the MIP. Returns (predictor, raw prediction)."""
+    given) and run it on the MIP, of ``spacing`` [row, col] mm per pixel (the grid of
+    ``result`` when there is one; None: 1 mm). Returns (predictor, raw prediction)."""
     if ct is not None:
         from napari_vertebra.core import run_pipeline
 
         report(progress, 0.0, "preprocessing the CT")
         result = run_pipeline(ct, params, progress=scaled(progress, 0.0, 0.5))
         image = result.mip
+    if result is not None:
+        spacing = mip_spacing(result)
     base = 0.5 if ct is not None else 0.0
     avoid_triton()
     _leave_a_core_for_the_viewer()
@@ -124,7 +150,7 @@ def predict_job(
         predictor = load_predictor(checkpoint, device)
     report(progress, base + 0.2 * (1 - base), "predicting")
     mip = np.asarray(image, np.float32)
-    det = detections(predictor, mip)
+    det = detections(predictor, mip, spacing)
     report(progress, 1.0, f"{len(det['scores'])} detections")
     raw = RawPrediction(
         detections=det,
@@ -134,6 +160,7 @@ def predict_job(
         result=result,
         default_min_score=predictor.min_score,
         finish=predictor.finish,
+        spacing=spacing,
     )
     if min_score is not None:
         raw.at(min_score)  # post-process here, not on the GUI thread
@@ -177,8 +204,8 @@ def back_to_3d_job(
     return vol, present
 
 
-def detections(predictor: Any, mip: np.ndarray) -> dict:
-    """``predictor.detect`` of ``mip`` at score 0 as CPU tensors, for ``predictor.finish``
-    at any threshold (the widget's slider)."""
-    det = predictor.detect(mip, 0.0)
+def detections(predictor: Any, mip: np.ndarray, spacing: list[float] | None = None) -> dict:
+    """``predictor.detect`` of ``mip`` (of ``spacing`` mm per pixel) at score 0 as CPU
+    tensors, for ``predictor.finish`` at any threshold (the widget's slider)."""
+    det = predictor.detect(mip, 0.0, spacing)
     return {k: v.detach().cpu() for k, v in det.items()}

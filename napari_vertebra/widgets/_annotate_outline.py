@@ -38,6 +38,7 @@ class AnnotateOutline:
             get_image=self._outline_image,
             get_outliner=self._model_outliner,
             status=self.status,
+            get_spacing=self._outline_spacing,
         ).install()
 
     def _uninstall_outline(self) -> None:
@@ -49,6 +50,19 @@ class AnnotateOutline:
     def _outline_image(self) -> Any:
         mip = self.mip_layer.value
         return None if mip is None else np.asarray(mip.data)
+
+    def _outline_spacing(self) -> Any:
+        """[row, col] mm per pixel of the MIP (None: unknown, read as 1 mm; a recorded
+        spacing that cannot be one too, which Predict names)."""
+        from napari_vertebra.model.predict_jobs import mip_spacing
+
+        mip = self.mip_layer.value
+        if mip is None:
+            return None
+        try:
+            return mip_spacing(self.session.result_for(mip), mip.metadata)
+        except ValueError:
+            return None
 
     def _model_outliner(self) -> Any:
         """A ModelOutliner of the Predictor that 'Predict vertebrae' loaded, or None."""

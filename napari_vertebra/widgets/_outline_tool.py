@@ -79,6 +79,7 @@ class OutlineTool:
         get_image: Callable[[], np.ndarray | None] | None = None,
         get_outliner: Callable[[], Any] | None = None,
         status: StatusLine | None = None,
+        get_spacing: Callable[[], Any] | None = None,
         inline: bool | None = None,
         key: str = OUTLINE_KEY,
         params: Any = None,
@@ -88,6 +89,7 @@ class OutlineTool:
         self.on_polygon = on_polygon
         self.get_image = get_image or _default_image(viewer)
         self.get_outliner = get_outliner or (lambda: None)
+        self.get_spacing = get_spacing or (lambda: None)
         self.status = status
         self.params = params
         self.runner = TaskRunner(status=None, inline=inline)
@@ -188,12 +190,12 @@ class OutlineTool:
         if image is None or np.ndim(image) != 2:
             self._say("Outline: open a 2D sagittal MIP first", "warning")
             return False
-        outliner = self.get_outliner()
+        outliner, spacing = self.get_outliner(), self.get_spacing()
         point = (float(point_rc[0]), float(point_rc[1]))
         params = self.params
 
         def work() -> dict[str, Any] | None:
-            return compute_outline(np.asarray(image), point, outliner, params)
+            return compute_outline(np.asarray(image), point, outliner, params, spacing)
 
         self.runner.start(
             work,
@@ -226,14 +228,15 @@ class OutlineTool:
 
 
 def compute_outline(
-    image: np.ndarray, point_rc, outliner: Any = None, params: Any = None
+    image: np.ndarray, point_rc, outliner: Any = None, params: Any = None, spacing: Any = None
 ) -> dict[str, Any] | None:
     """The outline at ``point_rc`` (Qt-free; runs on the worker): from ``outliner`` (a
-    ModelOutliner) when it has a detection there, else by image analysis. Returns
+    ModelOutliner; the MIP of ``spacing`` mm per pixel, None: 1 mm) when it has a
+    detection there, else by image analysis. Returns
     {"polygon", "source", "score", "class_id"} (the model's class, anatomically ordered
     where it can be; None for image analysis) or None."""
     if outliner is not None:
-        found = outliner.outline_at(image, point_rc)
+        found = outliner.outline_at(image, point_rc, spacing)
         if found is not None:
             return {
                 "polygon": found.polygon,

@@ -31,6 +31,7 @@ from napari_vertebra.model.predict_jobs import (
     RawPrediction,
     back_to_3d_job,
     boxes_to_rectangles,
+    mip_spacing,
     predict_job,
 )
 from napari_vertebra.model.starter import starter_checkpoint
@@ -164,7 +165,7 @@ class PredictWidget(VertebraWidget):
             self.fail("Predict: no image layer (open a CT or run Preprocess CT)")
             return False
         data = np.asarray(layer.data)
-        ct = result = params = None
+        ct = result = params = spacing = None
         if data.ndim == 3 and not getattr(layer, "rgb", False):
             from ._layers import volume_from_layer
 
@@ -176,6 +177,11 @@ class PredictWidget(VertebraWidget):
             params = self.session.preprocess_params  # None: the defaults
         elif data.ndim == 2:
             result = self.session.result_for(layer)
+            try:
+                spacing = mip_spacing(result, layer.metadata)
+            except ValueError as e:
+                self.fail(f"Predict: layer {layer.name!r}: {e}")
+                return False
         else:
             self.fail(
                 f"Predict: layer {layer.name!r} has shape {data.shape}; choose a 2D MIP or a 3D CT"
@@ -189,6 +195,7 @@ class PredictWidget(VertebraWidget):
         job = partial(
             predict_job, predictor, ckpt, device, data if ct is None else None, layer.name,
             ct=ct, result=result, params=params, min_score=self.min_score.value,
+            spacing=spacing,
         )  # fmt: skip
         return self.runner.start(
             job, on_done=self._on_predicted, description=f"Predicting on {layer.name}"
@@ -277,7 +284,14 @@ class PredictWidget(VertebraWidget):
             f"({n_raw} detections kept): {names or '-'}"
             + (f"\nLevels: {levels}" if levels else "")
         )
-        self.status.set(f"{len(pred)} vertebra(e) shown", "ok" if len(pred) else "warning")
+        if self.raw.spacing is None and getattr(self._predictor, "tile_rows", None):
+            self.status.set(
+                f"{len(pred)} vertebra(e) shown; the MIP records no pixel spacing, so it was "
+                "read as 1 mm per pixel (the scale of Preprocess CT's MIPs)",
+                "warning",
+            )
+        else:
+            self.status.set(f"{len(pred)} vertebra(e) shown", "ok" if len(pred) else "warning")
         self.session.set_prediction(
             ShownPrediction(
                 pred, self.raw.image_name, self._target_layer(), self.labels_layer,

@@ -119,7 +119,7 @@ def test_the_ordered_class_of_the_matching_instance(tiny_predictor, monkeypatch)
     ordered[1, 40:60, 5:40] = True  # the other one, ordered as 13
     seen = []
 
-    def finish(d, shape, min_score=None):
+    def finish(d, shape, min_score=None, spacing=None):
         seen.append((d is det, tuple(shape), min_score))
         return SimpleNamespace(masks=ordered, classes=np.array([10, 13]))
 

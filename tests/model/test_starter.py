@@ -78,6 +78,34 @@ def test_the_starter_finds_the_sample_vertebrae_and_untrained_weights_do_not(sam
     assert found0 < 0.5 * found and dice0 < 0.5 * dice, (found0, dice0)
 
 
+@needs_starter
+def test_click_outlines_on_a_2_mm_mip_need_its_pixel_spacing(sample_mip):
+    """The sample's MIP at 2 mm per pixel: a click at each vertebra's deepest point gives
+    its outline, named right, when the outliner knows the spacing; read as 1 mm, not."""
+    from scipy.ndimage import distance_transform_edt
+    from skimage.transform import rescale
+
+    from napari_vertebra.annotation.polygons import dice, rasterize
+    from napari_vertebra.model.outline import ModelOutliner
+    from napari_vertebra.model.predict import Predictor
+
+    half = rescale(sample_mip.image, 0.5, order=1, preserve_range=True, anti_aliasing=True)
+    half = half.astype(np.float32)
+    outliner = ModelOutliner(Predictor(STARTER, device="cpu"))
+    median = {}
+    for spacing in ([2.0, 2.0], None):
+        dices = []
+        for a in sample_mip.annotations:
+            truth = rasterize([(np.asarray(q) - 0.5) / 2 for q in a.polygons], half.shape)
+            depth = distance_transform_edt(truth)
+            click = np.unravel_index(np.argmax(depth), depth.shape)
+            got = outliner.outline_at(half, click, spacing)
+            named = got is not None and (got.ordered_class_id or got.class_id) == a.class_id
+            dices.append(dice(truth, got.mask) if named else 0.0)
+        median[str(spacing)] = float(np.median(dices))
+    assert median["[2.0, 2.0]"] >= 0.7 and median["None"] < 0.35, median
+
+
 @pytest.fixture(scope="module")
 def chest_without_vertebrae():
     """The MIP of the repository's chest CT with every vertebra voxel set to 40 HU: the

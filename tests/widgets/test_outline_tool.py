@@ -103,18 +103,22 @@ def test_click_in_outline_mode_adds_the_vertebra(make_napari_viewer, column):
 
 
 def test_model_outline_comes_first_with_its_score(make_napari_viewer, column):
+    spacings = []
+
     class FakeOutliner:
-        def outline_at(self, image, point_rc):
+        def outline_at(self, image, point_rc, spacing=None):
             from napari_vertebra.model.outline import ModelOutline
 
+            spacings.append(spacing)
             r, c = point_rc
             square = np.array([[r - 5, c - 5], [r - 5, c + 5], [r + 5, c + 5], [r + 5, c - 5]])
             return ModelOutline(square, 15, 0.42, np.zeros(image.shape, bool))
 
     viewer, _layer, tool, got = _setup(make_napari_viewer, column, lambda: FakeOutliner())
+    tool.get_spacing = lambda: [2.0, 2.0]  # the MIP's, for a model at a fixed scale
     tool.set_enabled(True)
     _click(viewer, (40.0, 50.0))
-    assert len(got) == 1
+    assert len(got) == 1 and spacings == [[2.0, 2.0]]
     polygon, source, score = got[0]
     assert source == "model" and score == pytest.approx(0.42)
     np.testing.assert_allclose(polygon.mean(axis=0), (40.0, 50.0))

@@ -234,3 +234,38 @@ def test_closing_the_viewer_while_predicting_raises_nothing(
     qtbot.waitUntil(lambda: not runner.busy, timeout=120_000)
     qtbot.wait(300)
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.skipif(starter_checkpoint() is None, reason="this checkout ships no starter.pt")
+def test_a_mip_is_predicted_at_the_pixel_spacing_it_records(
+    make_napari_viewer, sample_result, qtbot
+):
+    """The starter reads images at 1 px/mm: a 2 mm MIP that records its spacing (as an
+    imported COCO file gives it) is predicted at 2 mm; one that records none is read as
+    1 mm, and the status says so."""
+    from qtpy.QtCore import Qt
+    from skimage.transform import rescale
+
+    half = rescale(sample_result.mip, 0.5, order=1, preserve_range=True, anti_aliasing=True)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(
+        half.astype(np.float32), name="MIP 2 mm", metadata={"spacing_mm": 2.0}
+    )
+    w = PredictWidget(viewer)  # the starter, preselected
+    w.set_image_layer(layer)
+
+    def predict() -> None:
+        before = w.raw
+        qtbot.mouseClick(w.predict_button.native, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(
+            lambda: not w.busy and w.raw is not before and not w._displaying, timeout=120_000
+        )
+        assert w.runner.last_error is None, w.status.value
+
+    predict()
+    assert w.raw.spacing == [2.0, 2.0] and w.status.level == "ok"
+    assert {"T12", "L1", "L2", "L3", "L4", "L5"} <= set(w.prediction.names)
+    layer.metadata = {}  # a MIP opened as a plain picture
+    predict()
+    assert w.raw.spacing is None
+    assert w.status.level == "warning" and "read as 1 mm per pixel" in w.status.value
