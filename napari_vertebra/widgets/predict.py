@@ -7,8 +7,7 @@ model runs on a worker thread (:mod:`napari_vertebra.model.predict_jobs`, throug
 threshold, duplicate suppression, anatomical order: the model's ``postprocess``) without
 predicting again. Output layers: "predicted vertebrae <image>" (Labels, one colour per
 class T1..L5) and "predicted boxes <image>" (Shapes rectangles with "L1 0.97" text).
-"Show in 3D" carries the MIP labels back into the CT (:func:`~napari_vertebra.core.
-mip_labels_to_volume`): a first estimate, not a 3D segmentation.
+"Show in 3D" carries the MIP labels back into the CT: a first estimate, not 3D labels.
 
 The widget talks to the viewer's :class:`~._session.Session` only: it takes the
 checkpoint from it (``checkpoint_changed``, e.g. from 'Train model'), the pipeline
@@ -284,14 +283,10 @@ class PredictWidget(VertebraWidget):
             f"({n_raw} detections kept): {names or '-'}"
             + (f"\nLevels: {levels}" if levels else "")
         )
-        if self.raw.spacing is None and getattr(self._predictor, "tile_rows", None):
-            self.status.set(
-                f"{len(pred)} vertebra(e) shown; the MIP records no pixel spacing, so it was "
-                "read as 1 mm per pixel (the scale of Preprocess CT's MIPs)",
-                "warning",
-            )
-        else:
-            self.status.set(f"{len(pred)} vertebra(e) shown", "ok" if len(pred) else "warning")
+        guessed = self.raw.spacing is None and getattr(self._predictor, "tile_rows", None)
+        note = "; the MIP records no pixel spacing: read as 1 mm per pixel" if guessed else ""
+        ok = len(pred) and not note
+        self.status.set(f"{len(pred)} vertebra(e) shown{note}", "ok" if ok else "warning")
         self.session.set_prediction(
             ShownPrediction(
                 pred, self.raw.image_name, self._target_layer(), self.labels_layer,
