@@ -104,7 +104,10 @@ def mip_spacing(result: Any = None, metadata: dict | None = None) -> list[float]
         return mip_pixel_spacing(mip_grid(result))
     meta = metadata or {}
     if meta.get("mip_grid") is not None:
-        return mip_pixel_spacing(meta["mip_grid"])
+        found = mip_pixel_spacing(meta["mip_grid"])
+        if found is None:
+            raise ValueError(f"its mip_grid {meta['mip_grid']!r} holds no positive spacing")
+        return found
     from napari_vertebra.model.evaluate import image_spacing
 
     found = image_spacing(meta, default=None)

@@ -52,8 +52,8 @@ class AnnotateOutline:
         return None if mip is None else np.asarray(mip.data)
 
     def _outline_spacing(self) -> Any:
-        """[row, col] mm per pixel of the MIP (None: unknown, read as 1 mm; a recorded
-        spacing that cannot be one too, which Predict names)."""
+        """[row, col] mm per pixel of the MIP (None: unknown, read as 1 mm); a recorded
+        spacing that cannot be one is said in the status line and read as 1 mm."""
         from napari_vertebra.model.predict_jobs import mip_spacing
 
         mip = self.mip_layer.value
@@ -61,7 +61,8 @@ class AnnotateOutline:
             return None
         try:
             return mip_spacing(self.session.result_for(mip), mip.metadata)
-        except ValueError:
+        except ValueError as e:
+            self.status.set(f"Outline: {e}; read as 1 mm per pixel", "warning")
             return None
 
     def _model_outliner(self) -> Any:

@@ -67,3 +67,5 @@ def test_the_pixel_spacing_of_a_mip_layer():
     assert mip_spacing(None, {"source_path": "a.png"}) is None
     with pytest.raises(ValueError, match="not a positive pixel spacing"):
         mip_spacing(None, {"spacing_mm": -1})
+    with pytest.raises(ValueError, match="no positive spacing"):
+        mip_spacing(None, {"mip_grid": {"spacing": [0, 1, 1]}})

@@ -143,3 +143,14 @@ def test_a_click_in_a_vertebra_cut_by_the_top_edge_adds_nothing(
     _click(viewer, tuple(float(v) for v in np.unravel_index(int(np.argmax(depth)), t12.shape)))
     qtbot.waitUntil(lambda: len(widget.shapes.data) == 1, timeout=30_000)
     assert widget.shapes.features["vertebra"].tolist() == ["T12"]
+
+
+def test_outline_says_when_the_mip_records_a_spacing_that_cannot_be_one(
+    make_napari_viewer, tmp_path
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((60, 40), np.float32), name="MIP x", metadata={"spacing_mm": -1})
+    widget = AnnotateWidget(viewer, project_dir=str(tmp_path / "p"))
+    widget.mip_layer.value = viewer.layers["MIP x"]
+    assert widget._outline_spacing() is None  # read as 1 mm, and said
+    assert widget.status.level == "warning" and "-1" in widget.status.value
